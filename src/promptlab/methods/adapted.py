@@ -1,0 +1,119 @@
+"""A backbone adapted by trained parameters — soft prompts, LoRA or full fine-tuning — and how it trains.
+
+Soft and baseline methods differ only in which parameters they add or unfreeze; they share the
+readout (readout.py), the loop (training.py) and this predictor, so their numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import metrics
+from ..errors import ModelError
+from ..tasks.base import Example, Task, Template
+from ..training import train_loop
+from .base import FitContext, Prediction, Predictor
+from .readout import Readout
+
+ANCHORS_FILE = "anchors.safetensors"
+
+
+def plain_template(task: Task) -> Template:
+    """The input with no instruction: what pure soft prompts (and weight baselines) see."""
+    if len(task.input_fields) == 1:
+        return Template("plain", "{" + task.input_fields[0] + "}")
+    return Template("plain", " ".join(f"{f}: {{{f}}}" for f in task.input_fields))
+
+
+@dataclass
+class AdaptedPredictor(Predictor):
+    model: Any = None
+    anchors: torch.Tensor | None = None
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        self.readout = Readout(self.backbone, self.task, anchors=self.anchors, max_new_tokens=self.max_new_tokens)
+        self.anchors = self.readout.anchors
+        self.extras.setdefault("max_new_tokens", self.max_new_tokens)
+
+    def inputs(self, examples: list[Example]) -> list[str]:
+        return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
+
+    def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
+        self.model.eval()
+        return self.readout.predict(self.model, self.inputs(examples), batch_size)
+
+    def n_trainable(self) -> int:
+        return int(self.extras.get("trainable_params", 0))
+
+    def _save_files(self, out: Path) -> None:
+        if hasattr(self.model, "peft_config"):
+            self.model.save_pretrained(str(out))
+        else:
+            self.model.save_pretrained(str(out / "model"))
+        if self.anchors is not None:
+            save_file({"anchors": self.anchors.contiguous()}, str(out / ANCHORS_FILE))
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> AdaptedPredictor:
+    """Train `model` (the backbone with an adapter, or an unfrozen copy) on ctx.train; select on ctx.dev."""
+    cfg = ctx.config
+    pred = AdaptedPredictor(method, ctx.backbone, ctx.task, ctx.template, model=model,
+                            max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens)
+    pred.extras["trainable_params"] = count_trainable(model)
+    inputs = pred.inputs(ctx.train)
+    lengths = [len(s) for s in inputs]
+
+    def loss_fn(m: torch.nn.Module, idx: list[int]) -> torch.Tensor:
+        return pred.readout.loss(m, [inputs[i] for i in idx], [ctx.train[i] for i in idx])
+
+    def dev_fn(m: torch.nn.Module) -> float:
+        pred.model = m
+        return dev_score(ctx.task, ctx.dev, pred.predict(ctx.dev, cfg.batch_size))
+
+    t = cfg.train
+    result = train_loop(model, method, len(ctx.train), lengths, loss_fn, dev_fn, epochs=t.epochs,
+                        batch_size=t.batch_size, lr=t.lr, seed=cfg.seed, patience=t.patience,
+                        max_steps=t.max_steps, weight_decay=t.weight_decay)
+    pred.model = _unwrap(model)
+    pred.history = result.history
+    pred.extras.update({"best_epoch": result.best_epoch, "steps": result.steps, "train_seconds": result.seconds})
+    return pred
+
+
+def _unwrap(model: Any) -> Any:
+    return getattr(model, "module", model)  # accelerate may wrap in DDP under `accelerate launch`
+
+
+def dev_score(task: Task, dev: list[Example], preds: list[Prediction]) -> float:
+    """Model selection score: accuracy for choices, token F1 for text."""
+    if task.kind == "choices":
+        return metrics.accuracy([p.label for p in preds], [ex.label for ex in dev])
+    return sum(metrics.f1(p.prediction, list(ex.answers)) for p, ex in zip(preds, dev)) / max(len(dev), 1)
+
+
+def unfrozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """Weight-changing baselines work on a copy: the shared backbone must stay frozen for other methods."""
+    clone = copy.deepcopy(model)
+    clone.requires_grad_(True)
+    return clone
+
+
+def load_anchors(path: Path) -> torch.Tensor | None:
+    f = path / ANCHORS_FILE
+    if not f.is_file():
+        return None
+    try:
+        return load_file(str(f))["anchors"]
+    except Exception as e:  # safetensors raises several types for truncated/corrupt files
+        raise ModelError(f"'{f}' is corrupted ({type(e).__name__}); retrain or restore the artifact") from None

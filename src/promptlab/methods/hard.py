@@ -1,0 +1,190 @@
+"""Hard prompts: zero-shot, few-shot and chain-of-thought. Nothing is trained; the prompt is the artifact."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones import Backbone
+from ..errors import ConfigError
+from ..tasks.base import Example, Task, Template
+from .base import FitContext, Method, Prediction, Predictor
+from .readout import Readout, label_anchors, predictions_from_scores
+
+COT_TRIGGER = "Let's think step by step."
+COT_ANSWER = "Therefore, the answer is"
+COT_TOKENS = 64
+
+
+def render(task: Task, template: Template, ex: Example) -> str:
+    return template.render(ex, task.verbalizers or None)
+
+
+def answer_text(task: Task, ex: Example) -> str:
+    return task.verbalizers[ex.label] if task.kind == "choices" else ex.answers[0]
+
+
+def example_to_json(ex: Example) -> dict[str, Any]:
+    return {"id": ex.id, "fields": ex.fields, "label": ex.label, "answers": list(ex.answers)}
+
+
+def example_from_json(d: dict[str, Any]) -> Example:
+    return Example(d["id"], d["fields"], d.get("label"), tuple(d.get("answers", ())))
+
+
+def select_demos(examples: list[Example], task: Task, k: int, how: str, seed: int) -> list[Example]:
+    """k per class (choice tasks, `balanced`) or k in total (`random`, text tasks), seeded."""
+    rng = random.Random(seed)
+    pool = list(examples)
+    rng.shuffle(pool)
+    if task.kind == "choices" and how in ("balanced", "nearest"):
+        per: dict[int, list[Example]] = {}
+        for ex in pool:
+            per.setdefault(ex.label, []).append(ex)
+        picked = [ex for c in range(len(task.labels)) for ex in per.get(c, [])[:k]]
+        rng.shuffle(picked)
+        return picked
+    n = k * len(task.labels) if task.kind == "choices" else k
+    return pool[:n]
+
+
+@dataclass
+class HardPredictor(Predictor):
+    """Zero-shot and few-shot share this: a template, optional demonstrations, one readout."""
+
+    demos: list[Example] = field(default_factory=list)
+    selection: str = "balanced"
+    shots: int = 0
+    cot: bool = False
+    max_new_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        self.readout = Readout(self.backbone, self.task, max_new_tokens=self.max_new_tokens)
+        self.extras = {"demos": [example_to_json(d) for d in self.demos], "selection": self.selection,
+                       "shots": self.shots, "cot": self.cot, "max_new_tokens": self.max_new_tokens}
+        if self.backbone.kind == "encoder" and self.demos and self.task.kind == "choices":
+            self._prepare_encoder_demos()
+
+    def _prepare_encoder_demos(self) -> None:
+        """Prototypes: each class's description and demos averaged on the unit sphere (or kept for kNN)."""
+        emb = F.normalize(self.backbone.embed([render(self.task, self.template, d) for d in self.demos]), dim=-1)
+        labels = torch.tensor([d.label for d in self.demos])
+        desc = label_anchors(self.backbone, self.task)
+        if self.selection == "nearest":
+            self.demo_emb, self.demo_labels = emb, labels
+            return
+        protos = [F.normalize(torch.cat([desc[c : c + 1], emb[labels == c]]).mean(0), dim=-1) for c in range(len(desc))]
+        self.readout.anchors = torch.stack(protos)
+
+    def inputs(self, examples: list[Example]) -> list[str]:
+        base = [render(self.task, self.template, ex) for ex in examples]
+        if self.backbone.kind == "encoder" or not self.demos:
+            return base
+        if self.selection == "nearest":
+            return self._nearest_contexts(examples, base)
+        context = "".join(f"{render(self.task, self.template, d)} {answer_text(self.task, d)}\n\n" for d in self.demos)
+        return [context + b for b in base]
+
+    def _nearest_contexts(self, examples: list[Example], base: list[str]) -> list[str]:
+        demo_text = [render(self.task, self.template, d) for d in self.demos]
+        sims = F.normalize(self.backbone.embed(base), dim=-1) @ F.normalize(self.backbone.embed(demo_text), dim=-1).T
+        k = min(self.shots * max(1, len(self.task.labels)), len(self.demos))
+        out = []
+        for row, b in zip(sims, base):
+            idx = row.topk(k).indices.flip(0).tolist()  # most similar last, nearest the question
+            out.append("".join(f"{demo_text[i]} {answer_text(self.task, self.demos[i])}\n\n" for i in idx) + b)
+        return out
+
+    def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
+        inputs = self.inputs(examples)
+        if self.cot:
+            return self._predict_cot(inputs, batch_size)
+        if self.backbone.kind == "encoder" and self.selection == "nearest" and self.demos:
+            return self._predict_knn(inputs)
+        return self.readout.predict(self.backbone.model, inputs, batch_size)
+
+    def _predict_knn(self, inputs: list[str]) -> list[Prediction]:
+        sims = F.normalize(self.backbone.embed(inputs), dim=-1) @ self.demo_emb.T  # [N, D]
+        k = min(self.shots, len(self.demo_labels))
+        top = sims.topk(k, dim=-1)
+        votes = torch.zeros(len(inputs), len(self.task.labels))
+        votes.scatter_add_(1, self.demo_labels[top.indices], top.values.exp())
+        return predictions_from_scores(self.task, inputs, votes.log())
+
+    def _predict_cot(self, inputs: list[str], batch_size: int) -> list[Prediction]:
+        """Zero-shot CoT (Kojima et al.): generate reasoning, then read the answer after a fixed cue."""
+        first = [f"{i}\n{COT_TRIGGER}" for i in inputs]
+        reasons = self.backbone.generate(first, COT_TOKENS, batch_size=batch_size)
+        second = [f"{f} {r}\n{COT_ANSWER}" for f, r in zip(first, reasons)]
+        return self.readout.predict(self.backbone.model, second, batch_size)
+
+
+class ZeroShot(Method):
+    name, family = "zero-shot", "hard"
+    summary = "instruction template; encoders compare the input with label descriptions"
+
+    def fit(self, ctx: FitContext) -> Predictor:
+        self.check(ctx.backbone, ctx.task)
+        return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, max_new_tokens=_new_tokens(ctx))
+
+    def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
+        return _load_hard(self.name, backbone, task, meta)
+
+
+class FewShot(Method):
+    name, family = "few-shot", "hard"
+    summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
+
+    def fit(self, ctx: FitContext) -> Predictor:
+        self.check(ctx.backbone, ctx.task)
+        hard = ctx.config.hard
+        pool = ctx.train + ctx.dev
+        if hard.selection == "nearest":
+            demos = select_demos(pool, ctx.task, max(hard.shots, 16), "balanced", ctx.config.seed)
+        else:
+            demos = select_demos(pool, ctx.task, hard.shots, hard.selection, ctx.config.seed)
+        return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, demos=demos,
+                             selection=hard.selection, shots=hard.shots, max_new_tokens=_new_tokens(ctx))
+
+    def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
+        return _load_hard(self.name, backbone, task, meta)
+
+
+class ChainOfThought(Method):
+    name, family = "cot", "hard"
+    summary = "'think step by step' template, then the answer read after a fixed cue"
+    kinds = ("seq2seq", "causal")
+
+    def check(self, backbone: Backbone, task: Task) -> None:
+        if backbone.kind == "encoder":
+            raise ConfigError(
+                f"method 'cot' needs a model that generates text, but '{backbone.name}' is an encoder that can only "
+                "compare choices; use zero-shot/few-shot, or a seq2seq or causal model"
+            )
+
+    def fit(self, ctx: FitContext) -> Predictor:
+        self.check(ctx.backbone, ctx.task)
+        return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, cot=True,
+                             max_new_tokens=_new_tokens(ctx))
+
+    def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
+        self.check(backbone, task)
+        return _load_hard(self.name, backbone, task, meta)
+
+
+def _new_tokens(ctx: FitContext) -> int:
+    return ctx.config.max_new_tokens or ctx.task.max_new_tokens
+
+
+def _load_hard(name: str, backbone: Backbone, task: Task, meta: dict[str, Any]) -> HardPredictor:
+    ex = meta.get("extras", {})
+    t = meta["template"]
+    return HardPredictor(name, backbone, task, Template(t["name"], t["text"]),
+                         demos=[example_from_json(d) for d in ex.get("demos", [])],
+                         selection=ex.get("selection", "balanced"), shots=ex.get("shots", 0),
+                         cot=ex.get("cot", False), max_new_tokens=ex.get("max_new_tokens", task.max_new_tokens))

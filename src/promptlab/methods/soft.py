@@ -1,0 +1,145 @@
+"""Soft prompts on PEFT: prompt tuning, prefix tuning, P-tuning, and the hybrid of a hard template with soft tokens.
+
+The backbone stays frozen; PEFT adds the prompt parameters and saves them in its own format
+(adapter_config.json + adapter_model.safetensors), so anyone can load them with PEFT alone.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..backbones import Backbone
+from ..config import RunConfig
+from ..errors import ConfigError, ModelError
+from ..tasks.base import Example, Task, Template
+from .adapted import AdaptedPredictor, fit_adapted, load_anchors, plain_template
+from .base import FitContext, Method, Predictor
+
+TASK_TYPES = {"encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}
+
+
+def init_text(task: Task, config: RunConfig) -> str:
+    """Default init text: the task's chosen template with its fields emptied — the instruction words."""
+    if config.train.init_text:
+        return config.train.init_text
+    t = task.template(config.hard.template)
+    return " ".join(t.render(Example("init", {f: "" for f in task.input_fields}), task.verbalizers or None).split())
+
+
+def init_token_ids(backbone: Backbone, task: Task, config: RunConfig, n: int) -> list[int] | None:
+    """Token ids whose embeddings start the soft prompt (None = PEFT's random init)."""
+    how = config.train.init
+    tok = backbone.tokenizer
+    if how == "random":
+        return None
+    if how == "vocab":
+        special = set(tok.all_special_ids)
+        vocab = [i for i in range(min(len(tok), backbone.fingerprint()["vocab_size"])) if i not in special]
+        return random.Random(config.seed).sample(vocab, n) if len(vocab) >= n else None
+    if how == "labels":
+        if task.kind != "choices":
+            raise ConfigError(f"--init labels needs a task with labels; '{task.name}' has free-text answers, use text or vocab")
+        text = " ".join(task.verbalizers)
+    else:
+        text = init_text(task, config)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ConfigError(f"--init-text {text!r} has no tokens; give a non-empty text")
+    return (ids * (n // len(ids) + 1))[:n]  # repeat to fill, as PEFT's TEXT init does
+
+
+class SoftMethod(Method):
+    """A PEFT prompt-learning method. Subclasses give the PEFT config; the rest is shared."""
+
+    family = "soft"
+    trains = True
+    uses_template: ClassVar[bool] = False
+
+    def peft_config(self, backbone: Backbone, n: int) -> Any:
+        raise NotImplementedError
+
+    def template_for(self, task: Task, config: RunConfig) -> Template:
+        return task.template(config.hard.template) if self.uses_template else plain_template(task)
+
+    def fit(self, ctx: FitContext) -> Predictor:
+        from peft import get_peft_model
+
+        self.check(ctx.backbone, ctx.task)
+        n = ctx.config.train.virtual_tokens
+        model = get_peft_model(ctx.backbone.model, self.peft_config(ctx.backbone, n))
+        self._init(model, ctx, n)
+        pred = fit_adapted(ctx, self.name, model)
+        pred.extras.update({"virtual_tokens": n, "init": ctx.config.train.init})
+        return pred
+
+    def _init(self, model: Any, ctx: FitContext, n: int) -> None:
+        """Initialise input prompts from token embeddings ourselves: PEFT's TEXT init reloads the tokenizer
+        by name (fails for local or in-memory models offline) and has no label-word init."""
+        if not hasattr(model.prompt_encoder["default"], "embedding") or self.name == "p-tuning":
+            return
+        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n)
+        if ids is None:
+            return
+        words = ctx.backbone.model.get_input_embeddings().weight
+        with torch.no_grad():
+            model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids)].clone()
+
+    def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(backbone.model, str(path))
+        except Exception as e:  # PEFT/safetensors raise many types for missing or corrupt files
+            raise ModelError(f"cannot load the soft prompt in '{path}' ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:120] if str(e) else ''}); retrain or restore it") from None
+        model.eval()
+        t = meta["template"]
+        extras = meta.get("extras", {})
+        return AdaptedPredictor(self.name, backbone, task, Template(t["name"], t["text"]), model=model,
+                                anchors=load_anchors(path), extras=extras,
+                                max_new_tokens=extras.get("max_new_tokens", task.max_new_tokens))
+
+
+class PromptTuning(SoftMethod):
+    name = "prompt-tuning"
+    summary = "soft tokens before the input (Lester et al.); init random, vocab, text or labels"
+
+    def peft_config(self, backbone: Backbone, n: int) -> Any:
+        from peft import PromptTuningConfig
+
+        # One set of rows: PEFT would allocate 2x for seq2seq and use only the encoder half.
+        return PromptTuningConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
+                                  num_transformer_submodules=1, base_model_name_or_path=backbone.name)
+
+
+class Hybrid(PromptTuning):
+    name = "hybrid"
+    summary = "the task's hard template around the input plus soft tokens initialised from its text"
+    uses_template = True
+
+
+class PrefixTuning(SoftMethod):
+    name = "prefix-tuning"
+    summary = "trainable key/value prefixes at every layer (Li & Liang)"
+
+    def peft_config(self, backbone: Backbone, n: int) -> Any:
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
+                                  base_model_name_or_path=backbone.name)
+
+
+class PTuning(SoftMethod):
+    name = "p-tuning"
+    summary = "soft tokens produced by a small MLP prompt encoder (Liu et al.)"
+
+    def peft_config(self, backbone: Backbone, n: int) -> Any:
+        from peft import PromptEncoderConfig
+
+        return PromptEncoderConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
+                                   encoder_hidden_size=backbone.hidden_size, num_transformer_submodules=1,
+                                   base_model_name_or_path=backbone.name)

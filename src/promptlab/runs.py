@@ -1,0 +1,73 @@
+"""Run directories: written whole or not at all, and read back for reports.
+
+A run is built in a hidden sibling directory and renamed into place, with metrics.json written last,
+so a crash never leaves a directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ConfigError, DataError
+from .methods.base import Predictor
+
+RUN_FILES = ("config.yaml", "metrics.json", "predictions.jsonl")
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail before any work if --out cannot become a run directory."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; choose a directory path")
+    if out.is_dir() and any(out.iterdir()) and not (out / "metrics.json").exists() and not (out / "config.yaml").exists():
+        if not _is_compare_dir(out):
+            raise ConfigError(f"--out '{out}' is a non-empty directory that is not a promptlab run; choose another path")
+    parent = out.parent if not out.exists() else out
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out '{out}' is not writable (no write permission on '{parent}'); choose another path")
+
+
+def _is_compare_dir(out: Path) -> bool:
+    return (out / "report.md").exists() or any((p / "metrics.json").exists() for p in out.iterdir() if p.is_dir())
+
+
+def artifact_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: list[dict[str, Any]],
+              predictor: Predictor | None) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "config.yaml").write_text(config.to_yaml())
+        with open(tmp / "predictions.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        if predictor is not None:
+            predictor.save(tmp / "artifact")
+            metrics["artifact_bytes"] = artifact_bytes(tmp / "artifact")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    f = path / "metrics.json"
+    if not f.is_file():
+        raise DataError(f"'{path}' is not a finished run (no metrics.json); pass a run directory")
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"'{f}' is not valid JSON; rerun that run") from None

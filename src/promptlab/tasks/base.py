@@ -1,0 +1,132 @@
+"""Example, Template and Task: the nouns every loader, method and metric shares."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ConfigError, DataError
+
+AnswerKind = Literal["choices", "text"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One input (named text fields) and its gold answer.
+
+    `label` is the index into the task's labels for choice tasks; `answers` holds the acceptable
+    answer strings for text tasks. `meta` carries what a loader knows beyond the input (HotpotQA's
+    raw paragraphs and supporting facts) — never shown to a model at prediction time.
+    """
+
+    id: str
+    fields: dict[str, str]
+    label: int | None = None
+    answers: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def with_fields(self, **updates: str) -> Example:
+        return Example(self.id, {**self.fields, **updates}, self.label, self.answers, self.meta)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A hard prompt: Python format text over the example's fields, e.g. 'Review: {text}\\nSentiment:'.
+
+    `{choices}` expands to the task's verbalizers joined as 'a, b or c'.
+    """
+
+    name: str
+    text: str
+
+    def fields(self) -> set[str]:
+        return {f for _, f, _, _ in string.Formatter().parse(self.text) if f}
+
+    def render(self, example: Example, choices: list[str] | None = None) -> str:
+        values = dict(example.fields)
+        if choices:
+            values["choices"] = ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+        try:
+            return self.text.format(**values)
+        except KeyError as e:
+            raise DataError(
+                f"template '{self.name}' uses field {e} but example '{example.id}' has only "
+                f"{sorted(example.fields)}; fix the template or the data's field names"
+            ) from None
+
+
+# A context hook: (examples, tokenizer, max_input_tokens, template) -> (examples, stats).
+# Tasks with long inputs (HotpotQA) choose what fits the model's budget; others keep the identity.
+ContextHook = Callable[[list[Example], Any, int, Template], tuple[list[Example], dict[str, Any]]]
+
+
+@dataclass
+class Task:
+    """A named task: how to load its splits, what an answer is, how it is scored and prompted.
+
+    `labels` are canonical label names (as in the data); `verbalizers` the words a generative model
+    answers with; `descriptions` the sentences an encoder compares inputs with (zero-shot, anchors).
+    `splits(data)` returns every split available, keyed by name ('train', 'dev', 'val', 'test').
+    """
+
+    name: str
+    description: str
+    kind: AnswerKind
+    input_fields: list[str]
+    templates: list[Template]
+    metrics: list[str]
+    eval_split: str
+    loader: Callable[[str | None], dict[str, list[Example]]]
+    labels: list[str] = field(default_factory=list)
+    verbalizers: list[str] = field(default_factory=list)
+    descriptions: list[str] = field(default_factory=list)
+    fit_context: ContextHook | None = None
+    max_new_tokens: int = 16
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def splits(self, data: str | None = None) -> dict[str, list[Example]]:
+        out = self.loader(data)
+        for name, rows in out.items():
+            if not rows:
+                raise DataError(f"split '{name}' of task '{self.name}' is empty; check the data at {data or 'the hub'}")
+        return out
+
+    def template(self, name: str | None = None) -> Template:
+        if name is None:
+            return self.templates[0]
+        for t in self.templates:
+            if t.name == name:
+                return t
+        from ..errors import unknown
+
+        raise unknown(f"template of task '{self.name}'", name, [t.name for t in self.templates])
+
+    def label_index(self, value: Any, where: str) -> int:
+        """Map a raw label (name, verbalizer, or index as int/str/bool) to its index, or fail naming `where`."""
+        key = str(value).strip().lower()
+        for i, name in enumerate(self.labels):
+            if key == name.lower():
+                return i
+        for i, word in enumerate(self.verbalizers):
+            if key == word.lower():
+                return i
+        if key.lstrip("-").isdigit() and 0 <= int(key) < len(self.labels):
+            return int(key)
+        raise DataError(
+            f"{where}: label {value!r} is not one of task '{self.name}' labels {self.labels}; "
+            "fix the row or choose the task whose labels match"
+        )
+
+    def check(self) -> None:
+        """Internal consistency of a spec; raised at registration so a broken spec fails early."""
+        if self.kind == "choices":
+            if not self.labels or len(self.verbalizers) != len(self.labels) or len(self.descriptions) != len(self.labels):
+                raise ConfigError(f"task '{self.name}': labels, verbalizers and descriptions must have equal length")
+        if len(self.templates) < 2:
+            raise ConfigError(f"task '{self.name}' needs at least two hard-prompt templates")
+        for t in self.templates:
+            extra = t.fields() - set(self.input_fields) - {"choices"}
+            if extra:
+                raise ConfigError(f"task '{self.name}' template '{t.name}' uses unknown fields {sorted(extra)}")
