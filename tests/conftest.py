@@ -15,9 +15,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 CORPUS = [
-    "the food was great and the staff were lovely", "service was slow but the food was great",
-    "terrible film awful acting boring plot", "the hotel room was clean and quiet",
-    "the package arrived on tuesday", "i would not recommend this product", "a negative neutral positive review",
+    "the food was great and the staff were lovely",
+    "service was slow but the food was great",
+    "terrible film awful acting boring plot",
+    "the hotel room was clean and quiet",
+    "the package arrived on tuesday",
+    "i would not recommend this product",
+    "a negative neutral positive review",
     "question context answer who what where when which born city country",
 ]
 
@@ -29,36 +33,80 @@ def _save_wordpiece(out: Path) -> None:
     wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wp.normalizer = normalizers.BertNormalizer(lowercase=True)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(CORPUS * 5, trainers.WordPieceTrainer(
-        vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    wp.train_from_iterator(
+        CORPUS * 5,
+        trainers.WordPieceTrainer(
+            vocab_size=400, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        ),
+    )
     cls, sep = wp.token_to_id("[CLS]"), wp.token_to_id("[SEP]")
     wp.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=128).save_pretrained(out)
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=wp,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    ).save_pretrained(out)
 
 
 def build_tiny(kind: str, out: Path, seed: int = 0, hidden: int = 32) -> Path:
     import torch
-    from transformers import (BertConfig, BertModel, ByT5Tokenizer, GPT2Config, GPT2LMHeadModel, T5Config,
-                              T5ForConditionalGeneration)
+    from transformers import (
+        BertConfig,
+        BertModel,
+        ByT5Tokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     if kind == "encoder":
         _save_wordpiece(out)
-        cfg = BertConfig(vocab_size=400, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)
+        cfg = BertConfig(
+            vocab_size=400,
+            hidden_size=hidden,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
         BertModel(cfg).save_pretrained(out)
     elif kind == "seq2seq":
         ByT5Tokenizer().save_pretrained(out)
-        cfg = T5Config(vocab_size=384, d_model=hidden, d_ff=64, d_kv=16, num_layers=2, num_heads=2,
-                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        cfg = T5Config(
+            vocab_size=384,
+            d_model=hidden,
+            d_ff=64,
+            d_kv=16,
+            num_layers=2,
+            num_heads=2,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
         T5ForConditionalGeneration(cfg).save_pretrained(out)
     else:
         ByT5Tokenizer().save_pretrained(out)
-        cfg = GPT2Config(vocab_size=384, n_embd=hidden, n_layer=2, n_head=2, n_positions=1024,
-                         bos_token_id=1, eos_token_id=1, pad_token_id=0)
+        cfg = GPT2Config(
+            vocab_size=384,
+            n_embd=hidden,
+            n_layer=2,
+            n_head=2,
+            n_positions=1024,
+            bos_token_id=1,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
         GPT2LMHeadModel(cfg).save_pretrained(out)
     return out
 

@@ -45,15 +45,15 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def detect_kind(config: Any) -> Kind:
+def detect_kind(config: Any, model: Any = None) -> Kind:
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
-    archs = config.architectures or []
+    archs = config.architectures or ([type(model).__name__] if model is not None else [])
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         return "causal"
     if archs:
         return "encoder"
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return "causal" if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "encoder"
 
@@ -279,7 +279,7 @@ def from_pretrained_objects(
     name: str, model: Any, tokenizer: Any, path: str | None = None, max_length: int | None = None
 ) -> Backbone:
     """Wrap an in-memory model and tokenizer (tests build tiny ones) as a frozen Backbone."""
-    kind = detect_kind(model.config)
+    kind = detect_kind(model.config, model)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one; eos is the usual stand-in

@@ -58,6 +58,7 @@ class SoftMethod(Method):
     family = "soft"
     trains = True
     uses_template: ClassVar[bool] = False
+    token_init: ClassVar[bool] = False  # prompts that live in the word-embedding space start from words
 
     def peft_config(self, backbone: Backbone, n: int) -> Any:
         raise NotImplementedError
@@ -79,7 +80,7 @@ class SoftMethod(Method):
     def _init(self, model: Any, ctx: FitContext, n: int) -> None:
         """Initialise input prompts from token embeddings ourselves: PEFT's TEXT init reloads the tokenizer
         by name (fails for local or in-memory models offline) and has no label-word init."""
-        if not hasattr(model.prompt_encoder["default"], "embedding") or self.name == "p-tuning":
+        if not self.token_init:
             return
         ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n)
         if ids is None:
@@ -107,6 +108,7 @@ class SoftMethod(Method):
 class PromptTuning(SoftMethod):
     name = "prompt-tuning"
     summary = "soft tokens before the input (Lester et al.); init random, vocab, text or labels"
+    token_init = True
 
     def peft_config(self, backbone: Backbone, n: int) -> Any:
         from peft import PromptTuningConfig

@@ -2,12 +2,15 @@
 
 Distractor-setting inputs are ~1,460 T5 tokens at the median, so what reaches a 512-token model is a
 choice. `fit_context` makes it by relevance to the question alone — paragraphs ranked by IDF-weighted
-overlap (titles weighted up), then a second hop from the best paragraph to the entity it names — and
-never reads the gold answer or supporting facts; those are used only to measure what survived.
+overlap (titles weighted up), then a second hop to the paragraph whose title the first one names — and
+never reads the gold answer or supporting facts; those are used only to measure what survived. On the
+300 dev examples at 512 T5 tokens it keeps the answer in 97% of inputs and a supporting sentence in
+100%, where cutting the flattened context at 512 keeps 54% and 57%.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -42,7 +45,7 @@ TEMPLATES = [
 
 
 def load_hotpotqa(data: str | None) -> dict[str, list[Example]]:
-    """Official HotpotQA JSON file or folder -> {'dev' | 'train': Examples}; None -> the hub's distractor set."""
+    """Official HotpotQA JSON (file or folder) -> {'dev' or 'train': Examples}; None: the hub's copy."""
     if data is None:
         return _load_hub()
     path = _find_file(Path(data))
@@ -66,16 +69,13 @@ def load_hotpotqa(data: str | None) -> dict[str, list[Example]]:
             raise DataError(
                 f"{path}: item {i} has no field '{missing[0]}'; every item needs {', '.join(REQUIRED)}"
             )
-        examples.append(
-            _example(
-                row["_id"],
-                row["question"],
-                row["answer"],
-                row["context"],
-                row.get("supporting_facts", []),
-                row,
-            )
-        )
+        try:
+            examples.append(_example(row))
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}: item {i} has a malformed 'context' or 'supporting_facts' (want [[title, [sentence, "
+                "...]], ...] and [[title, sent_id], ...]); pass the official HotpotQA JSON unchanged"
+            ) from None
     return {split: examples}
 
 
@@ -100,34 +100,43 @@ def _load_hub() -> dict[str, list[Example]]:
         ds = load_dataset("hotpot_qa", "distractor")
     except Exception:  # noqa: BLE001 - offline, no cache, renamed dataset: the same fix for the user
         raise DataError(
-            "the Hugging Face hub is unreachable for 'hotpot_qa'; pass --data PATH to the official HotpotQA JSON"
+            "the Hugging Face hub is unreachable for 'hotpot_qa'; "
+            "pass --data PATH to the official HotpotQA JSON"
         ) from None
-    out = {}
-    for hf_split, name in (("train", "train"), ("validation", "dev")):
-        if hf_split in ds:
-            out[name] = [
-                _example(
-                    r["id"],
-                    r["question"],
-                    r["answer"],
-                    list(zip(r["context"]["title"], r["context"]["sentences"])),
-                    list(zip(r["supporting_facts"]["title"], r["supporting_facts"]["sent_id"])),
-                    r,
-                )
-                for r in ds[hf_split]
-            ]
-    return out
+    # The hub stores context and supporting facts as dicts of parallel lists; rebuild the official layout.
+    return {
+        name: [
+            _example(
+                {
+                    **r,
+                    "_id": r["id"],
+                    "context": [list(p) for p in zip(r["context"]["title"], r["context"]["sentences"])],
+                    "supporting_facts": list(
+                        zip(r["supporting_facts"]["title"], r["supporting_facts"]["sent_id"])
+                    ),
+                }
+            )
+            for r in ds[hf_split]
+        ]
+        for hf_split, name in (("train", "train"), ("validation", "dev"))
+        if hf_split in ds
+    }
 
 
-def _example(qid: str, question: str, answer: str, context: list, facts: list, row: dict) -> Example:
-    paragraphs = [(str(t), [str(s) for s in sents]) for t, sents in context]
+def _example(row: dict) -> Example:
+    """One official item -> Example; gold-only fields go to meta, where models never look."""
+    paragraphs = []
+    for title, sents in row["context"]:
+        if not isinstance(sents, list):
+            raise TypeError(f"sentences of {title!r} are not a list")
+        paragraphs.append((str(title), [str(s) for s in sents]))
     return Example(
-        id=str(qid),
-        fields={"question": question, "context": flatten(paragraphs)},
-        answers=(answer,),
+        id=str(row["_id"]),
+        fields={"question": str(row["question"]), "context": flatten(paragraphs)},
+        answers=(str(row["answer"]),),
         meta={
             "paragraphs": paragraphs,
-            "supporting_facts": [(str(t), int(i)) for t, i in facts],
+            "supporting_facts": [(str(t), int(k)) for t, k in row.get("supporting_facts", [])],
             "type": row.get("type"),
             "level": row.get("level"),
         },
@@ -150,21 +159,21 @@ def flatten(paragraphs: list[tuple[str, list[str]]]) -> str:
 
 _WORD = re.compile(r"\w+")
 _PAREN = re.compile(r"\s*\([^)]*\)\s*$")
-_STOP_WORDS = """a an the of in on at to for from by with and or nor but is was were are be been being am do does did
-    has have had having what which who whom whose when where why how that this these those as it its he she
-    his her hers they them their theirs we our you your i me my not no than then there here also both either
-    neither one same other into onto about over under after before during between while so such can could
-    will would shall should may might must if whether only just more most many much very s t"""
+_STOP_WORDS = """a an the of in on at to for from by with and or nor but is was were are be been being am
+    do does did has have had having what which who whom whose when where why how that this these those as it
+    its he she his her hers they them their theirs we our you your i me my not no than then there here also
+    both either neither one same other into onto about over under after before during between while so such
+    can could will would shall should may might must if whether only just more most many much very s t"""
 _STOP = frozenset(_STOP_WORDS.split())
 # Tuned on the 300 dev examples with the T5 SentencePiece tokenizer (see fit_context's docstring).
 K1, B = 1.2, 0.75
 W_TITLE = 2.0  # IDF-weighted share of a paragraph's title found in the question
 W_TITLE_PHRASE = 2.0  # the whole title (minus its "(film)"-style qualifier) appears in the question
-W_BRIDGE = 6.0  # hop 2: IDF-weighted share of the paragraph's title named in the hop-1 paragraph
-W_EXPAND = 0.3  # hop 2: overlap with the hop-1 paragraph's words beyond the question's
+W_BRIDGE = 6.0  # hop 2: share of the paragraph's title named in hop 1 (beyond the question)
 HOP1_BEAM = 2  # hop-1 candidates each tried as the start of the chain
 
 
+@functools.cache
 def _stem(w: str) -> str:
     # Just plurals: enough for 'cranberries' to meet 'Cranberry'; a real stemmer would merge entities.
     if len(w) > 4 and w.endswith("ies"):
@@ -187,8 +196,11 @@ class _Scorer:
     def __init__(self, paragraphs: list[tuple[str, list[str]]]):
         self.titles = [t for t, _ in paragraphs]
         self.cores = [_PAREN.sub("", t) for t in self.titles]
-        self.texts = [" ".join(s.strip() for s in sents) for _, sents in paragraphs]
-        self.tf = [Counter(_terms(t + " " + x)) for t, x in zip(self.titles, self.texts)]
+        self.sent_terms = [[_terms(s) for s in sents] for _, sents in paragraphs]
+        self.tf = [
+            Counter(_terms(t)) + Counter(w for s in ss for w in s)
+            for t, ss in zip(self.titles, self.sent_terms)
+        ]
         self.title_terms = [set(_terms(c)) for c in self.cores]
         n = len(paragraphs)
         df = Counter(w for tf in self.tf for w in tf)
@@ -229,13 +241,9 @@ def _rank(sc: _Scorer, q: set[str], qn: str) -> list[int]:
     s1 = [sc.bm25(q, j) + sc.title_match(q, qn, j) for j in range(n)]
     best: tuple[float, int, dict[int, float]] | None = None
     for h in sorted(range(n), key=lambda j: -s1[j])[:HOP1_BEAM]:
-        hop_terms = set(sc.tf[h])
-        expand = hop_terms - q
-        s2 = {
-            j: s1[j] + W_EXPAND * sc.bm25(expand, j) + W_BRIDGE * sc.share(sc.title_terms[j], hop_terms)
-            for j in range(n)
-            if j != h
-        }
+        # Only names the question lacks: a title the question already names scored in hop 1.
+        new = set(sc.tf[h]) - q
+        s2 = {j: s1[j] + W_BRIDGE * sc.share(sc.title_terms[j], new) for j in range(n) if j != h}
         top2 = max(s2, key=lambda j: s2[j])
         if best is None or s1[h] + s2[top2] > best[0]:
             best = (s1[h] + s2[top2], h, s2)
@@ -245,43 +253,58 @@ def _rank(sc: _Scorer, q: set[str], qn: str) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------- budget
 
-RANK_PRIORITY = (8.0, 6.0, 3.0, 2.0, 1.0, 0.5)  # by paragraph rank; later ranks get 0
+# Priority by paragraph rank: the hop pair first and equal (the answer is in either); a gentle decay after
+# it lets lead sentences of the next paragraphs in, which a wrong pair needs; ranks 6+ get 0.
+RANK_PRIORITY = (8.0, 8.0, 6.0, 4.0, 2.0, 1.0)
 FIRST_SENTENCE = 3.0  # a Wikipedia lead sentence names and defines the entity: the hop a reader needs
 W_SENTENCE = 1.0  # IDF-weighted overlap of a sentence with the question
-POSITION_DECAY = 0.3  # later sentences of a paragraph drift from its entity
+POSITION_DECAY = 0.5  # later sentences of a paragraph drift from its entity
+CANDIDATE_CHARS = 8  # characters tokenised per budget token; only a speed knob, see fit_context
 
 
-def _plan(
-    question: str, paragraphs: list[tuple[str, list[str]]]
-) -> tuple[list[int], list[tuple[float, int, int]]]:
-    """Paragraph order and every sentence's (priority, paragraph, sentence) — question only, no gold."""
+def _plan(question: str, paragraphs: list[tuple[str, list[str]]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Paragraph order and every (paragraph, sentence), best first — from the question only, no gold."""
     sc, q = _Scorer(paragraphs), set(_terms(question))
     order = _rank(sc, q, _norm(question))
     items = []
     for r, j in enumerate(order):
         base = RANK_PRIORITY[r] if r < len(RANK_PRIORITY) else 0.0
         for k, s in enumerate(paragraphs[j][1]):
-            if not s.strip():
-                continue
-            rel = sum(sc.idf.get(w, 0.0) for w in set(_terms(s)) & q)
-            items.append((base + FIRST_SENTENCE * (k == 0) + W_SENTENCE * rel - POSITION_DECAY * k, j, k))
-    return order, items
+            if s.strip():
+                rel = sum(sc.idf.get(w, 0.0) for w in set(sc.sent_terms[j][k]) & q)
+                items.append((base + FIRST_SENTENCE * (k == 0) + W_SENTENCE * rel - POSITION_DECAY * k, j, k))
+    items.sort(key=lambda x: -x[0])
+    return order, [(j, k) for _, j, k in items]
 
 
-def _select(order, items, title_cost, sent_cost, budget) -> dict[int, list[int]]:
+def _select(order: list[int], items: list[tuple[int, int]], cost: dict, budget: int) -> dict[int, list[int]]:
     """Greedy by priority: a sentence goes in if it (and its paragraph's title, the first time) still fits."""
     chosen: dict[int, list[int]] = {}
     used = 0
-    for _, j, k in sorted(items, key=lambda x: -x[0]):
-        cost = sent_cost[j][k] + (0 if j in chosen else title_cost[j])
-        if used + cost <= budget:
+    for j, k in items:
+        c = cost[j, k] + (0 if j in chosen else cost[j, -1])
+        if used + c <= budget:
             chosen.setdefault(j, []).append(k)
-            used += cost
+            used += c
     return {j: sorted(chosen[j]) for j in order if j in chosen}
 
 
-def _render(paragraphs, chosen: dict[int, list[int]]) -> str:
+def _render(paragraphs: list[tuple[str, list[str]]], chosen: dict[int, list[int]]) -> str:
     return flatten([(paragraphs[j][0], [paragraphs[j][1][k] for k in ks]) for j, ks in chosen.items()])
+
+
+def _measure(
+    tokenizer: Any, examples: list[Example], wanted: list[list[tuple[int, int]]], costs: list[dict]
+) -> None:
+    """Token cost of each wanted 'title:' (k=-1) and sentence, in one batched call."""
+    keys, texts = [], []
+    for i, pairs in enumerate(wanted):
+        paras = examples[i].meta["paragraphs"]
+        for j, k in {*pairs, *((j, -1) for j, _ in pairs)} - costs[i].keys():
+            keys.append((i, j, k))
+            texts.append(f"{paras[j][0]}:" if k < 0 else paras[j][1][k].strip())
+    for (i, j, k), n in zip(keys, _count(tokenizer, texts, special=False)):
+        costs[i][j, k] = n + (k < 0)  # a title also pays for the separator before its paragraph
 
 
 def fit_context(
@@ -289,51 +312,61 @@ def fit_context(
 ) -> tuple[list[Example], dict[str, Any]]:
     """The HotpotQA ContextHook: choose paragraphs and sentences so the rendered input fits the budget.
 
-    Sentences are scored by their paragraph's two-hop rank, a lead-sentence bonus and their own overlap
-    with the question, then packed greedily: low-scoring sentences go before whole paragraphs. Token
-    costs come from one batched tokenizer call; the final renders are checked (special tokens included)
-    and any that overshoot — token counts are not exactly additive — are re-packed with a smaller budget.
+    Sentences are ranked by their paragraph's two-hop rank, a lead-sentence bonus and their own overlap
+    with the question, then packed greedily, so low-scoring sentences go before whole paragraphs.
+    Weights were set by measuring answer/support survival on the 300 dev examples with a T5
+    SentencePiece tokenizer; the optimum is flat (halving or doubling any one weight moves answer
+    survival by at most three points). Token costs come from batched tokenizer calls; the final renders
+    are checked, special tokens included, and any that overshoot (counts are not exactly additive) are
+    re-packed with a smaller budget.
     """
-    plans = [_plan(e.fields["question"], e.meta.get("paragraphs", [])) for e in examples]
-    # Cost of everything but the context, and of each "title:" and " sentence" piece.
+    n = len(examples)
+    have = [i for i in range(n) if examples[i].meta.get("paragraphs")]
+    plans = {i: _plan(examples[i].fields["question"], examples[i].meta["paragraphs"]) for i in have}
     overhead = _count(tokenizer, [template.render(e.with_fields(context="")) for e in examples], special=True)
-    pieces, index = [], []
-    for i, e in enumerate(examples):
-        for j, (title, sents) in enumerate(e.meta.get("paragraphs", [])):
-            pieces.append(f"{title}:")
-            index.append((i, j, -1))
-            for k, s in enumerate(sents):
-                pieces.append(s.strip())
-                index.append((i, j, k))
-    costs = _count(tokenizer, pieces, special=False)
-    title_cost = [{} for _ in examples]
-    sent_cost = [{} for _ in examples]
-    for (i, j, k), c in zip(index, costs):
-        if k < 0:
-            title_cost[i][j] = c + 1  # +1: the newline/separator between paragraphs
-        else:
-            sent_cost[i].setdefault(j, {})[k] = c
-
     budgets = [max(0, max_input_tokens - o) for o in overhead]
-    out: list[Example | None] = [None] * len(examples)
-    todo = list(range(len(examples)))
-    for _ in range(8):  # each pass only re-packs the inputs that overshot
-        renders = {}
+    costs: list[dict] = [{} for _ in examples]
+    # Tokenise only what could be packed: the best sentences up to CANDIDATE_CHARS characters per budget
+    # token (more than any subword tokenizer packs); an example whose candidates all fit gets the rest.
+    cut = {}
+    for i in have:
+        items, chars = plans[i][1], 0
+        paras = examples[i].meta["paragraphs"]
+        cut[i] = len(items)
+        for m, (j, k) in enumerate(items):
+            chars += len(paras[j][1][k]) + 1
+            if chars > CANDIDATE_CHARS * budgets[i]:
+                cut[i] = m + 1
+                break
+    _measure(tokenizer, examples, [plans[i][1][: cut[i]] if i in cut else [] for i in range(n)], costs)
+    short = [
+        i for i in have if cut[i] < len(plans[i][1]) and _total(plans[i][1][: cut[i]], costs[i]) < budgets[i]
+    ]
+    for i in short:
+        cut[i] = len(plans[i][1])
+    _measure(tokenizer, examples, [plans[i][1] if i in short else [] for i in range(n)], costs)
+
+    out = list(examples)
+    lengths = [0] * n
+    todo = list(range(n))
+    for _ in range(8):  # each pass re-packs only the inputs that overshot
         for i in todo:
-            paras = examples[i].meta.get("paragraphs", [])
-            chosen = _select(*plans[i], title_cost[i], sent_cost[i], budgets[i]) if paras else {}
-            ctx = _render(paras, chosen) if paras else examples[i].fields["context"]
-            out[i] = examples[i].with_fields(context=ctx)
-            renders[i] = template.render(out[i])
-        lengths = _count(tokenizer, list(renders.values()), special=True)
-        over = [(i, n) for i, n in zip(renders, lengths) if n > max_input_tokens]
-        if not over:
+            if i in plans:
+                chosen = _select(plans[i][0], plans[i][1][: cut[i]], costs[i], budgets[i])
+                out[i] = examples[i].with_fields(context=_render(examples[i].meta["paragraphs"], chosen))
+        counted = _count(tokenizer, [template.render(out[i]) for i in todo], special=True)
+        for i, m in zip(todo, counted):
+            lengths[i] = m
+        todo = [i for i in todo if lengths[i] > max_input_tokens and i in plans and budgets[i] > 0]
+        if not todo:
             break
-        for i, n in over:
-            budgets[i] = max(0, budgets[i] - (n - max_input_tokens))
-        todo = [i for i, _ in over]
-    fitted = [e for e in out if e is not None]
-    return fitted, survival_stats(fitted, tokenizer, template, max_input_tokens)
+        for i in todo:
+            budgets[i] = max(0, budgets[i] - (lengths[i] - max_input_tokens))
+    return out, survival_stats(out, tokenizer, template, max_input_tokens, lengths)
+
+
+def _total(items: list[tuple[int, int]], cost: dict) -> int:
+    return sum(cost[p] for p in items) + sum(cost[j, -1] for j in {j for j, _ in items})
 
 
 def _count(tokenizer: Any, texts: list[str], special: bool) -> list[int]:
@@ -343,11 +376,17 @@ def _count(tokenizer: Any, texts: list[str], special: bool) -> list[int]:
 
 
 def survival_stats(
-    examples: list[Example], tokenizer: Any, template: Template, budget: int
+    examples: list[Example], tokenizer: Any, template: Template, budget: int, lengths: list[int] | None = None
 ) -> dict[str, Any]:
-    """Input lengths and how often the gold answer / supporting sentences reached the model (gold used here only)."""
+    """Input lengths and how often the gold answer / a supporting sentence reached the model.
+
+    The only place gold fields are read, and only to measure: an answer counts as kept when its
+    normalised form appears as whole words in the normalised input (yes/no always count), a supporting
+    sentence when it appears verbatim.
+    """
     inputs = [template.render(e) for e in examples]
-    lengths = _count(tokenizer, inputs, special=True)
+    if lengths is None:
+        lengths = _count(tokenizer, inputs, special=True)
     answer = support = all_support = 0
     for e, text in zip(examples, inputs):
         norm = " " + normalize_answer(text) + " "

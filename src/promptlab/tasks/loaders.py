@@ -29,14 +29,14 @@ Row = tuple[int, dict[str, Any]]  # (line number, column -> value)
 
 # What each format expects, for the "how to fix it" half of error messages.
 EXPECTS = {
-    "glue-tsv": "a GLUE folder with train.tsv / dev.tsv (or one .tsv file with a header row)",
-    "sst5": "a folder with stsa.fine.train / stsa.fine.dev / stsa.fine.test (or one of them)",
-    "tweeteval": "a TweetEval folder with {split}_text.txt and {split}_labels.txt (e.g. val_text.txt)",
-    "superglue-jsonl": "a SuperGLUE folder with val.jsonl (and train.jsonl or fewglue/train.jsonl)",
-    "ag-news-csv": "AG News CSV files without header: class,title,description (e.g. test.csv)",
+    "glue-tsv": "a GLUE folder with train.tsv and dev.tsv, or one .tsv file with a header row",
+    "sst5": "a folder with stsa.fine.train, stsa.fine.dev or stsa.fine.test, or one of those files",
+    "tweeteval": "a TweetEval folder with {split}_text.txt and {split}_labels.txt, e.g. val_text.txt",
+    "superglue-jsonl": "a SuperGLUE folder with val.jsonl, and train.jsonl or fewglue/train.jsonl",
+    "ag-news-csv": "AG News CSV files without a header, class,title,description, e.g. test.csv",
     "jsonl": "a .jsonl file, or a folder of train/dev/test .jsonl files",
     "csv": "a .csv file with a header row, or a folder of train/dev/test .csv files",
-    "hotpotqa": "the official HotpotQA JSON file (e.g. hotpot_dev_distractor_v1.json)",
+    "hotpotqa": "the official HotpotQA JSON file, e.g. hotpot_dev_distractor_v1.json",
 }
 
 _SPLIT_WORDS = {"train", "dev32", "dev", "val", "validation", "test"}
@@ -57,16 +57,25 @@ def split_of(name: str, eval_split: str) -> str:
     return Path(name).stem
 
 
-def to_example(spec: TaskSpec, task: Task, row: Mapping[str, Any], split: str, n: int, where: str,
-               skip_unlabelled: bool = False) -> Example | None:
+def to_example(
+    spec: TaskSpec,
+    task: Task,
+    row: Mapping[str, Any],
+    split: str,
+    n: int,
+    where: str,
+    skip_unlabelled: bool = False,
+) -> Example | None:
     """One row -> Example, or None for an unlabelled row that may be skipped (a test split)."""
     fields = {}
     for name in spec.fields:
         column = spec.columns.get(name, name)
         value = row.get(column)
         if value is None:
-            raise DataError(f"{where}: row has no '{column}' field (input '{name}' of task '{task.name}'); "
-                            "add it, or map the field with 'columns' in the task spec")
+            raise DataError(
+                f"{where}: row has no '{column}' field (input '{name}' of task '{task.name}'); "
+                "add it, or map the field with 'columns' in the task spec"
+            )
         if isinstance(value, (dict, list)):
             raise DataError(f"{where}: field '{column}' must be text, got {type(value).__name__}")
         fields[name] = str(value).strip()
@@ -76,8 +85,10 @@ def to_example(spec: TaskSpec, task: Task, row: Mapping[str, Any], split: str, n
         if skip_unlabelled:
             return None
         what = "the label" if task.kind == "choices" else "the answer"
-        raise DataError(f"{where}: row has no '{answer_column}' field ({what}); add it, or name the "
-                        f"column with '{'label' if task.kind == 'choices' else 'answer'}_column' in the task spec")
+        raise DataError(
+            f"{where}: row has no '{answer_column}' field ({what}); add it, or name the "
+            f"column with '{'label' if task.kind == 'choices' else 'answer'}_column' in the task spec"
+        )
     label, answers = None, ()
     if task.kind == "choices":
         label = task.label_index(raw, where)
@@ -86,7 +97,9 @@ def to_example(spec: TaskSpec, task: Task, row: Mapping[str, Any], split: str, n
     elif isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
         answers = (str(raw),)
     else:
-        raise DataError(f"{where}: answer '{answer_column}' must be a string or a list of strings, got {raw!r}")
+        raise DataError(
+            f"{where}: answer '{answer_column}' must be a string or a list of strings, got {raw!r}"
+        )
     uid = next((row[c] for c in _ID_COLUMNS if row.get(c) not in (None, "")), None)
     used = {spec.columns.get(f, f) for f in spec.fields} | {answer_column, *_ID_COLUMNS}
     meta = {k: v for k, v in row.items() if k not in used}
@@ -105,7 +118,9 @@ def read_text(path: Path) -> str:
         text = data.decode("utf-8-sig")  # -sig: a BOM from Excel/Notepad is not part of the first column
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x}); re-save the file as UTF-8"
+        ) from None
     if not text.strip():
         raise DataError(f"{path}: file is empty; it should hold the rows of a split")
     return text
@@ -133,8 +148,10 @@ def _table(path: Path, delimiter: str, header: list[str] | None = None) -> tuple
                 if not cells:
                     continue
                 if len(cells) != len(header):
-                    raise DataError(f"{path}:{reader.line_num}: {len(cells)} columns, expected {len(header)} "
-                                    f"({', '.join(header)}); fix the row's separators or quoting")
+                    raise DataError(
+                        f"{path}:{reader.line_num}: {len(cells)} columns, expected {len(header)} "
+                        f"({', '.join(header)}); fix the row's separators or quoting"
+                    )
                 yield reader.line_num, dict(zip(header, cells))
         except csv.Error as e:
             raise DataError(f"{path}:{reader.line_num}: malformed row ({e})") from None
@@ -149,14 +166,17 @@ def _jsonl(path: Path) -> Iterable[Row]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+            raise DataError(
+                f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno}); fix or remove the line"
+            ) from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
         yield n, row
 
 
-def _build(spec: TaskSpec, task: Task, split: str, path: Path, rows: Iterable[Row],
-           skip_unlabelled: bool = False) -> list[Example]:
+def _build(
+    spec: TaskSpec, task: Task, split: str, path: Path, rows: Iterable[Row], skip_unlabelled: bool = False
+) -> list[Example]:
     out = []
     for i, (line, row) in enumerate(rows):
         ex = to_example(spec, task, row, split, i, f"{path}:{line}", skip_unlabelled)
@@ -167,8 +187,13 @@ def _build(spec: TaskSpec, task: Task, split: str, path: Path, rows: Iterable[Ro
     return out
 
 
-def _sources(spec: TaskSpec, task: Task, path: str | None, defaults: dict[str, list[str]] | None,
-             ext: str = "") -> list[tuple[str, Path]]:
+def _no_data(spec: TaskSpec, task: Task) -> DataError:
+    return DataError(f"task '{task.name}' has no default data; pass --data PATH ({EXPECTS[spec.format]})")
+
+
+def _sources(
+    spec: TaskSpec, task: Task, path: str | None, defaults: dict[str, list[str]] | None, ext: str = ""
+) -> list[tuple[str, Path]]:
     """(split, file) pairs to read from `path`.
 
     A single file is one split named from the file. In a folder, the spec's `files` are all required;
@@ -176,7 +201,7 @@ def _sources(spec: TaskSpec, task: Task, path: str | None, defaults: dict[str, l
     split), or, with no defaults, every file ending in `ext`.
     """
     if path is None:
-        raise DataError(f"task '{task.name}' has no default data; pass --data PATH ({EXPECTS[spec.format]})")
+        raise _no_data(spec, task)
     p = Path(path)
     if p.is_file():
         return [(split_of(p.name, task.eval_split), p)]
@@ -185,8 +210,10 @@ def _sources(spec: TaskSpec, task: Task, path: str | None, defaults: dict[str, l
     if spec.files:
         missing = [f for f in spec.files.values() if not (p / f).is_file()]
         if missing:
-            raise DataError(f"{path}: missing {', '.join(missing)}; task '{task.name}' expects "
-                            f"{', '.join(spec.files.values())} in this folder")
+            raise DataError(
+                f"{path}: missing {', '.join(missing)}; task '{task.name}' expects "
+                f"{', '.join(spec.files.values())} in this folder"
+            )
         return [(split, p / f) for split, f in spec.files.items()]
     if defaults is None:
         found = [(split_of(f.name, task.eval_split), f) for f in sorted(p.glob(f"*{ext}")) if f.is_file()]
@@ -198,6 +225,14 @@ def _sources(spec: TaskSpec, task: Task, path: str | None, defaults: dict[str, l
                 found.append((split, hit))
     if not found:
         raise DataError(f"{path}: no data files found; expected {EXPECTS[spec.format]}")
+    seen: dict[str, Path] = {}
+    for split, f in found:
+        if split in seen:  # e.g. train.jsonl and train_full.jsonl: reading both would silently drop one
+            raise DataError(
+                f"{path}: {seen[split].name} and {f.name} are both split '{split}'; "
+                "keep one, or name the files per split with 'files' in the task spec"
+            )
+        seen[split] = f
     return found
 
 
@@ -218,9 +253,9 @@ def _sst5(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Exampl
     for split, file in _sources(spec, task, path, defaults):
         rows = []
         for n, line in enumerate(_lines(file), 1):
-            label, _, text = line.partition(" ")
             if not line.strip():
                 continue
+            label, _, text = line.partition(" ")
             if not label.isdigit() or not text.strip():
                 raise DataError(f"{file}:{n}: expected '<label 0-4> <sentence>', got {line[:40]!r}")
             rows.append((n, {"label": label, "text": text}))
@@ -230,7 +265,7 @@ def _sst5(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Exampl
 
 def _tweeteval(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Example]]:
     if path is None:
-        _sources(spec, task, path, None)  # raises the "pass --data" error
+        raise _no_data(spec, task)
     p = Path(path)
     folder = p.parent if p.is_file() else p
     if p.is_file():
@@ -252,12 +287,16 @@ def _tweeteval(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[E
         prefix = text_file.name.removesuffix("_text.txt")
         label_file = folder / f"{prefix}_labels.txt"
         if not label_file.is_file():
-            raise DataError(f"{text_file}: its labels file {label_file.name} is missing; TweetEval keeps "
-                            "labels in {split}_labels.txt beside {split}_text.txt")
+            raise DataError(
+                f"{text_file}: its labels file {label_file.name} is missing; TweetEval keeps "
+                "labels in {split}_labels.txt beside {split}_text.txt"
+            )
         lines, labels = _lines(text_file), _lines(label_file)
         if len(lines) != len(labels):
-            raise DataError(f"{text_file} has {len(lines)} lines but {label_file} has {len(labels)}; "
-                            "each tweet needs exactly one label line")
+            raise DataError(
+                f"{text_file} has {len(lines)} lines but {label_file} has {len(labels)}; "
+                "each tweet needs exactly one label line"
+            )
         split = split_of(prefix, task.eval_split)
         rows = []
         for n, (text, label) in enumerate(zip(lines, labels), 1):
@@ -268,8 +307,12 @@ def _tweeteval(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[E
 
 
 def _superglue(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Example]]:
-    defaults = {"val": ["val.jsonl"], "train": ["train.jsonl", "fewglue/train.jsonl"],
-                "dev32": ["fewglue/dev32.jsonl"], "test": ["test.jsonl"]}
+    defaults = {
+        "val": ["val.jsonl"],
+        "train": ["train.jsonl", "fewglue/train.jsonl"],
+        "dev32": ["fewglue/dev32.jsonl"],
+        "test": ["test.jsonl"],
+    }
     out = {}
     for split, file in _sources(spec, task, path, defaults):
         examples = _build(spec, task, split, file, _jsonl(file), skip_unlabelled=split == "test")
@@ -331,6 +374,9 @@ def _hotpotqa(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Ex
     return import_module("promptlab.tasks.hotpotqa").load_hotpotqa(path)
 
 
+# Formats whose reader loads from the hub itself when given no path (their rows need more than a column map).
+HUB_NATIVE = {"hotpotqa"}
+
 FORMATS: dict[str, Loader] = {
     "glue-tsv": _glue_tsv,
     "sst5": _sst5,
@@ -352,15 +398,19 @@ def from_hub(spec: TaskSpec, task: Task) -> dict[str, list[Example]]:
         dataset = datasets.load_dataset(**hub)
     except Exception as e:  # noqa: BLE001 -- offline, unknown dataset, bad cache: all mean "use --data"
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise DataError(f"task '{task.name}' has no local data and the hub is unreachable ({reason}); "
-                        f"pass --data PATH (e.g. {EXPECTS.get(spec.format, 'a local copy')})") from None
+        raise DataError(
+            f"task '{task.name}' has no local data and the hub is unreachable ({reason}); "
+            f"pass --data PATH (e.g. {EXPECTS.get(spec.format, 'a local copy')})"
+        ) from None
     name = "/".join(str(v) for v in (hub.get("path"), hub.get("name")) if v)
     out = {}
     for hub_split, rows in dataset.items():
         split = split_of(hub_split, task.eval_split)
         examples = []
         for i, row in enumerate(rows):
-            ex = to_example(spec, task, row, split, i, f"hub {name} {hub_split} row {i}", skip_unlabelled=True)
+            ex = to_example(
+                spec, task, row, split, i, f"hub {name} {hub_split} row {i}", skip_unlabelled=True
+            )
             if ex is not None:
                 examples.append(ex)
         if examples:  # hub test splits are often unlabelled (-1): leave them out

@@ -17,17 +17,32 @@ import yaml
 
 from ..errors import ConfigError, DataError, unknown
 from .base import ContextHook, Example, Task, Template
-from .loaders import FORMATS, from_hub
+from .loaders import FORMATS, HUB_NATIVE, from_hub
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data"
 
 # key -> kind of value; the checker below knows each kind.
 _SCHEMA = {
-    "name": "str", "description": "str", "kind": "str", "format": "str", "hub": "hub", "files": "strmap",
-    "fields": "strlist", "columns": "strmap", "label_column": "str", "answer_column": "str",
-    "labels": "strlist", "verbalizers": "strlist", "descriptions": "strlist", "metrics": "strlist",
-    "eval_split": "str", "default_data": "str", "context": "str", "max_new_tokens": "int",
-    "max_input_tokens": "int", "templates": "templates",
+    "name": "str",
+    "description": "str",
+    "kind": "str",
+    "format": "str",
+    "hub": "hub",
+    "files": "strmap",
+    "fields": "strlist",
+    "columns": "strmap",
+    "label_column": "str",
+    "answer_column": "str",
+    "labels": "strlist",
+    "verbalizers": "strlist",
+    "descriptions": "strlist",
+    "metrics": "strlist",
+    "eval_split": "str",
+    "default_data": "str",
+    "context": "str",
+    "max_new_tokens": "int",
+    "max_input_tokens": "int",
+    "templates": "templates",
 }
 _REQUIRED = ("name", "description", "kind", "format", "fields", "metrics", "eval_split", "templates")
 _CHOICE_KEYS = ("labels", "verbalizers", "descriptions")
@@ -63,12 +78,15 @@ def _check_value(key: str, kind: str, value: Any, where: Path) -> None:
         for item in value:
             if isinstance(item, bool):
                 # YAML 1.1 reads yes/no/true/false unquoted as booleans: the verbalizer 'no' would become False.
-                raise ConfigError(f"{where}: '{key}' item {item!r} was read by YAML as a boolean; quote it, "
-                                  "e.g. [\"no\", \"yes\"]")
+                raise ConfigError(
+                    f"{where}: '{key}' item {item!r} was read by YAML as a boolean; quote it, "
+                    'e.g. ["no", "yes"]'
+                )
             if not isinstance(item, str) or not item.strip():
                 raise fail("a non-empty list of strings")
-    if kind == "strmap" and not (isinstance(value, dict)
-                                 and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+    if kind == "strmap" and not (
+        isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    ):
         raise fail("a mapping of names to strings")
     if kind == "hub" and not (isinstance(value, dict) and isinstance(value.get("path"), str)):
         raise fail("a mapping with at least 'path' (arguments of datasets.load_dataset)")
@@ -77,7 +95,9 @@ def _check_value(key: str, kind: str, value: Any, where: Path) -> None:
             raise fail("a list of {name, text} mappings")
         for t in value:
             if set(t) != {"name", "text"} or not all(isinstance(v, str) and v for v in t.values()):
-                raise ConfigError(f"{where}: each template needs exactly 'name' and 'text' strings, got {t!r}")
+                raise ConfigError(
+                    f"{where}: each template needs exactly 'name' and 'text' strings, got {t!r}"
+                )
 
 
 def _validate(raw: dict[str, Any], where: Path) -> None:
@@ -100,15 +120,19 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
             if key not in raw:
                 raise ConfigError(f"{where}: a 'choices' task needs '{key}' (one per label)")
             if len(raw[key]) != len(raw["labels"]):
-                raise ConfigError(f"{where}: '{key}' has {len(raw[key])} entries but 'labels' has "
-                                  f"{len(raw['labels'])}; give one per label")
+                raise ConfigError(
+                    f"{where}: '{key}' has {len(raw[key])} entries but 'labels' has "
+                    f"{len(raw['labels'])}; give one per label"
+                )
         for key in ("labels", "verbalizers"):
             # Raw labels are matched case-insensitively against both lists: duplicates would be ambiguous.
             if len({v.lower() for v in raw[key]}) != len(raw[key]):
                 raise ConfigError(f"{where}: '{key}' has duplicates (case-insensitive): {raw[key]}")
     stray = set(raw.get("columns", {})) - set(raw["fields"])
     if stray:
-        raise ConfigError(f"{where}: 'columns' maps {sorted(stray)}, which are not in 'fields' {raw['fields']}")
+        raise ConfigError(
+            f"{where}: 'columns' maps {sorted(stray)}, which are not in 'fields' {raw['fields']}"
+        )
     names = [t["name"] for t in raw["templates"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: template names must be unique, got {names}")
@@ -116,19 +140,25 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
         try:
             Template(t["name"], t["text"]).fields()
         except ValueError as e:
-            raise ConfigError(f"{where}: template '{t['name']}' is not valid format text ({e}); "
-                              "write literal braces as {{ and }}") from None
+            raise ConfigError(
+                f"{where}: template '{t['name']}' is not valid format text ({e}); "
+                "write literal braces as {{ and }}"
+            ) from None
     context = raw.get("context")
-    if context is not None and not (context.isidentifier()
-                                    and importlib.util.find_spec(f"promptlab.tasks.{context}") is not None):
-        raise ConfigError(f"{where}: 'context' names no module promptlab.tasks.{context} with a fit_context hook")
+    if context is not None and not (
+        context.isidentifier() and importlib.util.find_spec(f"promptlab.tasks.{context}") is not None
+    ):
+        raise ConfigError(
+            f"{where}: 'context' names no module promptlab.tasks.{context} with a fit_context hook"
+        )
 
 
 def _context_hook(module: str) -> ContextHook:
     """A hook that imports its module on first use: HotpotQA's context policy pulls in tokenizer code."""
 
-    def fit_context(examples: list[Example], tokenizer: Any, max_input_tokens: int,
-                    template: Template) -> tuple[list[Example], dict[str, Any]]:
+    def fit_context(
+        examples: list[Example], tokenizer: Any, max_input_tokens: int, template: Template
+    ) -> tuple[list[Example], dict[str, Any]]:
         hook = import_module(f"promptlab.tasks.{module}").fit_context
         return hook(examples, tokenizer, max_input_tokens, template)
 
@@ -143,8 +173,10 @@ def _default_data(spec: TaskSpec) -> str | None:
         name = spec.default_data.removeprefix("bundled:")
         folder = BUNDLED / name
         if not folder.is_dir():
-            raise DataError(f"bundled data '{name}' is not installed (expected {folder}); "
-                            "reinstall promptlab, or pass --data PATH")
+            raise DataError(
+                f"bundled data '{name}' is not installed (expected {folder}); "
+                "reinstall promptlab, or pass --data PATH"
+            )
         return str(folder)
     path = Path(spec.default_data).expanduser()
     if not path.is_absolute() and spec.source is not None:
@@ -156,9 +188,13 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
     """Read, validate and build the Task a YAML spec describes; `expect_name` guards built-in file names."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        raw = yaml.load(
+            path.read_text(encoding="utf-8-sig"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        )
     except FileNotFoundError:
-        raise DataError(f"{path}: task spec file not found; pass a registered task name or a YAML spec path") from None
+        raise DataError(
+            f"{path}: task spec file not found; pass a registered task name or a YAML spec path"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read task spec ({e})") from None
     except yaml.YAMLError as e:
@@ -166,33 +202,56 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         at = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{at}: invalid YAML ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a task spec is a YAML mapping (name, kind, format, fields, templates, ...)")
+        raise ConfigError(
+            f"{path}: a task spec is a YAML mapping (name, kind, format, fields, templates, ...)"
+        )
     _validate(raw, path)
     if expect_name is not None and raw["name"] != expect_name:
         raise ConfigError(f"{path}: spec name '{raw['name']}' must match its file name '{expect_name}'")
 
     spec = TaskSpec(
-        name=raw["name"], format=raw["format"], fields=list(raw["fields"]), columns=dict(raw.get("columns", {})),
-        label_column=raw.get("label_column", "label"), answer_column=raw.get("answer_column", "answer"),
-        files=dict(raw.get("files", {})), hub=raw.get("hub"), default_data=raw.get("default_data"), source=path,
+        name=raw["name"],
+        format=raw["format"],
+        fields=list(raw["fields"]),
+        columns=dict(raw.get("columns", {})),
+        label_column=raw.get("label_column", "label"),
+        answer_column=raw.get("answer_column", "answer"),
+        files=dict(raw.get("files", {})),
+        hub=raw.get("hub"),
+        default_data=raw.get("default_data"),
+        source=path,
     )
 
     def load(data: str | None) -> dict[str, list[Example]]:
         data = data if data is not None else _default_data(spec)
-        if data is None and spec.hub is not None:
+        if data is None and spec.hub is not None and spec.format not in HUB_NATIVE:
             return from_hub(spec, task)
-        return FORMATS[spec.format](spec, task, data)
+        splits = FORMATS[spec.format](spec, task, data)
+        if not splits:  # e.g. only an unlabelled GLUE test.tsv: nothing to train or score on
+            raise DataError(
+                f"{data}: no labelled split found for task '{task.name}'; pass the folder or "
+                "a file of a labelled split (train, dev, val)"
+            )
+        return splits
 
     extras: dict[str, Any] = {"spec_path": str(path)}
     if "max_input_tokens" in raw:
         extras["max_input_tokens"] = raw["max_input_tokens"]
     task = Task(
-        name=raw["name"], description=raw["description"].strip(), kind=raw["kind"], input_fields=spec.fields,
-        templates=[Template(t["name"], t["text"]) for t in raw["templates"]], metrics=list(raw["metrics"]),
-        eval_split=raw["eval_split"], loader=load, labels=list(raw.get("labels", [])),
-        verbalizers=list(raw.get("verbalizers", [])), descriptions=list(raw.get("descriptions", [])),
+        name=raw["name"],
+        description=raw["description"].strip(),
+        kind=raw["kind"],
+        input_fields=spec.fields,
+        templates=[Template(t["name"], t["text"]) for t in raw["templates"]],
+        metrics=list(raw["metrics"]),
+        eval_split=raw["eval_split"],
+        loader=load,
+        labels=list(raw.get("labels", [])),
+        verbalizers=list(raw.get("verbalizers", [])),
+        descriptions=list(raw.get("descriptions", [])),
         fit_context=_context_hook(raw["context"]) if "context" in raw else None,
-        max_new_tokens=raw.get("max_new_tokens", 16), extras=extras,
+        max_new_tokens=raw.get("max_new_tokens", 16),
+        extras=extras,
     )
     try:
         task.check()
