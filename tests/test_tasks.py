@@ -485,3 +485,9 @@ def test_two_files_for_one_split_is_an_error(reviews, tmp_path):
     jsonl(tmp_path / "train.jsonl", [{"body": "a", "stars": "good"}])
     jsonl(tmp_path / "train_full.jsonl", [{"body": "a", "stars": "good"}])
     fails(reviews, tmp_path, r"train\.jsonl and train_full\.jsonl are both split 'train'")
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    spec = write(tmp_path / "bad.yaml", "name: x\nfields: [text\nkind: choices\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
+        get_task(str(spec))

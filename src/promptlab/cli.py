@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import HardConfig, RunConfig, TrainConfig, from_dict, load_yaml, validate
+from .config import RunConfig, from_dict, load_yaml, validate
 from .errors import ConfigError, DataError, PromptlabError
 
 DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
@@ -150,7 +150,7 @@ def _print_table(runs: list[dict[str, Any]], title: str) -> None:
         table.add_column(h, justify="left" if h in ("method", "family") else "right")
     for r in rows(runs):
         table.add_row(*r)
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -248,7 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if method.trains:
             raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
         few = task.splits(cfg.data).get("train", []) if args.method == "few-shot" else []
-        predictor = method.fit(FitContext(backbone, task, few, [], cfg, method.template_for(task, cfg)))
+        predictor = method.fit(FitContext(backbone, task, few, [], cfg, method.template_for(task, cfg, backbone.kind)))
     examples = _predict_inputs(args, task)
     examples, _ = fit_inputs(task, backbone, predictor.template, cfg, examples)
     for ex, p in zip(examples, predictor.predict(examples, batch_size=cfg.batch_size)):
@@ -294,12 +294,30 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 title="promptlab demo: hard vs soft prompts · bundled sentiment · all-MiniLM-L6-v2")
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, deprecation notices) would bury promptlab's own output."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "eval": cmd_eval, "train": cmd_train,
             "predict": cmd_predict, "compare": cmd_compare, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_libraries()
     args = parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)

@@ -69,7 +69,7 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
     else:
         method = get_method(cfg.method)
         method.check(backbone, task)
-        template = method.template_for(task, cfg)
+        template = method.template_for(task, cfg, backbone.kind)
         train, dev = data.train, data.dev
         if method.trains:
             if not train:

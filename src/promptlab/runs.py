@@ -49,8 +49,7 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
     try:
         (tmp / "config.yaml").write_text(config.to_yaml())
         with open(tmp / "predictions.jsonl", "w") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if predictor is not None:
             predictor.save(tmp / "artifact")
             metrics["artifact_bytes"] = artifact_bytes(tmp / "artifact")

@@ -16,19 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from .. import metrics
 from ..errors import ModelError
-from ..tasks.base import Example, Task, Template
+from ..tasks.base import Example, Task
 from ..training import train_loop
 from .base import FitContext, Prediction, Predictor
 from .readout import Readout
 
 ANCHORS_FILE = "anchors.safetensors"
-
-
-def plain_template(task: Task) -> Template:
-    """The input with no instruction: what pure soft prompts (and weight baselines) see."""
-    if len(task.input_fields) == 1:
-        return Template("plain", "{" + task.input_fields[0] + "}")
-    return Template("plain", " ".join(f"{f}: {{{f}}}" for f in task.input_fields))
 
 
 @dataclass

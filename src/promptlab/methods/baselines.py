@@ -14,7 +14,7 @@ from ..backbones import Backbone
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError
 from ..tasks.base import Example, Task, Template
-from .adapted import AdaptedPredictor, fit_adapted, load_anchors, plain_template, unfrozen_copy
+from .adapted import AdaptedPredictor, fit_adapted, load_anchors, unfrozen_copy
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import predictions_from_scores
 from .soft import TASK_TYPES
@@ -45,8 +45,8 @@ class LinearProbe(Method):
     kinds = ("encoder",)
     trains = True
 
-    def template_for(self, task: Task, config: RunConfig) -> Template:
-        return plain_template(task)
+    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
+        return task.plain_template()
 
     def check(self, backbone: Backbone, task: Task) -> None:
         super().check(backbone, task)
@@ -57,7 +57,7 @@ class LinearProbe(Method):
         from sklearn.linear_model import LogisticRegression
 
         self.check(ctx.backbone, ctx.task)
-        emb = lambda exs: ctx.backbone.embed([ctx.template.render(e) for e in exs]).numpy()  # noqa: E731
+        emb = lambda exs: ctx.backbone.embed([ctx.template.render(e) for e in exs]).numpy()
         x, y = emb(ctx.train), np.array([e.label for e in ctx.train])
         xd, yd = emb(ctx.dev), np.array([e.label for e in ctx.dev])
         if len(set(y.tolist())) < 2:
@@ -94,8 +94,8 @@ class LoRA(Method):
     summary = "low-rank updates to the attention weights (PEFT LoRA, r=8)"
     trains = True
 
-    def template_for(self, task: Task, config: RunConfig) -> Template:
-        return plain_template(task)
+    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
+        return task.plain_template()
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import LoraConfig, get_peft_model
@@ -108,9 +108,9 @@ class LoRA(Method):
         return fit_adapted(ctx, self.name, get_peft_model(base, cfg))
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
-        from peft import PeftModel
-
         import copy
+
+        from peft import PeftModel
 
         try:
             model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(path))
@@ -136,8 +136,8 @@ class FullFinetune(Method):
     summary = "every weight trained (AdamW 3e-5) on a copy of the model"
     trains = True
 
-    def template_for(self, task: Task, config: RunConfig) -> Template:
-        return plain_template(task)
+    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
+        return task.plain_template()
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)

@@ -16,7 +16,7 @@ from ..backbones import Backbone
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError
 from ..tasks.base import Example, Task, Template
-from .adapted import AdaptedPredictor, fit_adapted, load_anchors, plain_template
+from .adapted import AdaptedPredictor, fit_adapted, load_anchors
 from .base import FitContext, Method, Predictor
 
 TASK_TYPES = {"encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}
@@ -63,8 +63,8 @@ class SoftMethod(Method):
     def peft_config(self, backbone: Backbone, n: int) -> Any:
         raise NotImplementedError
 
-    def template_for(self, task: Task, config: RunConfig) -> Template:
-        return task.template(config.hard.template) if self.uses_template else plain_template(task)
+    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
+        return task.template(config.hard.template) if self.uses_template else task.plain_template()
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import get_peft_model

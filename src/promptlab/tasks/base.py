@@ -103,6 +103,12 @@ class Task:
 
         raise unknown(f"template of task '{self.name}'", name, [t.name for t in self.templates])
 
+    def plain_template(self) -> Template:
+        """The input with no instruction: what pure soft prompts (and weight baselines) see."""
+        if len(self.input_fields) == 1:
+            return Template("plain", "{" + self.input_fields[0] + "}")
+        return Template("plain", " ".join(f"{f}: {{{f}}}" for f in self.input_fields))
+
     def label_index(self, value: Any, where: str) -> int:
         """Map a raw label (name, verbalizer, or index as int/str/bool) to its index, or fail naming `where`."""
         key = str(value).strip().lower()
@@ -121,9 +127,9 @@ class Task:
 
     def check(self) -> None:
         """Internal consistency of a spec; raised at registration so a broken spec fails early."""
-        if self.kind == "choices":
-            if not self.labels or len(self.verbalizers) != len(self.labels) or len(self.descriptions) != len(self.labels):
-                raise ConfigError(f"task '{self.name}': labels, verbalizers and descriptions must have equal length")
+        sizes = {len(self.labels), len(self.verbalizers), len(self.descriptions)}
+        if self.kind == "choices" and (not self.labels or len(sizes) != 1):
+            raise ConfigError(f"task '{self.name}': labels, verbalizers and descriptions must have equal length")
         if len(self.templates) < 2:
             raise ConfigError(f"task '{self.name}' needs at least two hard-prompt templates")
         for t in self.templates:
