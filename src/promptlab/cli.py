@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, from_dict, load_yaml, validate
+from .config import RunConfig, check_value, from_dict, load_yaml, validate
 from .errors import ConfigError, DataError, PromptlabError
 
 DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
@@ -40,10 +40,18 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, dest, None)
         if value is None:
             continue
+        check_value(name, value, "--" + dest.replace("_", "-"))  # the error names the flag the user typed
         setattr(getattr(cfg, section) if section else cfg, name, value)
     for part, where in ((cfg, "flags"), (cfg.train, "flags"), (cfg.hard, "flags")):
         validate(part, where)
     return cfg
+
+
+def _config_method(args: argparse.Namespace) -> str | None:
+    """The method a --config file names (a run's config.yaml does), so the run can be repeated from it."""
+    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    method = data.get("method") if isinstance(data, dict) else None
+    return method if isinstance(method, str) else None
 
 
 def add_common(p: argparse.ArgumentParser, out_required: bool = False) -> None:
@@ -89,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a soft prompt (or baseline) and evaluate it")
     add_common(p, out_required=True)
     add_train(p)
-    p.add_argument("--method", required=True)
+    p.add_argument("--method", help="a soft method or baseline (or the method of --config)")
     p.add_argument("--split")
     p.add_argument("--limit", type=int)
 
@@ -158,13 +166,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .runs import check_out_dir
 
     cfg = build_config(args)
-    if bool(cfg.prompt) == bool(args.method):
+    method = args.method or (None if cfg.prompt else _config_method(args))
+    if bool(cfg.prompt) == bool(method):
         raise ConfigError("eval needs exactly one of --method HARD or --prompt DIR")
-    if args.method:
+    if method:
         from .methods import get_method
 
-        if get_method(args.method).trains:
-            raise ConfigError(f"'{args.method}' must be trained first: promptlab train --method {args.method} "
+        if get_method(method).trains:
+            raise ConfigError(f"'{method}' must be trained first: promptlab train --method {method} "
                               "--out DIR, then promptlab eval --prompt DIR")
     out = Path(args.out) if args.out else None
     if out:
@@ -187,6 +196,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .runs import check_out_dir
 
     cfg = build_config(args)
+    if not (args.method or _config_method(args)):
+        raise ConfigError("train needs --method SOFT, e.g. --method prompt-tuning (promptlab methods lists them)")
     method = get_method(cfg.method)
     if not method.trains:
         raise ConfigError(f"'{cfg.method}' is a {method.family} method and trains nothing; use promptlab eval "
@@ -203,7 +214,7 @@ def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, titl
     from .methods import get_method
     from .pipeline import run_one
     from .report import write_report
-    from .runs import check_out_dir
+    from .runs import check_out_dir, staged
 
     cfg = build_config(args)
     names = methods or [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -216,15 +227,16 @@ def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, titl
     task, data, backbone = _setup(cfg)
     for n in names:
         get_method(n).check(backbone, task)
-    runs, dirs = [], []
-    for n in names:
-        run_cfg = from_dict(RunConfig, {**cfg.to_dict(), "method": n}, "config")
-        print(f"· {n} …", flush=True)
-        res = run_one(run_cfg, backbone, task, data, out / n)
-        runs.append(res.metrics)
-        dirs.append(out / n)
+    runs = []
+    with staged(out) as stage:  # all methods or none: a failure part-way leaves --out as it was
+        for n in names:
+            run_cfg = from_dict(RunConfig, {**cfg.to_dict(), "method": n}, "config")
+            print(f"· {n} …", flush=True)
+            res = run_one(run_cfg, backbone, task, data, stage / n)
+            runs.append(res.metrics)
+        write_report([stage / n for n in names], stage, title or "promptlab comparison")
     _print_table(runs, title or f"{task.name} · {backbone.name}")
-    report = write_report(dirs, out, title or "promptlab comparison")
+    report = out / "report.md"
     print(f"report written to {report}")
     return report
 

@@ -93,9 +93,12 @@ def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    if value is None:
-        return None
     args = getattr(hint, "__args__", (hint,))
+    kinds = " or ".join(getattr(t, "__name__", str(t)) for t in args if t is not type(None))
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{where}: must be set ({kinds}); give a value or remove the key for the default")
     for t in args:
         if t is type(None):
             continue
@@ -103,18 +106,22 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return float(value)
         if isinstance(value, t) and not (t is int and isinstance(value, bool)):
             return value
-    raise ConfigError(f"{where}: {value!r} is not a valid {hint}; fix the value")
+    raise ConfigError(f"{where}: {value!r} is not a valid {kinds}; fix the value")
 
 
 def validate(cfg: Any, where: str = "config") -> None:
     for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name in POSITIVE and value is not None and value <= 0:
-            raise ConfigError(f"{where}: {f.name} must be a positive number, got {value}")
-        if f.name in CHOICES and value not in CHOICES[f.name]:
-            raise unknown(f.name, str(value), list(CHOICES[f.name]))
-        if f.name == "lr" and value is not None and not (0 < value < 100):
-            raise ConfigError(f"{where}: lr must be between 0 and 100, got {value}")
+        check_value(f.name, getattr(cfg, f.name), f"{where}.{f.name}")
+
+
+def check_value(name: str, value: Any, label: str) -> None:
+    """One field's range check; `label` names it as the user wrote it (`--train-size`, `run.yaml.train.epochs`)."""
+    if name in POSITIVE and value is not None and value <= 0:
+        raise ConfigError(f"{label} must be a positive number, got {value}; use 1 or more")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise unknown(f"value of {label}", str(value), list(CHOICES[name]))
+    if name == "lr" and value is not None and not (0 < value < 100):
+        raise ConfigError(f"{label} must be between 0 and 100, got {value}; e.g. 0.3 for prompt tuning")
 
 
 def load_yaml(path: str) -> dict[str, Any]:

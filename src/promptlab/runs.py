@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,34 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A hidden sibling of `out` to build several runs in (compare); they move into `out` only when all succeed.
+
+    A failure part-way (the third method of a comparison) leaves `out` as it was, byte for byte.
+    """
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        out.mkdir(exist_ok=True)
+        for entry in sorted(tmp.iterdir()):
+            dest = out / entry.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(entry, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in created:  # deepest first: parents made for this run go too
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_run(path: Path) -> dict[str, Any]:
