@@ -37,6 +37,8 @@ def resolve_model_path(name: str) -> str:
         return str(module.get_model_path())
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
+        if not path.exists():
+            raise ModelError(f"model path '{name}' does not exist; pass a save_pretrained directory, an alias or a hub id")
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"model path '{name}' has no config.json; pass a save_pretrained directory or a hub id")
         if not any((path / w).is_file() for w in WEIGHT_FILES):

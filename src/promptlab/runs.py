@@ -40,6 +40,15 @@ def _is_compare_dir(out: Path) -> bool:
     return (out / "report.md").exists() or any((p / "metrics.json").exists() for p in out.iterdir() if p.is_dir())
 
 
+def _temp_sibling(out: Path) -> Path:
+    """A hidden directory beside `out`, with the permissions a plain mkdir would give (mkdtemp uses 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
+
+
 def artifact_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -47,7 +56,7 @@ def artifact_bytes(path: Path) -> int:
 def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: list[dict[str, Any]],
               predictor: Predictor | None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_sibling(out)
     try:
         (tmp / "config.yaml").write_text(config.to_yaml())
         with open(tmp / "predictions.jsonl", "w") as f:
@@ -72,7 +81,7 @@ def staged(out: Path) -> Iterator[Path]:
     """
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_sibling(out)
     try:
         yield tmp
         out.mkdir(exist_ok=True)

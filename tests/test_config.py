@@ -1,0 +1,141 @@
+"""Run configuration: a run's own config.yaml repeats it, flags override YAML, every field is documented,
+and mistakes in a config file name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from promptlab.cli import FLAG_MAP, build_config, parser
+from promptlab.config import HardConfig, RunConfig, TrainConfig, from_dict
+from promptlab.errors import ConfigError
+
+
+def _one_error_line(code: int, err: str) -> str:
+    assert code == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("promptlab: error: ")
+    return line
+
+
+def _history(run: Path) -> list[dict]:
+    """Training history without wall-clock fields, which differ between identical runs."""
+    hist = json.loads((run / "metrics.json").read_text())["history"]
+    return [{k: v for k, v in h.items() if "second" not in k} for h in hist]
+
+
+def test_a_runs_config_yaml_repeats_the_run(tiny_models, run_cli, tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  dev_size: 8\n  lr: 0.2\n")
+    first, second = tmp_path / "first", tmp_path / "second"
+    code, _, err = run_cli("train", "--task", "sentiment", "--model", tiny_models["encoder"], "--method",
+                           "prompt-tuning", "--config", tmp_path / "base.yaml", "--train-size", "16", "--epochs",
+                           "1", "--virtual-tokens", "4", "--limit", "8", "--seed", "7", "--out", first)
+    assert code == 0, err
+    # No flags but --config and --out: the method, data sizes, seed and lr all come from the record.
+    code, _, err = run_cli("train", "--config", first / "config.yaml", "--out", second)
+    assert code == 0, err
+
+    assert (second / "config.yaml").read_bytes() == (first / "config.yaml").read_bytes()
+    resolved = yaml.safe_load((first / "config.yaml").read_text())
+    assert resolved["method"] == "prompt-tuning" and resolved["seed"] == 7
+    train = resolved["train"]
+    assert (train["lr"], train["dev_size"], train["train_size"], train["virtual_tokens"]) == (0.2, 8, 16, 4)
+    assert from_dict(RunConfig, resolved, "config.yaml") == from_dict(
+        RunConfig, yaml.safe_load((second / "config.yaml").read_text()), "config.yaml")
+
+    m1, m2 = (json.loads((r / "metrics.json").read_text()) for r in (first, second))
+    assert m1["metrics"] == m2["metrics"] and m1["n_examples"] == m2["n_examples"] == 8
+    assert m1["trainable_params"] == m2["trainable_params"] == 4 * 32
+    assert _history(first) == _history(second) and _history(first)[0]["step"] > 0
+    assert (second / "predictions.jsonl").read_bytes() == (first / "predictions.jsonl").read_bytes()
+    weights = "artifact/adapter_model.safetensors"
+    assert (second / weights).read_bytes() == (first / weights).read_bytes()
+
+
+def test_an_eval_runs_config_yaml_repeats_it_and_flags_override(tiny_models, run_cli, tmp_path):
+    first, again, fewer = tmp_path / "first", tmp_path / "again", tmp_path / "fewer"
+    code, _, err = run_cli("eval", "--task", "sentiment", "--model", tiny_models["encoder"], "--method",
+                           "zero-shot", "--template", "review", "--limit", "8", "--out", first)
+    assert code == 0, err
+    code, _, err = run_cli("eval", "--config", first / "config.yaml", "--out", again)
+    assert code == 0, err
+    assert (again / "predictions.jsonl").read_bytes() == (first / "predictions.jsonl").read_bytes()
+
+    code, _, err = run_cli("eval", "--config", first / "config.yaml", "--limit", "4", "--out", fewer)
+    assert code == 0, err
+    resolved = yaml.safe_load((fewer / "config.yaml").read_text())
+    assert resolved["eval_size"] == 4 and resolved["hard"]["template"] == "review"
+    assert json.loads((fewer / "metrics.json").read_text())["n_examples"] == 4
+
+
+def test_flags_override_yaml_values_and_keep_the_rest(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: some/model\nseed: 3\ntrain:\n  epochs: 5\n  lr: 0.1\n  init: vocab\n"
+                        "hard:\n  shots: 2\n")
+    args = parser().parse_args(["train", "--config", str(cfg_file), "--method", "prompt-tuning", "--epochs", "2",
+                                "--init", "labels", "--train-batch-size", "4", "--out", "x"])
+    cfg = build_config(args)
+    assert (cfg.train.epochs, cfg.train.init, cfg.train.batch_size) == (2, "labels", 4)  # flags win
+    assert (cfg.model, cfg.seed, cfg.train.lr, cfg.hard.shots) == ("some/model", 3, 0.1, 2)  # YAML kept
+    assert cfg.method == "prompt-tuning" and cfg.task == RunConfig().task  # neither: the default
+
+
+def test_every_config_field_has_help_text():
+    for cls in (RunConfig, TrainConfig, HardConfig):
+        for f in dataclasses.fields(cls):
+            text = f.metadata.get("help")
+            assert isinstance(text, str) and len(text.split()) >= 2, f"{cls.__name__}.{f.name} has no help"
+
+
+def test_every_flag_sets_a_real_config_field():
+    sections = {None: RunConfig, "train": TrainConfig, "hard": HardConfig}
+    for dest, (section, name) in FLAG_MAP.items():
+        assert name in {f.name for f in dataclasses.fields(sections[section])}, dest
+
+
+def test_unknown_nested_key_is_rejected_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"'lrr'.*did you mean 'lr'\?"):
+        from_dict(RunConfig, {"train": {"lrr": 1}}, "run.yaml")
+    with pytest.raises(ConfigError, match=r"'shot'.*did you mean 'shots'\?"):
+        from_dict(RunConfig, {"hard": {"shot": 1}}, "run.yaml")
+
+
+def test_unknown_nested_key_in_a_file_fails_the_cli(tiny_models, run_cli, tmp_path):
+    (tmp_path / "run.yaml").write_text("task: sentiment\ntrain:\n  lrr: 1\n")
+    code, _, err = run_cli("train", "--method", "prompt-tuning", "--model", tiny_models["encoder"],
+                           "--config", tmp_path / "run.yaml", "--out", tmp_path / "out")
+    line = _one_error_line(code, err)
+    assert "run.yaml.train" in line and "'lrr'" in line and "did you mean 'lr'?" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("seed: abc\n", ("seed", "'abc'", "int")),
+    ("train:\n  epochs: null\n", ("train.epochs", "must be set", "remove the key")),
+    ("train: 3\n", ("train", "expected a mapping")),
+    ("train:\n  epochs: 0\n", ("train.epochs", "positive", "1 or more")),
+    ("train:\n  init: labes\n", ("train.init", "'labes'", "did you mean 'labels'?")),
+    ("- a list\n", ("expected a mapping",)),
+])
+def test_bad_values_in_a_file_name_the_key(text, needles, tmp_path):
+    from promptlab.config import load_yaml
+
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        from_dict(RunConfig, load_yaml(str(tmp_path / "c.yaml")), "c.yaml")
+    message = str(info.value)
+    assert "\n" not in message and "c.yaml" in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_train_without_a_method_says_how_to_name_one(tiny_models, run_cli, tmp_path):
+    code, _, err = run_cli("train", "--task", "sentiment", "--model", tiny_models["encoder"],
+                           "--out", tmp_path / "out")
+    line = _one_error_line(code, err)
+    assert "--method" in line and "prompt-tuning" in line
+    assert not (tmp_path / "out").exists()
