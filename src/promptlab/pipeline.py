@@ -6,21 +6,28 @@ comparison and the same method run alone cannot disagree.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import platform
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .backbones import Backbone
+from .checkpoints import CheckpointPlan
 from .config import RunConfig
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .evaluation import EvalResult, evaluate
 from .methods import FitContext, Predictor, get_method, read_meta
+from .methods.adapted import CheckpointedFit
 from .runs import write_run
 from .splits import Data, resolve
 from .tasks import get_task
 from .tasks.base import Example, Task, Template
+from .tasks.loaders import recording
+from .training import is_main_process, seed_everything
 
 
 @dataclass
@@ -31,7 +38,14 @@ class RunResult:
 
 
 def load_data(task: Task, cfg: RunConfig) -> Data:
-    return resolve(task, task.splits(cfg.data), cfg)
+    with recording() as files:  # every file the task's loader reads, with its sha256
+        splits = task.splits(cfg.data)
+    data = resolve(task, splits, cfg)
+    spec = task.extras.get("spec_path")
+    if spec and Path(spec).is_file():  # the task's definition is data too: its labels and templates
+        files.setdefault(str(spec), hashlib.sha256(Path(spec).read_bytes()).hexdigest())
+    data.info["files"] = dict(sorted(files.items()))
+    return data
 
 
 def fit_inputs(task: Task, backbone: Backbone, template: Template, cfg: RunConfig,
@@ -49,9 +63,22 @@ def artifact_dir(path: str) -> Path:
     return p / "artifact" if (p / "artifact").is_dir() else p
 
 
-def load_predictor(path: str, backbone: Backbone, task: Task | None = None) -> Predictor:
+def artifact_meta(path: str) -> dict[str, Any]:
+    """An artifact's promptlab.json, checked for what loading it needs: a damaged file fails in one line."""
     adir = artifact_dir(path)
     meta = read_meta(adir)
+    template = meta.get("template") if isinstance(meta, dict) else None
+    ok = (isinstance(meta, dict) and isinstance(meta.get("method"), str) and isinstance(meta.get("task"), str)
+          and isinstance(template, dict) and all(isinstance(template.get(k), str) for k in ("name", "text")))
+    if not ok:
+        raise ModelError(f"'{adir / 'promptlab.json'}' lacks the method, task or template it must record; "
+                         "retrain or restore the artifact")
+    return meta
+
+
+def load_predictor(path: str, backbone: Backbone, task: Task | None = None) -> Predictor:
+    adir = artifact_dir(path)
+    meta = artifact_meta(path)
     backbone.check_fingerprint(meta.get("backbone", {}), f"artifact '{path}'")
     task = task or get_task(meta["task"])
     if task.kind == "choices" and meta.get("labels") and meta["labels"] != task.labels:
@@ -62,7 +89,8 @@ def load_predictor(path: str, backbone: Backbone, task: Task | None = None) -> P
 
 
 def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Path | None,
-            progress: bool = True) -> RunResult:
+            progress: bool = True, checkpoint: CheckpointPlan | None = None) -> RunResult:
+    """`checkpoint`: where a training method checkpoints and resumes from (the CLI's hidden work dir)."""
     if cfg.prompt:
         predictor = load_predictor(cfg.prompt, backbone, task)
         method_name, template, train_seconds = predictor.method, predictor.template, 0.0
@@ -77,7 +105,10 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
             train, _ = fit_inputs(task, backbone, template, cfg, train)
             dev, _ = fit_inputs(task, backbone, template, cfg, dev)
         t0 = time.perf_counter()
-        predictor = method.fit(FitContext(backbone, task, train, dev, cfg, template))
+        seed_everything(cfg.seed)  # random inits depend on the seed alone, not on what ran before in a compare
+        ctx = (CheckpointedFit(backbone, task, train, dev, cfg, template, checkpoint=checkpoint)
+               if method.trains and checkpoint is not None else FitContext(backbone, task, train, dev, cfg, template))
+        predictor = method.fit(ctx)
         train_seconds = time.perf_counter() - t0 if method.trains else 0.0
         method_name = cfg.method
     examples, input_stats = fit_inputs(task, backbone, template, cfg, data.eval)
@@ -94,9 +125,11 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         "eval_examples_per_second": round(result.examples_per_second, 3),
         "train_examples": len(data.train), "dev_examples": len(data.dev), "data": data.info,
         "history": predictor.history, "input_stats": input_stats, "template": template.text,
-        "versions": versions(),
+        "versions": versions(), "git": git_revision(), "config": cfg.to_dict(),
     }
-    if out is not None:
+    if getattr(predictor, "train_info", None):  # processes, examples per process, the step a resume began at
+        metrics["training"] = predictor.train_info
+    if out is not None and is_main_process():  # under torchrun / accelerate launch, rank 0 writes
         write_run(out, cfg, metrics, result.records, predictor)
     return RunResult(metrics=metrics, predictor=predictor, eval=result)
 
@@ -108,3 +141,26 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+@functools.cache
+def git_revision() -> dict[str, Any] | None:
+    """The commit of promptlab's own checkout (and whether tracked files differ from it), or None.
+
+    Only when the package is imported from a git working tree's src/promptlab, so an installed copy never
+    reports the revision of whatever repository it happens to sit in.
+    """
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        # --no-optional-locks: `status` must not write the index while someone else commits.
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(src), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        top = Path(git("rev-parse", "--show-toplevel"))
+        if (top / "src" / "promptlab").resolve() != src:
+            return None
+        return {"revision": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,43 +1,551 @@
-"""Runs laid side by side: a Markdown table (the HTML report with plots builds on this)."""
+"""Runs laid side by side: report.md and a self-contained report.html with plots.
+
+A report reads finished run directories back (metrics.json, predictions.jsonl, config.yaml) and never
+re-runs a model, so `promptlab report` can rebuild it at any time. Scores carry a 95% percentile bootstrap
+interval over the evaluation examples, computed from the per-example records (`correct` for choice tasks,
+`em` / `score` = F1 for text tasks). When the runs span several training-set sizes (`compare
+--train-sizes`), the report adds the data-efficiency curve and lays the largest size out as the table.
+
+report.html embeds its plots as base64 PNG and its CSS inline: it opens offline, from anywhere, alone.
+The same PNGs are written to `plots/` for report.md.
+"""
 
 from __future__ import annotations
 
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from .errors import DataError
+from .metrics import bootstrap_ci
 from .runs import read_run
 
+# metric name -> field of a predictions.jsonl record holding that metric per example
+PER_EXAMPLE = {"accuracy": "correct", "em": "em", "f1": "score"}
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "em": "EM", "f1": "F1"}
+FAMILY_ORDER = {"hard": 0, "soft": 1, "baseline": 2}
+PLOTS_DIR = "plots"
 
-def _fmt_metrics(m: dict[str, float]) -> str:
-    return " / ".join(f"{k} {100 * v:.1f}" for k, v in m.items())
+
+# -- reading runs back ---------------------------------------------------------------------------------
+def discover(paths: list[Path]) -> list[Path]:
+    """Run directories under each path: the path itself, or its finished runs up to three levels down
+    (a compare dir holds method/ runs; a --train-sizes sweep holds n{size}-s{seed}/method/ runs)."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            raise DataError(f"'{p}' is not a directory; pass run directories or a compare --out directory")
+        if (p / "metrics.json").is_file():
+            found.append(p)
+            continue
+        below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
+                        if not any(part.startswith(".") for part in m.relative_to(p).parts)})
+        below = [d for d in below if "artifact" not in d.relative_to(p).parts]
+        if not below:
+            raise DataError(f"'{p}' holds no finished runs (no metrics.json); pass a run or compare directory")
+        found += below
+    return found
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    f = path / "predictions.jsonl"
+    if not f.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        raise DataError(f"'{f}' is not valid JSON lines; rerun that run") from None
+
+
+def _labels(path: Path, records: list[dict[str, Any]]) -> list[str]:
+    meta = path / "artifact" / "promptlab.json"
+    if meta.is_file():
+        try:
+            labels = json.loads(meta.read_text()).get("labels") or []
+            if labels:
+                return list(labels)
+        except json.JSONDecodeError:
+            pass
+    seen: list[str] = []
+    for r in records:
+        for v in (r.get("gold"), r.get("prediction")):
+            if isinstance(v, str) and v not in seen:
+                seen.append(v)
+    return sorted(seen)
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """metrics.json plus what a report derives: seed, per-metric CI, confusion matrix, labels."""
+    run = read_run(path)
+    records = _records(path)
+    cfg = run.get("config")
+    if not isinstance(cfg, dict):
+        try:
+            cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+        except yaml.YAMLError:
+            cfg = {}
+    run["run_dir"] = str(path)
+    run["seed"] = (cfg or {}).get("seed")
+    if (cfg or {}).get("prompt"):  # a saved artifact evaluated again: it learnt from the run that trained it
+        run["evaluated_artifact"] = True
+    run["ci"] = {}
+    for name in run.get("metrics", {}):
+        key = PER_EXAMPLE.get(name)
+        scores = [float(r[key]) for r in records if key in r and r[key] is not None] if key else []
+        if scores and len(scores) == len(records):
+            lo, hi = bootstrap_ci(scores, n=1000, seed=0)
+            run["ci"][name] = [lo, hi]
+    run["kind"] = "choices" if records and "correct" in records[0] else "text"
+    if run["kind"] == "choices":
+        labels = _labels(path, records)
+        index = {lb: i for i, lb in enumerate(labels)}
+        mat = [[0] * len(labels) for _ in labels]
+        for r in records:
+            g, p = index.get(r.get("gold")), index.get(r.get("prediction"))
+            if g is not None and p is not None:
+                mat[g][p] += 1
+        run["labels"], run["confusion"] = labels, mat
+    return run
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    return [load_run(p) for p in discover(paths)]
+
+
+# -- numbers ---------------------------------------------------------------------------------------------
+def primary(run: dict[str, Any]) -> str:
+    """The headline metric: accuracy for choice tasks, the task's first text metric (EM) otherwise."""
+    m = run.get("metrics", {})
+    for name in m:
+        if name in PER_EXAMPLE:
+            return name
+    return next(iter(m), "accuracy")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _metric_text(run: dict[str, Any], name: str, label: bool) -> str:
+    ci = run.get("ci", {}).get(name)
+    head = METRIC_NAMES.get(name, name) + " " if label else ""
+    return f"{head}{_pct(run['metrics'][name])}" + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+
+
+def score_cell(run: dict[str, Any]) -> str:
+    """'71.2 [67.0, 75.3]': the headline metric with its 95% CI (where per-example scores exist)."""
+    m = primary(run)
+    return _metric_text(run, m, label=m != "accuracy") if m in run.get("metrics", {}) else "–"
+
+
+def other_cell(run: dict[str, Any]) -> str:
+    """The task's other metrics: 'macro-F1 69.0', or 'F1 55.1 [50.3, 59.9]' beside EM."""
+    m = primary(run)
+    return " · ".join(_metric_text(run, n, label=True) for n in run.get("metrics", {}) if n != m) or "–"
+
+
+HEADER = ["method", "family", "score % [95% CI]", "other", "trainable params", "% of model", "artifact bytes",
+          "train s", "eval ex/s"]
 
 
 def rows(runs: list[dict[str, Any]]) -> list[list[str]]:
     out = []
     for r in runs:
         out.append([
-            r["method"], r.get("family", ""), _fmt_metrics(r["metrics"]), f"{r['trainable_params']:,}",
-            f"{r.get('trainable_percent', 0):.4f}%", f"{r.get('artifact_bytes', 0):,}", f"{r['train_seconds']:.1f}",
+            r.get("display", r["method"]), r.get("family", ""), score_cell(r), other_cell(r),
+            f"{r['trainable_params']:,}",
+            _share(r.get("trainable_percent", 0)), f"{r.get('artifact_bytes', 0):,}", f"{r['train_seconds']:.1f}",
             f"{r['eval_examples_per_second']:.1f}",
         ])
     return out
 
 
-HEADER = ["method", "family", "score (%)", "trainable params", "% of model", "artifact bytes", "train s", "eval ex/s"]
+def _share(p: float) -> str:
+    if p == 0:
+        return "0%"
+    return f"{p:.3g}%" if p < 1 else f"{p:.1f}%"
 
 
-def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison") -> str:
+# -- structure: headline runs and the data-efficiency curve ----------------------------------------------------
+def is_sweep(runs: list[dict[str, Any]]) -> bool:
+    """Runs at several training sizes, or one method at several seeds (compare --train-sizes)."""
+    runs = [r for r in runs if not r.get("evaluated_artifact")]
+    if len({r.get("train_examples") for r in runs}) > 1:
+        return True
+    seeds: dict[str, set[Any]] = defaultdict(set)
+    for r in runs:
+        seeds[r["method"]].add(r.get("seed"))
+    return any(len(s) > 1 for s in seeds.values())
+
+
+def headline(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs the table and cost plots show: for a sweep, the largest training size at its first seed."""
+    if is_sweep(runs):
+        top = max(r.get("train_examples") or 0 for r in runs if not r.get("evaluated_artifact"))
+        picked: dict[str, dict[str, Any]] = {}
+        top_runs = [r for r in runs if (r.get("train_examples") or 0) == top and not r.get("evaluated_artifact")]
+        for r in sorted(top_runs, key=lambda r: r.get("seed") or 0):
+            picked.setdefault(r["method"], r)
+        runs = list(picked.values())
+    runs = sorted(runs, key=lambda r: FAMILY_ORDER.get(r.get("family", ""), 3))  # stable: hard, soft, baseline
+    names = [r["method"] for r in runs]
+    if len(set(names)) < len(names):  # the same method from several directories: tell them apart
+        root = Path(os.path.commonpath([r["run_dir"] for r in runs]))
+        for r in runs:
+            r["display"] = f"{r['method']} ({Path(r['run_dir']).relative_to(root).parent})"
+    return runs
+
+
+def curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: mean / min / max of the primary score at each training size, over seeds."""
+    runs = [r for r in runs if not r.get("evaluated_artifact")]
+    if len({r.get("train_examples") for r in runs}) < 2:
+        return []
+    by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    family: dict[str, str] = {}
+    for r in runs:
+        by[r["method"]][int(r.get("train_examples") or 0)].append(r["metrics"][primary(r)])
+        family[r["method"]] = r.get("family", "")
+    out = []
+    for method, sizes in by.items():
+        pts = [{"n": n, "mean": sum(v) / len(v), "min": min(v), "max": max(v), "seeds": len(v),
+                "sd": _sd(v)} for n, v in sorted(sizes.items())]
+        out.append({"method": method, "family": family[method], "points": pts})
+    return sorted(out, key=lambda s: FAMILY_ORDER.get(s["family"], 3))
+
+
+def _sd(v: list[float]) -> float:
+    if len(v) < 2:
+        return 0.0
+    m = sum(v) / len(v)
+    return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def crossing(series: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the best soft prompt overtakes the best hard prompt (mean over seeds, log-interpolated)."""
+    best: dict[str, dict[int, float]] = {"hard": {}, "soft": {}}
+    for s in series:
+        if s["family"] in best:
+            for p in s["points"]:
+                best[s["family"]][p["n"]] = max(best[s["family"]].get(p["n"], -1.0), p["mean"])
+    sizes = sorted(set(best["hard"]) & set(best["soft"]))
+    if not sizes:
+        return None
+    diff = [best["soft"][n] - best["hard"][n] for n in sizes]
+    for (n0, d0), (n1, d1) in zip(zip(sizes, diff), zip(sizes[1:], diff[1:])):
+        if d0 < 0 <= d1:
+            n = math.exp(math.log(n0) + (math.log(n1) - math.log(n0)) * (-d0) / (d1 - d0))
+            return {"n": n, "label": f"soft ≥ hard from ≈{n:,.0f}",
+                    "text": f"Hard prompts lead up to {n0:,} labelled examples; the best soft prompt overtakes "
+                            f"the best hard prompt at about {n:,.0f} (by {n1:,} it leads by {100 * d1:.1f} points)."}
+    if all(d >= 0 for d in diff):
+        return {"n": None, "text": f"The best soft prompt leads the best hard prompt at every size measured "
+                                   f"({sizes[0]:,}–{sizes[-1]:,} examples)."}
+    if all(d < 0 for d in diff):
+        return {"n": None, "text": f"The best hard prompt leads at every size measured ({sizes[0]:,}–{sizes[-1]:,} "
+                                   "examples): soft prompts need more labelled data here."}
+    return {"n": None, "text": "The best hard and soft prompts trade the lead across sizes; see the curve."}
+
+
+def findings(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per family: its best method, score and cost."""
+    out = []
+    for fam in ("hard", "soft", "baseline"):
+        members = [r for r in runs if r.get("family") == fam]
+        if not members:
+            continue
+        b = max(members, key=lambda r: r["metrics"][primary(r)])
+        m = primary(b)
+        ci = b.get("ci", {}).get(m)
+        ci_s = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
+        cost = ("no training" if b["trainable_params"] == 0 else
+                f"{b['trainable_params']:,} trainable parameters ({_share(b.get('trainable_percent', 0))} of the "
+                f"model), {b['train_seconds']:.0f} s of training, {_bytes(b.get('artifact_bytes', 0))} artifact")
+        out.append(f"Best {fam}: {b.get('display', b['method'])} — {METRIC_NAMES.get(m, m)} {_pct(b['metrics'][m])}"
+                   f"{ci_s}, {cost}.")
+    return out
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _bytes(n: int) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f} {unit}"
+    return f"{n} B"
+
+
+def _meta_line(runs: list[dict[str, Any]]) -> str:
     first = runs[0] if runs else {}
-    lines = [f"# {title}", "", f"task `{first.get('task')}` · model `{first.get('model')}` · split "
-             f"`{first.get('split')}` · {first.get('n_examples')} evaluation examples · "
-             f"{first.get('train_examples')} training examples", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows(runs)]
-    return "\n".join(lines) + "\n"
+
+    def one(key: str) -> str:
+        vals = sorted({str(r.get(key)) for r in runs})
+        return vals[0] if len(vals) == 1 else ", ".join(vals)
+
+    return (f"task `{one('task')}` · model `{one('model')}` · split `{one('split')}` · {one('n_examples')} evaluation "
+            f"examples · {first.get('train_examples')} training examples"
+            + (f" ({first.get('dev_examples')} more held out as dev)" if first.get("dev_examples") else ""))
+
+
+# -- figures ---------------------------------------------------------------------------------------------------
+def figures(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every plot of a report: {name, title, caption, png}; choice-only plots are left out for text tasks."""
+    from . import plots
+
+    head = headline(runs)
+    series = curve(runs)
+    styles = plots.method_styles([(r.get("display", r["method"]), r.get("family", "")) for r in head]
+                                 + [(s["method"], s["family"]) for s in series])
+    m = primary(head[0]) if head else "accuracy"
+    ylabel = f"{METRIC_NAMES.get(m, m)} (%)"
+    pts = [{"method": r.get("display", r["method"]), "family": r.get("family", ""), "score": r["metrics"][primary(r)],
+            "lo": (r["ci"].get(primary(r)) or [None, None])[0], "hi": (r["ci"].get(primary(r)) or [None, None])[1],
+            "params": r["trainable_params"], "seconds": r["train_seconds"]} for r in head]
+    out = []
+    if series:
+        n_labels = len(head[0].get("labels", [])) if head and head[0].get("kind") == "choices" else None
+        cross = crossing(series)
+        out.append({"name": "data_efficiency", "title": "Data efficiency",
+                    "caption": "Mean score over seeds against the number of labelled training examples "
+                               "(log scale; the top axis divides by the number of classes). Shaded band: min–max "
+                               "over seeds. " + (cross["text"] if cross else ""),
+                    "png": plots.data_efficiency(series, styles, n_labels=n_labels, ylabel=ylabel, crossing=cross)})
+    if pts:
+        total = next((r.get("total_params") for r in head if r.get("total_params")), None)
+        out.append({"name": "accuracy_vs_params", "title": f"{_cap(METRIC_NAMES.get(m, m))} against trainable parameters",
+                    "caption": "Log scale; hard prompts train nothing and sit at the floor labelled 0. "
+                               "Error bars: 95% bootstrap CI.",
+                    "png": plots.accuracy_vs_cost(pts, styles, x_key="params", xlabel="trainable parameters (log)",
+                                                  title=f"{_cap(METRIC_NAMES.get(m, m))} vs trainable parameters",
+                                                  ylabel=ylabel, total_params=total)})
+        out.append({"name": "accuracy_vs_time", "title": f"{_cap(METRIC_NAMES.get(m, m))} against training time",
+                    "caption": "Wall-clock training seconds on this machine (log scale; 0 = no training).",
+                    "png": plots.accuracy_vs_cost(pts, styles, x_key="seconds", xlabel="training time, seconds (log)",
+                                                  title=f"{_cap(METRIC_NAMES.get(m, m))} vs training time", ylabel=ylabel,
+                                                  zero_label="0 s")})
+    png = plots.training_curves([{"method": r.get("display", r["method"]), "history": r.get("history") or []}
+                                 for r in head], styles)
+    if png:
+        out.append({"name": "training_curves", "title": "Training curves", "png": png,
+                    "caption": "Training loss and dev score per epoch for every method that trains; the dev-best "
+                               "epoch is the one kept."})
+    choice = [r for r in head if r.get("kind") == "choices" and r.get("confusion")]
+    if choice:
+        png = plots.confusion_matrices([{"method": r.get("display", r["method"]), "matrix": r["confusion"],
+                                         "score": r["metrics"][primary(r)]} for r in choice], choice[0]["labels"], styles)
+        if png:
+            out.append({"name": "confusion", "title": "Confusion matrices", "png": png,
+                        "caption": "Rows: gold label; columns: predicted label."})
+    return out
+
+
+# -- Markdown ----------------------------------------------------------------------------------------------------
+def curve_table(series: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    sizes = sorted({p["n"] for s in series for p in s["points"]})
+    header = ["method", "family"] + [f"n={n:,}" for n in sizes]
+    body = []
+    for s in series:
+        at = {p["n"]: p for p in s["points"]}
+        cells = []
+        for n in sizes:
+            p = at.get(n)
+            if p is None:
+                cells.append("–")
+            elif p["seeds"] > 1:
+                cells.append(f"{_pct(p['mean'])} ± {_pct(p['sd'])} ({p['seeds']} seeds)")
+            else:
+                cells.append(_pct(p["mean"]))
+        body.append([s["method"], s["family"], *cells])
+    return header, body
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
+             figs: list[dict[str, Any]] | None = None, all_runs: list[dict[str, Any]] | None = None,
+             skipped: dict[str, str] | None = None) -> str:
+    lines = [f"# {title}", "", _meta_line(runs), ""]
+    lines += _md_table(HEADER, rows(runs))
+    lines += ["", ("Scores in %; brackets: 95% percentile bootstrap interval over the evaluation examples "
+              "(1,000 resamples)."), ""]
+    found = findings(runs)
+    if found:
+        lines += [f"- {f}" for f in found] + [""]
+    series = curve(all_runs or runs)
+    if series:
+        cross = crossing(series)
+        header, body = curve_table(series)
+        lines += ["## Data efficiency", "", ("Mean ± standard deviation over seeds of the headline score by number of "
+                  "labelled training examples (total over all classes)."), ""]
+        lines += _md_table(header, body) + [""]
+        if cross:
+            lines += [cross["text"], ""]
+        lines += [f"![Data efficiency]({PLOTS_DIR}/data_efficiency.png)", ""] if any(
+            f["name"] == "data_efficiency" for f in figs or []) else []
+    if skipped:
+        lines += ["Points that could not run:", ""] + [f"- `{k}`: {v}" for k, v in sorted(skipped.items())] + [""]
+    for f in figs or []:
+        if f["name"] == "data_efficiency":
+            continue
+        lines += [f"## {f['title']}", "", f"![{f['title']}]({PLOTS_DIR}/{f['name']}.png)", "", f["caption"], ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- HTML -------------------------------------------------------------------------------------------------------
+CSS = """
+:root{--ink:#1d2330;--mute:#5d6677;--line:#e3e6ec;--bg:#f7f8fa;--hard:#1f4e9c;--soft:#c0392b;--baseline:#2e7d32}
+*{box-sizing:border-box}body{margin:0;font:15px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+color:var(--ink);background:var(--bg)}main{max-width:1180px;margin:0 auto;padding:28px 24px 60px}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 10px;padding-top:8px;border-top:1px solid var(--line)}
+.meta{color:var(--mute);margin:0 0 18px}.meta code{background:#eceff4;padding:1px 5px;border-radius:4px}
+.findings{background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px 18px;margin:14px 0}
+.findings li{margin:3px 0}table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);
+border-radius:10px;overflow:hidden;font-size:14px}th,td{padding:8px 10px;text-align:right;border-bottom:1px solid var(--line);
+white-space:nowrap}th{background:#eef1f6;font-weight:600;color:#333}td.l,th.l{text-align:left}tr:last-child td{border-bottom:0}
+tr.best td{font-weight:600}.fam{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;color:#fff}
+.fam.hard{background:var(--hard)}.fam.soft{background:var(--soft)}.fam.baseline{background:var(--baseline)}
+.ci{color:var(--mute);font-weight:400}.bar{position:relative;height:6px;background:#edf0f5;border-radius:3px;margin-top:4px;
+min-width:150px}.bar b{position:absolute;left:0;top:0;bottom:0;background:#9fb3cf;border-radius:3px}
+.bar i{position:absolute;top:-2px;bottom:-2px;background:rgba(29,35,48,.28);border-radius:2px}
+figure{margin:14px 0;background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}figcaption{color:var(--mute);font-size:13.5px;margin-top:6px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:14px}.grid figure{margin:0}
+.note{color:var(--mute);font-size:13px}footer{margin-top:40px;color:var(--mute);font-size:12.5px}
+footer code{font-size:12px}
+"""
+
+
+def _fam_badge(fam: str) -> str:
+    return f'<span class="fam {html.escape(fam)}">{html.escape(fam)}</span>' if fam else ""
+
+
+def _score_html(r: dict[str, Any]) -> str:
+    m = primary(r)
+    v = r["metrics"].get(m, 0.0)
+    ci = r.get("ci", {}).get(m)
+    txt = html.escape(score_cell(r))
+    bar = f'<b style="width:{100 * v:.1f}%"></b>'
+    if ci:
+        bar += f'<i style="left:{100 * ci[0]:.1f}%;width:{max(0.4, 100 * (ci[1] - ci[0])):.1f}%"></i>'
+    return f'{txt}<div class="bar">{bar}</div>'
+
+
+def _html_table(runs: list[dict[str, Any]]) -> str:
+    best = max((r["metrics"].get(primary(r), 0) for r in runs), default=None)
+    head = "".join(f'<th class="{"l" if h in ("method", "family") else ""}">{html.escape(h)}</th>' for h in HEADER)
+    body = []
+    for r, cells in zip(runs, rows(runs)):
+        cls = ' class="best"' if r["metrics"].get(primary(r)) == best else ""
+        tds = [f'<td class="l">{html.escape(cells[0])}</td>', f'<td class="l">{_fam_badge(cells[1])}</td>',
+               f"<td>{_score_html(r)}</td>"] + [f"<td>{html.escape(c)}</td>" for c in cells[3:]]
+        body.append(f"<tr{cls}>{''.join(tds)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def _figure_html(f: dict[str, Any]) -> str:
+    w, h = _png_size(f["png"])
+    data = base64.b64encode(f["png"]).decode("ascii")
+    return (f'<figure id="{f["name"]}"><img src="data:image/png;base64,{data}" width="{w}" height="{h}" '
+            f'alt="{html.escape(f["title"])}"><figcaption>{html.escape(f["caption"])}</figcaption></figure>')
+
+
+def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any]],
+                all_runs: list[dict[str, Any]] | None = None, out: Path | None = None,
+                skipped: dict[str, str] | None = None) -> str:
+    meta = html.escape(_meta_line(runs))
+    meta = meta.replace("`", "")  # the Markdown backticks become plain text here
+    parts = [f"<h1>{html.escape(title)}</h1>", f'<p class="meta">{meta}</p>']
+    found = findings(runs)
+    if found:
+        parts.append('<ul class="findings">' + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>")
+    parts += ["<h2>Side by side</h2>", _html_table(runs),
+              ('<p class="note">Scores in %. Brackets and the dark band on each bar: 95% percentile bootstrap interval '
+              "over the evaluation examples (1,000 resamples). Trainable parameters count every value the method "
+              "fits; % of model is against the frozen backbone.</p>")]
+    by_name = {f["name"]: f for f in figs}
+    series = curve(all_runs or runs)
+    if "data_efficiency" in by_name:
+        header, body = curve_table(series)
+        table = ("<table><thead><tr>" + "".join(f'<th class="{"l" if i < 2 else ""}">{html.escape(h)}</th>'
+                                                for i, h in enumerate(header)) + "</tr></thead><tbody>"
+                 + "".join("<tr>" + "".join(f'<td class="{"l" if i < 2 else ""}">'
+                                            f'{_fam_badge(c) if i == 1 else html.escape(c)}</td>'
+                                            for i, c in enumerate(row)) + "</tr>" for row in body)
+                 + "</tbody></table>")
+        parts += ["<h2>Data efficiency</h2>", _figure_html(by_name["data_efficiency"]), table]
+    if skipped:
+        parts.append('<p class="note">Points that could not run: ' + "; ".join(
+            f"<code>{html.escape(k)}</code>: {html.escape(v)}" for k, v in sorted(skipped.items())) + "</p>")
+    cost = [by_name[n] for n in ("accuracy_vs_params", "accuracy_vs_time") if n in by_name]
+    if cost:
+        parts += ["<h2>Score against cost</h2>", '<div class="grid">' + "".join(_figure_html(f) for f in cost) + "</div>"]
+    for name in ("training_curves", "confusion"):
+        if name in by_name:
+            parts += [f"<h2>{html.escape(by_name[name]['title'])}</h2>", _figure_html(by_name[name])]
+    listed = all_runs or runs
+    where = [os.path.relpath(r["run_dir"], out) if out else r["run_dir"] for r in listed]
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts.append(f"<footer>{len(listed)} run{'s' if len(listed) != 1 else ''}: "
+                 + ", ".join(f"<code>{html.escape(w)}</code>" for w in where)
+                 + f". Written by <code>promptlab report</code> on {stamp}; rebuild with "
+                 "<code>promptlab report RUN_DIR...</code>.</footer>")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+            + "\n".join(parts) + "\n</main></body></html>\n")
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+def _skipped(dirs: list[Path]) -> dict[str, str]:
+    """Sweep points recorded as not runnable (sweep.py writes skipped.json at the sweep's root)."""
+    out: dict[str, str] = {}
+    for d in dirs:
+        for f in (d / "skipped.json", d.parent / "skipped.json", d.parent.parent / "skipped.json"):
+            if f.is_file():
+                try:
+                    out.update(json.loads(f.read_text()))
+                except (json.JSONDecodeError, OSError):
+                    pass
+    return out
+
+
+def build(run_dirs: list[Path], out: Path, title: str = "promptlab comparison") -> dict[str, Any]:
+    """Read the runs under `run_dirs`, write report.md, report.html and plots/*.png into `out`.
+
+    Returns the paths written ("md", "html", "plots") and the runs read ("runs").
+    """
+    all_runs = load_runs([Path(d) for d in run_dirs])
+    skipped = _skipped([Path(d) for d in run_dirs])
+    head = headline(all_runs)
+    figs = figures(all_runs)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLOTS_DIR).mkdir(exist_ok=True)
+    for f in figs:
+        (out / PLOTS_DIR / f"{f['name']}.png").write_bytes(f["png"])
+    md = out / "report.md"
+    md.write_text(markdown(head, title, figs, all_runs, skipped))
+    page = out / "report.html"
+    page.write_text(render_html(head, title, figs, all_runs, out, skipped), encoding="utf-8")
+    return {"md": md, "html": page, "plots": out / PLOTS_DIR, "runs": all_runs}
 
 
 def write_report(run_dirs: list[Path], out: Path, title: str = "promptlab comparison") -> Path:
-    runs = [read_run(d) for d in run_dirs]
-    path = out / "report.md"
-    path.write_text(markdown(runs, title))
-    return path
+    """report.md (returned), report.html and plots/ for these runs."""
+    return build(run_dirs, out, title)["md"]

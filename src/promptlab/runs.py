@@ -32,6 +32,9 @@ def check_out_dir(out: Path) -> None:
     parent = out.parent if not out.exists() else out
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():  # e.g. --out notes.txt/run: no permission would make that a directory
+        raise ConfigError(f"--out '{out}' cannot be created: '{parent}' is a file, not a directory; "
+                          "choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out '{out}' is not writable (no write permission on '{parent}'); choose another path")
 

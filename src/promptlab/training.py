@@ -1,13 +1,21 @@
 """One short training loop for everything that trains: soft prompts, LoRA, full fine-tuning.
 
-Plain PyTorch, with accelerate handling the device (and processes under `accelerate launch`). Only
-parameters with requires_grad are optimised and kept; the best dev epoch wins; patience stops early.
+Plain PyTorch, with accelerate handling the device and, under `accelerate launch` / `torchrun`, the
+processes: every process builds the same batches, trains on its own slice of each batch, and DDP
+averages the gradients, so N processes take the same steps as one process with the same global batch.
+Only parameters with requires_grad are optimised and kept; the best dev epoch wins; patience stops early.
+
+With a CheckpointPlan the loop checkpoints every `checkpoint_every` steps and at each epoch end, and
+continues from the newest checkpoint: the batch order of an epoch is a function of (seed, epoch), and
+the RNG states (dropout) are restored, so a resumed run takes exactly the steps an uninterrupted one does.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .checkpoints import Checkpoint, CheckpointPlan, CheckpointStore, restore_rng
 from .errors import ConfigError
 
 # Input-only soft prompts barely move at the AdamW learning rates used for weights (5e-4 in the seed
@@ -31,11 +40,24 @@ class TrainResult:
     best_score: float = float("-inf")
     steps: int = 0
     seconds: float = 0.0
+    lr: float = 0.0
+    optimizer: str = ""
+    resumed_from: int | None = None  # the step a checkpoint put us at, when the run was resumed
+    processes: int = 1  # data-parallel processes (torchrun / accelerate launch)
+    local_examples: int = 0  # examples this process computed losses on: n_steps x batch / processes
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` job, or the only process: the one that writes files.
+
+    Read from the launcher's environment, so it is known before (and without) an Accelerator.
+    """
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -51,6 +73,11 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch, from (seed, epoch) alone: a resumed run rebuilds them without replaying."""
+    return length_grouped_batches(lengths, batch_size, random.Random(f"promptlab-order:{seed}:{epoch}"))
+
+
 def make_optimizer(method: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> Any:
     if method in ADAFACTOR_METHODS:
         from transformers.optimization import Adafactor
@@ -59,6 +86,19 @@ def make_optimizer(method: str, params: list[torch.nn.Parameter], lr: float, wei
         # tables of very different scales (T5's ~10, MiniLM's ~0.05).
         return Adafactor(params, lr=lr, scale_parameter=True, relative_step=False, warmup_init=False)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@dataclass
+class _Position:
+    """Where the loop is: what a checkpoint must hold besides tensors to continue at the same step."""
+
+    epoch: int = 1
+    batch: int = 0  # next batch index within the epoch
+    epoch_done: bool = False  # the epoch's dev evaluation has run
+    stopped: bool = False  # early stopping or max_steps decided to end training
+    total: float = 0.0  # sum of per-example losses this epoch (for the history's train_loss)
+    seen: float = 0.0
+    since_best: int = 0
 
 
 def train_loop(
@@ -77,61 +117,147 @@ def train_loop(
     max_steps: int | None = None,
     weight_decay: float = 0.0,
     progress: bool = True,
+    checkpoint: CheckpointPlan | None = None,
+    checkpoint_every: int = 100,
+    keep_checkpoints: int = 2,
+    data_fingerprint: str = "",
 ) -> TrainResult:
     """Train `model`'s trainable parameters; restore the best dev epoch's values at the end."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     seed_everything(seed)
-    rng = random.Random(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     assert params, "nothing to train: every parameter is frozen"
     lr = lr if lr is not None else DEFAULT_LR.get(method, 1e-3)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     optimizer = make_optimizer(method, params, lr, weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)  # parameter names without DDP's "module." prefix
+    world, rank = accelerator.num_processes, accelerator.process_index
 
-    result = TrainResult()
-    best_state = _trainable_state(model)
-    t0 = time.perf_counter()
-    since_best = 0
-    for epoch in range(1, epochs + 1):
+    result = TrainResult(lr=lr, optimizer=type(getattr(optimizer, "optimizer", optimizer)).__name__, processes=world)
+    pos = _Position()
+    best_state = _trainable_state(core)
+    store = CheckpointStore(checkpoint, keep_checkpoints, writer=accelerator.is_main_process) if checkpoint else None
+    prior_seconds = 0.0
+    if store is not None:  # continue from the newest complete checkpoint, if any
+        ck = store.latest()
+        if ck is not None:
+            best_state, prior_seconds = _resume(ck, core, optimizer, result, pos, lr, weight_decay,
+                                                n_examples, data_fingerprint)
+            if accelerator.is_main_process:
+                print(f"promptlab: resuming {method} at step {ck.step} from '{ck.path}'", file=sys.stderr)
+
+    def save(name: str) -> None:
+        if store is None:
+            return
+        state = {"loop": {**pos.__dict__, "steps": result.steps, "seconds": time.perf_counter() - t0},
+                 "history": result.history, "best_epoch": result.best_epoch, "best_score": result.best_score,
+                 "n_examples": n_examples, "data": data_fingerprint, "local_examples": result.local_examples}
+        store.save(name, state, _trainable_state(core), best_state, optimizer.state_dict())
+
+    t0 = time.perf_counter() - prior_seconds
+    while not pos.stopped and pos.epoch <= epochs:
+        epoch = pos.epoch
+        if pos.epoch_done:  # resumed from an epoch-end checkpoint: the next epoch starts afresh
+            pos = _Position(epoch=epoch + 1, since_best=pos.since_best)
+            continue
+        batches = epoch_batches(lengths, batch_size, seed, epoch)
         model.train()
-        batches = length_grouped_batches(lengths, batch_size, rng)
-        total, seen = 0.0, 0
-        bar = tqdm(batches, desc=f"{method} epoch {epoch}/{epochs}", leave=False, disable=not progress or None)
-        for batch in bar:
-            loss = loss_fn(model, batch)  # scalar, mean over the batch
-            if not torch.isfinite(loss):
-                raise ConfigError(
-                    f"training loss became {loss.item()} at step {result.steps + 1} (epoch {epoch}); "
-                    f"lower --lr (now {lr})"
-                )
-            accelerator.backward(loss)
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+        bar = tqdm(total=len(batches), initial=pos.batch, desc=f"{method} epoch {epoch}/{epochs}", leave=False,
+                   disable=not progress or not accelerator.is_main_process or None)
+        for b in range(pos.batch, len(batches)):
+            if max_steps and result.steps >= max_steps:
+                break
+            batch = batches[b]
+            # Each process takes every world-th example; its mean loss is re-weighted by its share, so the
+            # average DDP takes over processes is the mean over the whole batch, even for a ragged last one.
+            shard, weight = batch, 1.0
+            if world > 1:
+                shard = batch[rank::world]
+                weight = len(shard) * world / len(batch)
+                if not shard:  # fewer examples than processes: join the collectives with a zero-weight copy
+                    shard, weight = batch[:1], 0.0
+            loss = loss_fn(model, shard)  # scalar, mean over the shard
+            n = len(shard) if weight else 0
+            result.local_examples += n
+            stats = accelerator.reduce(torch.tensor([loss.item() * n if n else 0.0, float(n)],
+                                                    dtype=torch.float64, device=accelerator.device), "sum")
+            batch_loss = stats[0].item() / max(stats[1].item(), 1.0)
+            if not math.isfinite(batch_loss):
+                raise _non_finite("training loss", batch_loss, result.steps + 1, epoch, lr, weight_decay, store)
+            accelerator.backward(loss * weight if world > 1 else loss)
+            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if not torch.isfinite(norm):  # checked before the step: parameters (and checkpoints) stay finite
+                raise _non_finite("gradient norm", norm.item(), result.steps + 1, epoch, lr, weight_decay, store)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
-            total += loss.item() * len(batch)
-            seen += len(batch)
-            bar.set_postfix(loss=f"{total / seen:.4f}")
-            if max_steps and result.steps >= max_steps:
-                break
+            pos.batch = b + 1
+            pos.total += stats[0].item()
+            pos.seen += stats[1].item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{pos.total / max(pos.seen, 1):.4f}")
+            if result.steps % checkpoint_every == 0:
+                save(f"step-{result.steps:08d}")
+        bar.close()
         model.eval()
-        score = dev_fn(model)
-        result.history.append({"epoch": epoch, "step": result.steps, "train_loss": total / max(seen, 1),
+        score = dev_fn(core)
+        result.history.append({"epoch": epoch, "step": result.steps, "train_loss": pos.total / max(pos.seen, 1),
                                "dev_score": score, "seconds": round(time.perf_counter() - t0, 3)})
         if score > result.best_score or math.isnan(result.best_score):
-            result.best_score, result.best_epoch, since_best = score, epoch, 0
-            best_state = _trainable_state(model)
+            result.best_score, result.best_epoch, pos.since_best = score, epoch, 0
+            best_state = _trainable_state(core)
         else:
-            since_best += 1
-        if since_best >= patience or (max_steps and result.steps >= max_steps):
-            break
-    _load_trainable(model, best_state)
+            pos.since_best += 1
+        pos.epoch_done = True
+        pos.stopped = pos.since_best >= patience or bool(max_steps and result.steps >= max_steps)
+        save(f"step-{result.steps:08d}-epoch")
+    _load_trainable(core, best_state)
     model.eval()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _resume(ck: Checkpoint, core: torch.nn.Module, optimizer: Any, result: TrainResult, pos: _Position,
+            lr: float, weight_decay: float, n_examples: int, fingerprint: str) -> tuple[dict[str, torch.Tensor], float]:
+    """Apply a loaded checkpoint to the model, optimizer, RNGs and loop position; return (best state, seconds)."""
+    state = ck.state
+    names = {n for n, p in core.named_parameters() if p.requires_grad}
+    if set(ck.trainable) != names or state.get("n_examples") != n_examples or state.get("data") != fingerprint:
+        raise ConfigError(f"checkpoint '{ck.path}' was made for other parameters or training data; delete "
+                          f"'{ck.path.parent}' to start over")
+    _load_trainable(core, ck.trainable)
+    optimizer.load_state_dict(ck.optimizer)
+    for group in optimizer.param_groups:  # --resume may continue with a new lr (after a non-finite loss)
+        group["lr"] = lr
+        if isinstance(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, torch.optim.AdamW):
+            group["weight_decay"] = weight_decay
+    restore_rng(ck.rng["meta"], ck.rng["tensors"])
+    loop = state["loop"]
+    for k in pos.__dict__:
+        setattr(pos, k, loop[k])
+    result.steps = int(loop["steps"])
+    result.history = list(state["history"])
+    result.best_epoch, result.best_score = int(state["best_epoch"]), float(state["best_score"])
+    result.resumed_from = result.steps
+    result.local_examples = int(state.get("local_examples", 0))
+    return dict(ck.best), float(loop["seconds"])
+
+
+def _non_finite(what: str, value: float, step: int, epoch: int, lr: float, weight_decay: float,
+                store: CheckpointStore | None) -> ConfigError:
+    """One line: what became non-finite, at which step, what to change, and where the last good state is."""
+    if step == 1:  # nothing has been updated yet: the settings cannot be the cause
+        fix = "the model's output is not finite before any update; check the model's weights and the inputs"
+    else:
+        fix = f"lower --lr (now {lr})" + (f" or train.weight_decay (now {weight_decay})" if weight_decay else "")
+    kept = ""
+    if store is not None and store.last_step is not None:
+        kept = (f"; the last good checkpoint (step {store.last_step}) is kept in '{store.root}': rerun with "
+                "--resume and safer settings to continue from it")
+    return ConfigError(f"{what} became {value} at step {step} (epoch {epoch}); {fix}{kept}")
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ def _load_builtin() -> None:
     for cls in (hard.ZeroShot, hard.FewShot, hard.ChainOfThought, soft.PromptTuning, soft.PrefixTuning,
                 soft.PTuning, soft.Hybrid, baselines.LinearProbe, baselines.LoRA, baselines.FullFinetune):
         register(cls)
+    from .setfit_method import SetFit; register(SetFit)  # noqa: E702  (the setfit package loads lazily)
 
 
 def get_method(name: str) -> Method:

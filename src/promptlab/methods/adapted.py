@@ -7,7 +7,8 @@ readout (readout.py), the loop (training.py) and this predictor, so their number
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import metrics
-from ..errors import ModelError
+from ..checkpoints import CheckpointPlan
+from ..errors import ConfigError, ModelError
 from ..tasks.base import Example, Task
 from ..training import train_loop
 from .base import FitContext, Prediction, Predictor
@@ -29,6 +31,9 @@ class AdaptedPredictor(Predictor):
     model: Any = None
     anchors: torch.Tensor | None = None
     max_new_tokens: int = 16
+    # How this fit went beyond the artifact (a resume): reported in metrics.json, kept out of the artifact
+    # so a resumed run's artifact is byte-identical to an uninterrupted one.
+    train_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.readout = Readout(self.backbone, self.task, anchors=self.anchors, max_new_tokens=self.max_new_tokens)
@@ -58,9 +63,25 @@ def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@dataclass
+class CheckpointedFit(FitContext):
+    """A FitContext whose training checkpoints to `checkpoint.dir` and resumes from it (pipeline.run_one)."""
+
+    checkpoint: CheckpointPlan | None = None
+
+
+def training_fingerprint(inputs: list[str], examples: list[Example]) -> str:
+    """Hash of what the loop trains on: a checkpoint is only resumed on the same examples in the same order."""
+    h = hashlib.sha256()
+    for text, ex in zip(inputs, examples):
+        h.update(repr((text, ex.label, ex.answers)).encode())
+    return h.hexdigest()
+
+
 def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> AdaptedPredictor:
     """Train `model` (the backbone with an adapter, or an unfrozen copy) on ctx.train; select on ctx.dev."""
     cfg = ctx.config
+    _check_room(ctx, model)
     pred = AdaptedPredictor(method, ctx.backbone, ctx.task, ctx.template, model=model,
                             max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens)
     pred.extras["trainable_params"] = count_trainable(model)
@@ -77,11 +98,29 @@ def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> Adapted
     t = cfg.train
     result = train_loop(model, method, len(ctx.train), lengths, loss_fn, dev_fn, epochs=t.epochs,
                         batch_size=t.batch_size, lr=t.lr, seed=cfg.seed, patience=t.patience,
-                        max_steps=t.max_steps, weight_decay=t.weight_decay)
+                        max_steps=t.max_steps, weight_decay=t.weight_decay,
+                        checkpoint=getattr(ctx, "checkpoint", None), checkpoint_every=t.checkpoint_every,
+                        keep_checkpoints=t.keep_checkpoints,
+                        data_fingerprint=training_fingerprint(inputs, ctx.train))
     pred.model = _unwrap(model)
     pred.history = result.history
-    pred.extras.update({"best_epoch": result.best_epoch, "steps": result.steps, "train_seconds": result.seconds})
+    # No wall-clock time here: the artifact of a repeated run must be byte-identical (metrics.json has it).
+    pred.extras.update({"best_epoch": result.best_epoch, "steps": result.steps, "lr": result.lr,
+                        "optimizer": result.optimizer})
+    pred.train_info = {"processes": result.processes, "examples_per_process": result.local_examples,
+                       "resumed_from_step": result.resumed_from}
     return pred
+
+
+def _check_room(ctx: FitContext, model: torch.nn.Module) -> None:
+    """Virtual tokens take positions: as many as the model has leave none for the input (a shape crash)."""
+    peft = getattr(model, "peft_config", {}).get("default")
+    n = int(getattr(peft, "num_virtual_tokens", 0) or 0)
+    config = ctx.backbone.model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if n and positions and n >= int(positions):
+        raise ConfigError(f"--virtual-tokens {n} leaves no room for the input: '{ctx.backbone.name}' has "
+                          f"{positions} positions; use fewer virtual tokens, e.g. 20")
 
 
 def _unwrap(model: Any) -> Any:

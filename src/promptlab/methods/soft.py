@@ -93,6 +93,7 @@ class SoftMethod(Method):
         from peft import PeftModel
 
         try:
+            self._check_adapter_type(path)
             model = PeftModel.from_pretrained(backbone.model, str(path))
         except Exception as e:  # PEFT/safetensors raise many types for missing or corrupt files
             raise ModelError(f"cannot load the soft prompt in '{path}' ({type(e).__name__}: "
@@ -103,6 +104,24 @@ class SoftMethod(Method):
         return AdaptedPredictor(self.name, backbone, task, Template(t["name"], t["text"]), model=model,
                                 anchors=load_anchors(path), extras=extras,
                                 max_new_tokens=extras.get("max_new_tokens", task.max_new_tokens))
+
+
+    def _check_adapter_type(self, path: Path) -> None:
+        """PEFT loads whatever adapter_config.json names; a LoRA config here would silently drop the prompt."""
+        import json
+
+        f = path / "adapter_config.json"
+        if not f.is_file():
+            raise ModelError(f"{f.name} is missing")
+        cfg = json.loads(f.read_text())
+        want = self.peft_config_type()
+        if cfg.get("peft_type") != want:
+            raise ModelError(f"adapter_config.json says peft_type {cfg.get('peft_type')!r} but a {self.name} "
+                             f"artifact needs {want!r}")
+
+    def peft_config_type(self) -> str:
+        return {"prompt-tuning": "PROMPT_TUNING", "hybrid": "PROMPT_TUNING", "prefix-tuning": "PREFIX_TUNING",
+                "p-tuning": "P_TUNING"}[self.name]
 
 
 class PromptTuning(SoftMethod):

@@ -9,11 +9,14 @@ load in a fraction of a second.
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +43,34 @@ EXPECTS = {
 }
 
 _SPLIT_WORDS = {"train", "dev32", "dev", "val", "validation", "test"}
+
+# csv's default field limit (128 KiB) rejects a long document as a "malformed row"; a long text is data:
+# it is read whole here and truncated to the model's budget later, like any other input.
+csv.field_size_limit(2**31 - 1)
+
+# Byte-order marks of encodings that are not UTF-8, for a message that names the encoding.
+_OTHER_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+               b"\xfe\xff": "UTF-16"}
+
+# path -> sha256 of every data file read while `recording()` is active: a run records what it read.
+_READ: ContextVar[dict[str, str] | None] = ContextVar("promptlab_files_read", default=None)
+
+
+@contextmanager
+def recording() -> Iterator[dict[str, str]]:
+    """Collect {path: sha256} of the data files loaders read inside the block."""
+    files: dict[str, str] = {}
+    token = _READ.set(files)
+    try:
+        yield files
+    finally:
+        _READ.reset(token)
+
+
+def record_read(path: Path, data: bytes | None = None) -> None:
+    files = _READ.get()
+    if files is not None:
+        files[str(path)] = hashlib.sha256(path.read_bytes() if data is None else data).hexdigest()
 _ID_COLUMNS = ("idx", "id", "index")
 
 
@@ -85,13 +116,20 @@ def to_example(
         if skip_unlabelled:
             return None
         what = "the label" if task.kind == "choices" else "the answer"
+        if answer_column in row:  # present but empty: naming the column as missing would mislead
+            raise DataError(f"{where}: '{answer_column}' is empty ({what} is missing, got {raw!r}); "
+                            "fill it in or remove the row")
         raise DataError(
             f"{where}: row has no '{answer_column}' field ({what}); add it, or name the "
             f"column with '{'label' if task.kind == 'choices' else 'answer'}_column' in the task spec"
         )
     label, answers = None, ()
     if task.kind == "choices":
-        label = task.label_index(raw, where)
+        try:
+            label = task.label_index(raw, where)
+        except ValueError:  # digits int() cannot read ('²'.isdigit() is True): still just a wrong label
+            raise DataError(f"{where}: label {raw!r} is not one of task '{task.name}' labels {task.labels}; "
+                            "fix the row or choose the task whose labels match") from None
     elif isinstance(raw, list) and all(isinstance(a, str) for a in raw):
         answers = tuple(raw)
     elif isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
@@ -114,6 +152,10 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}: no such file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror}); check the path and its permissions") from None
+    record_read(path, data)
+    bom = next((name for mark, name in _OTHER_BOMS.items() if data.startswith(mark)), None)
+    if bom:
+        raise DataError(f"{path}: file is {bom} text (byte-order mark {data[:2].hex(' ')}); re-save it as UTF-8")
     try:
         text = data.decode("utf-8-sig")  # -sig: a BOM from Excel/Notepad is not part of the first column
     except UnicodeDecodeError as e:
@@ -350,8 +392,15 @@ def _ag_news(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Exa
         for n, row in table:
             title, desc = _ag_clean(row["title"]), _ag_clean(row["description"])
             cls = row["class"].strip()
-            # Classes are numbered 1-4 in the files; the task's labels are 0-based.
-            label = int(cls) - 1 if cls.isdigit() and int(cls) > 0 else cls
+            # Classes are numbered 1-4 in the files; the task's labels are 0-based. A number outside 1-4
+            # must fail as itself: '0' would otherwise read as index 0 and '9' be reported as 8.
+            if cls.isdecimal():
+                if not 1 <= int(cls) <= len(task.labels):
+                    raise DataError(f"{file}:{n}: class {cls!r} is not an AG News class (1-{len(task.labels)}: "
+                                    f"{', '.join(task.labels)}); fix the row")
+                label: Any = int(cls) - 1
+            else:
+                label = cls
             joined = f"{title} {desc}" if title.endswith((".", "!", "?")) else f"{title}. {desc}"
             rows.append((n, {"label": label, "title": title, "description": desc, "text": joined}))
         out[split] = _build(spec, task, split, file, rows)
@@ -371,7 +420,11 @@ def _generic(ext: str) -> Loader:
 
 def _hotpotqa(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Example]]:
     # Imported on use: HotpotQA's reader and context policy live in their own module.
-    return import_module("promptlab.tasks.hotpotqa").load_hotpotqa(path)
+    hotpotqa = import_module("promptlab.tasks.hotpotqa")
+    out = hotpotqa.load_hotpotqa(path)
+    if path is not None:  # it reads the JSON itself (json.load on the open file), so record it here
+        record_read(hotpotqa._find_file(Path(path)))
+    return out
 
 
 # Formats whose reader loads from the hub itself when given no path (their rows need more than a column map).

@@ -8,6 +8,7 @@ as booleans — so a typo fails at `promptlab tasks`, not an hour into training.
 from __future__ import annotations
 
 import importlib.util
+import string
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -144,6 +145,10 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
                 f"{where}: template '{t['name']}' is not valid format text ({e}); "
                 "write literal braces as {{ and }}"
             ) from None
+        problem = _render_problem(t["text"], raw["fields"])
+        if problem:
+            raise ConfigError(f"{where}: template '{t['name']}' {problem}; write fields as {{name}}, "
+                              "literal braces as {{ and }}")
     context = raw.get("context")
     if context is not None and not (
         context.isidentifier() and importlib.util.find_spec(f"promptlab.tasks.{context}") is not None
@@ -151,6 +156,29 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
         raise ConfigError(
             f"{where}: 'context' names no module promptlab.tasks.{context} with a fit_context hook"
         )
+
+
+def _render_problem(text: str, fields: list[str]) -> str | None:
+    """What would make a template fail at render time rather than here: '{}', '{text:d}', '{text!x}'.
+
+    Field values are always strings, so a trial render with sample strings finds every format-code
+    error; a field nested in a format spec ('{text:{text}}') depends on the value and is refused outright.
+    """
+    for _, name, spec, conversion in string.Formatter().parse(text):
+        if name is None:
+            continue
+        if name == "" or name.isdecimal():
+            return f"uses a positional field '{{{name}}}'"
+        if "{" in (spec or ""):
+            return f"nests a field in the format spec of '{{{name}}}'"
+    sample = Example("probe", {f: "sample text" for f in fields})
+    try:
+        Template("probe", text).render(sample, ["a", "b"])
+    except (ValueError, IndexError) as e:  # unknown fields are Task.check's to report, with their names
+        return f"cannot be rendered ({e})"
+    except DataError:
+        pass
+    return None
 
 
 def _context_hook(module: str) -> ContextHook:
@@ -195,8 +223,10 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         raise DataError(
             f"{path}: task spec file not found; pass a registered task name or a YAML spec path"
         ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read task spec ({e})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: task spec is not UTF-8 text; re-save it as UTF-8") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read task spec ({e.strerror or e}); check the path") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""

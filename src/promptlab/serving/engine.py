@@ -1,0 +1,447 @@
+"""One forward pass for many soft prompts: every row carries its own prompt.
+
+PEFT applies one prompt to a whole batch (its issue #759). Here a batch holds rows for different
+prompts, and possibly different tasks: each row's virtual-token embeddings are gathered from its
+servable and placed in front of its input embeddings, left-aligned, and the row is padded to the
+longest `prompt + input` with masked positions. Hard prompts ride along as prompts of length 0.
+
+Layout per backbone kind (what PEFT does for one prompt, done per row):
+- encoder: `[P_i, x_i, pad]`; pooled exactly as `Backbone.encode` pools (virtual tokens pool like words);
+  compared with that prompt's own label anchors.
+- seq2seq: encoder input `[P_i, x_i, pad]` (relative positions, so nothing else moves); decoder scores
+  each verbalizer, or generates.
+- causal, choices: `[P_i, x_i + target, pad]` with positions 0.., or, with the KV cache, the prompt's
+  precomputed keys/values `[K_i, masked gap up to the longest prompt]` then `x_i + target` at positions
+  n_i... Generation: `[pad, P_i, x_i]` through `generate` (positions follow the attention mask), or the
+  cached prompt plus a plain greedy loop.
+
+Every path is checked against the offline predictor of each artifact (tests/test_serving.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones import Backbone
+from ..errors import PromptlabError
+from ..methods.readout import ANCHOR_SCALE, predictions_from_scores
+from ..tasks.base import Example
+from .registry import Servable
+
+
+class InputTooLong(PromptlabError):
+    """An input that does not fit the model once its prompt's virtual tokens are added (HTTP 413)."""
+
+
+@dataclass
+class Answer:
+    """One input's answer: the label and its probability (and all of them) for choices, text otherwise."""
+
+    input: str
+    prediction: str
+    label: int | None = None
+    score: float | None = None
+    scores: list[float] | None = None  # softmax over the task's labels, in label order
+    logits: list[float] | None = None  # what the softmax was taken of (log-likelihoods, or scaled cosines)
+    tokens: list[int] | None = None  # text tasks: the generated token ids
+
+    def to_json(self, labels: Sequence[str] | None = None) -> dict[str, Any]:
+        if self.label is None:
+            return {"text": self.prediction}
+        out: dict[str, Any] = {"label": self.prediction, "score": self.score}
+        if self.scores is not None and labels is not None:
+            out["scores"] = {name: round(p, 6) for name, p in zip(labels, self.scores)}
+        return out
+
+
+@dataclass
+class Job:
+    """One request's work: a prompt and its inputs."""
+
+    servable: Servable
+    examples: list[Example]
+
+
+@dataclass
+class _Row:
+    job: int
+    pos: int
+    servable: Servable
+    text: str
+
+
+# Generation settings that change greedy decoding; the cached greedy loop only runs when none is set.
+_GREEDY_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+                   "min_length": (None, 0), "min_new_tokens": (None, 0), "forced_bos_token_id": (None,),
+                   "forced_eos_token_id": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+                   "sequence_bias": (None,), "exponential_decay_length_penalty": (None,),
+                   "encoder_repetition_penalty": (None, 1.0), "num_beams": (None, 1)}
+
+
+class Engine:
+    """Runs jobs for any mix of servables on one backbone. Not thread-safe: one caller at a time."""
+
+    def __init__(self, backbone: Backbone, kv_cache: bool = True, max_rows: int = 128) -> None:
+        self.backbone = backbone
+        self.model = backbone.model
+        self.max_rows = max_rows
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._takes_positions = "position_ids" in params
+        self.kv_cache = kv_cache and backbone.kind == "causal" and kv_supported(self.model)
+        gc = getattr(self.model, "generation_config", None)
+        self._plain_greedy = gc is None or all(getattr(gc, k, None) in ok for k, ok in _GREEDY_NEUTRAL.items())
+        eos = getattr(gc, "eos_token_id", None) if gc is not None else None
+        eos = backbone.tokenizer.eos_token_id if eos is None else eos
+        self._eos = torch.tensor(eos if isinstance(eos, list) else [eos] if eos is not None else [], dtype=torch.long)
+        self.forwards = 0  # model calls made for batched rows (not counting grouped fallbacks)
+        cfg = self.model.config
+        # absolute (or rotary) position limit; relative-position models such as T5 have none
+        self._positions: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+    # -- per-prompt state ---------------------------------------------------------------------------
+    def attach(self, s: Servable) -> None:
+        """Precompute what a prompt reuses for every request: a causal soft prompt's keys and values."""
+        if self.kv_cache and s.prompt is not None and s.prompt.shape[0] > 0 and s.kv is None:
+            s.kv = self._prompt_kv(s.prompt)
+
+    @torch.inference_mode()
+    def _prompt_kv(self, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        n = prompt.shape[0]
+        out = self.model(inputs_embeds=prompt[None], attention_mask=torch.ones(1, n, dtype=torch.long),
+                         position_ids=torch.arange(n)[None], use_cache=True)
+        cache = _out_cache(out)
+        return [(layer.keys[0].clone(), layer.values[0].clone()) for layer in cache.layers]  # [heads, n, d]
+
+    # -- entry points -------------------------------------------------------------------------------
+    def predict(self, s: Servable, examples: list[Example], batch_size: int = 32) -> list[Answer]:
+        """Offline use (`promptlab predict`): the same jobs the server runs, in chunks sorted by length."""
+        order = sorted(range(len(examples)), key=lambda i: -sum(len(v) for v in examples[i].fields.values()))
+        out: list[Answer | None] = [None] * len(examples)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            (res,) = self.run([Job(s, [examples[i] for i in idx])])
+            if isinstance(res, Exception):
+                raise res
+            for i, a in zip(idx, res):
+                out[i] = a
+        return out  # type: ignore[return-value]
+
+    def run(self, jobs: list[Job]) -> list[list[Answer] | Exception]:
+        """Answers per job, in order; a job that fails gets its exception and the others still run."""
+        results: list[Any] = [None] * len(jobs)
+        choice_rows: list[_Row] = []
+        gen_rows: list[_Row] = []
+        for j, job in enumerate(jobs):
+            s = job.servable
+            try:
+                examples = s.prepare(self.backbone, job.examples)
+                if not s.batchable:
+                    results[j] = self._alone(s, examples)
+                    continue
+                texts = s.render(examples)
+                self._check_lengths(s, texts)
+            except Exception as e:  # noqa: BLE001 — the user's mistake (PromptlabError) or a bug: this job only
+                results[j] = e
+                continue
+            results[j] = [None] * len(texts)
+            bucket = choice_rows if s.task.kind == "choices" else gen_rows
+            bucket.extend(_Row(j, i, s, t) for i, t in enumerate(texts))
+        for rows, fn in ((choice_rows, self._choices), (gen_rows, self._generate)):
+            for chunk in self._chunks(rows):
+                try:
+                    answers = fn(chunk)
+                except Exception as e:  # noqa: BLE001 — a bug, not the user's: fail these jobs, keep serving
+                    for r in chunk:
+                        results[r.job] = e
+                    continue
+                for r, a in zip(chunk, answers):
+                    if isinstance(results[r.job], list):
+                        results[r.job][r.pos] = a
+        return results
+
+    def _check_lengths(self, s: Servable, texts: list[str]) -> None:
+        """Virtual tokens come on top of the tokenizer's truncation: refuse what would run past the model's
+        positions (offline, such an input fails inside the model), and inputs with nothing to read."""
+        bb = self.backbone
+        n = s.prompt.shape[0]
+        lengths = [min(len(x), bb.max_length) for x in bb.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        extra = 0
+        if bb.kind == "causal":
+            extra = s.max_new_tokens if s.task.kind == "text" else 0  # choices: lm_batch truncates input + target
+        for i, k in enumerate(lengths):
+            if n + k == 0:
+                raise InputTooLong(f"inputs[{i}] is empty after templating; give it some text")
+            if self._positions is not None and n + k + extra > self._positions:
+                raise InputTooLong(
+                    f"inputs[{i}] is {k} tokens; with prompt '{s.name}' ({n} virtual tokens"
+                    f"{f', {extra} new tokens' if extra else ''}) the model takes at most {self._positions}: shorten it")
+
+    def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
+        """At most `max_rows` model rows per forward (a choice input costs one row per verbalizer)."""
+        out: list[list[_Row]] = []
+        cur: list[_Row] = []
+        used = 0
+        for r in rows:
+            cost = len(r.servable.task.verbalizers) if r.servable.task.kind == "choices" and self.backbone.kind != "encoder" else 1
+            if cur and used + cost > self.max_rows:
+                out.append(cur)
+                cur, used = [], 0
+            cur.append(r)
+            used += cost
+        return out + ([cur] if cur else [])
+
+    # -- choices ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _choices(self, rows: list[_Row]) -> list[Answer]:
+        if self.backbone.kind == "encoder":
+            pooled = F.normalize(self._encode([r.servable.prompt for r in rows], [r.text for r in rows]), dim=-1)
+            logits = [ANCHOR_SCALE * pooled[i] @ r.servable.anchors.T for i, r in enumerate(rows)]
+        else:
+            ex_s = [r.servable for r in rows for _ in r.servable.task.verbalizers]
+            ex_x = [r.text for r in rows for _ in r.servable.task.verbalizers]
+            ex_t = [v for r in rows for v in r.servable.task.verbalizers]
+            lp = self._logprob(ex_s, ex_x, ex_t)
+            logits, k = [], 0
+            for r in rows:
+                c = len(r.servable.task.verbalizers)
+                logits.append(lp[k : k + c])
+                k += c
+        return [_choice_answer(r, lg) for r, lg in zip(rows, logits)]
+
+    def _encode(self, prompts: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
+        """Pooled embeddings of `[P_i, x_i]`, pooled as `Backbone.encode` pools. [B, H]"""
+        bb = self.backbone
+        enc = bb._tok(texts)
+        emb, mask = self._contiguous(prompts, enc["input_ids"], enc["attention_mask"])
+        self.forwards += 1
+        out = self.model(inputs_embeds=emb, attention_mask=mask)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, W, H]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        if bb.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif bb.pooling == "max":
+            pooled = hidden.masked_fill(m == 0, -1e4).max(dim=1).values
+        else:
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        pooled = pooled.float()
+        return F.normalize(pooled, dim=-1) if bb.normalize else pooled
+
+    def _logprob(self, servables: list[Servable], texts: list[str], targets: list[str]) -> torch.Tensor:
+        """Summed log p(target | prompt_i, text) per row, as `Backbone.sequence_logprob` computes it. [R]"""
+        bb = self.backbone
+        batch = bb.lm_batch(texts, targets)  # the offline tokenisation, exactly
+        ids, att, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        prompts = [s.prompt for s in servables]
+        self.forwards += 1
+        if bb.kind == "seq2seq":
+            emb, mask = self._contiguous(prompts, ids, att)
+            logits = self.model(inputs_embeds=emb, attention_mask=mask, labels=labels).logits  # [R, T, V]
+            tgt = labels
+        else:
+            if self._use_kv(servables):
+                logits = self._cached_logits(servables, ids, att)  # [R, T, V]
+            else:
+                emb, mask = self._contiguous(prompts, ids, att)
+                kw = {"position_ids": _positions(mask)} if self._takes_positions else {}
+                full = self.model(inputs_embeds=emb, attention_mask=mask, **kw).logits  # [R, W, V]
+                n = torch.tensor([p.shape[0] for p in prompts])
+                idx = (n[:, None] + torch.arange(ids.shape[1])[None]).clamp(max=full.shape[1] - 1)
+                logits = full.gather(1, idx[..., None].expand(-1, -1, full.shape[-1]))
+            logits, tgt = logits[:, :-1], labels[:, 1:]  # position t predicts token t+1
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        keep = tgt != -100
+        picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * keep).sum(-1)
+
+    # -- generation ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _generate(self, rows: list[_Row]) -> list[Answer]:
+        bb = self.backbone
+        servables = [r.servable for r in rows]
+        texts = [r.text for r in rows]
+        limits = [s.max_new_tokens for s in servables]
+        max_new = max(limits)
+        pad = bb.tokenizer.pad_token_id
+        self.forwards += 1
+        if bb.kind == "causal" and self._use_kv(servables) and self._plain_greedy:
+            new = self._greedy_cached(servables, texts, max_new)
+        elif bb.kind == "causal":
+            ids = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
+            emb, mask = self._left_padded([s.prompt for s in servables], ids)
+            new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
+                                      do_sample=False, pad_token_id=pad)  # only the new tokens come back
+        else:
+            enc = bb._tok(texts)
+            emb, mask = self._contiguous([s.prompt for s in servables], enc["input_ids"], enc["attention_mask"])
+            new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
+                                      do_sample=False, pad_token_id=pad)
+            new = new[:, 1:]  # the decoder start token
+        outs = []
+        for r, k, seq in zip(rows, limits, new):
+            seq = seq[:k]
+            text = bb.tokenizer.decode(seq, skip_special_tokens=True).strip()
+            outs.append(Answer(input=r.text, prediction=text, tokens=seq.tolist()))
+        return outs
+
+    def _greedy_cached(self, servables: list[Servable], texts: list[str], max_new: int) -> torch.Tensor:
+        """Greedy decoding from each row's cached prompt: the prompt's keys/values are never recomputed."""
+        bb = self.backbone
+        ids_list = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
+        lens = torch.tensor([len(x) for x in ids_list])
+        width = int(lens.max())
+        pad = bb.tokenizer.pad_token_id
+        ids = torch.full((len(texts), width), pad, dtype=torch.long)
+        att = torch.zeros((len(texts), width), dtype=torch.long)
+        for b, x in enumerate(ids_list):  # right padding: every query sees at least one real key
+            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
+            att[b, : len(x)] = 1
+        cache, prefix, n = self._batch_cache(servables)
+        mask = torch.cat([prefix, att], dim=1)
+        pos = (n[:, None] + torch.arange(width)[None]) * att
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache})
+        cache = _out_cache(out)
+        nxt = out.logits[torch.arange(len(texts)), lens - 1].argmax(-1)
+        cur = n + lens  # the next token's position
+        done = torch.zeros(len(texts), dtype=torch.bool)
+        steps = []
+        for step in range(max_new):
+            tok = torch.where(done, torch.full_like(nxt, pad), nxt)
+            steps.append(tok)
+            done |= torch.isin(tok, self._eos)
+            if bool(done.all()) or step == max_new - 1:
+                break
+            mask = torch.cat([mask, torch.ones(len(texts), 1, dtype=mask.dtype)], dim=1)
+            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=cur[:, None], use_cache=True,
+                             **{self._cache_kw: cache})
+            cache = _out_cache(out)
+            cur = cur + 1
+            nxt = out.logits[:, -1].argmax(-1)
+        return torch.stack(steps, dim=1) if steps else torch.empty(len(texts), 0, dtype=torch.long)
+
+    # -- KV cache -----------------------------------------------------------------------------------
+    def _use_kv(self, servables: list[Servable]) -> bool:
+        return self.kv_cache and any(s.kv is not None for s in servables) and all(
+            s.kv is not None or s.prompt.shape[0] == 0 for s in servables)
+
+    def _cached_logits(self, servables: list[Servable], ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """Logits over the input tokens only, the prompts' keys/values coming from the cache. [R, T, V]"""
+        cache, prefix, n = self._batch_cache(servables)
+        mask = torch.cat([prefix, att], dim=1)
+        pos = (n[:, None] + torch.arange(ids.shape[1])[None]) * att  # padding's position is irrelevant (masked)
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                          **{self._cache_kw: cache}).logits
+
+    def _batch_cache(self, servables: list[Servable]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """Each row's prompt keys/values, padded to the longest prompt: (DynamicCache, prefix mask [R, P], n [R])."""
+        from transformers import DynamicCache
+
+        n = torch.tensor([s.prompt.shape[0] for s in servables])
+        width = int(n.max())
+        prefix = (torch.arange(width)[None] < n[:, None]).long()
+        distinct: dict[int, int] = {}
+        for s in servables:
+            if s.kv is not None:
+                distinct.setdefault(id(s), len(distinct))
+        uniq = {id(s): s for s in servables if s.kv is not None}
+        order = sorted(uniq.values(), key=lambda s: distinct[id(s)])
+        # row -> slot in the stacked prompts; rows without a prompt point at an all-zero (masked) slot
+        slot = torch.tensor([distinct.get(id(s), len(distinct)) for s in servables])
+        layers = []
+        k0, v0 = order[0].kv[0]
+        for layer in range(len(order[0].kv)):
+            keys = k0.new_zeros(len(order) + 1, k0.shape[0], width, k0.shape[-1])
+            vals = v0.new_zeros(len(order) + 1, v0.shape[0], width, v0.shape[-1])
+            for i, s in enumerate(order):
+                k, v = s.kv[layer]
+                keys[i, :, : k.shape[1]] = k
+                vals[i, :, : v.shape[1]] = v
+            layers.append((keys.index_select(0, slot), vals.index_select(0, slot)))
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config), prefix, n
+
+    # -- layouts ------------------------------------------------------------------------------------
+    def _contiguous(self, prompts: list[torch.Tensor], ids: torch.Tensor,
+                    att: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[P_i, x_i, pad]` per row: inputs_embeds [B, W, H] and attention mask [B, W]."""
+        words = self.model.get_input_embeddings()(ids)  # [B, T, H]
+        lens = att.sum(1).tolist()
+        width = max(p.shape[0] + n for p, n in zip(prompts, lens))
+        emb = words.new_zeros(len(lens), width, words.shape[-1])
+        mask = att.new_zeros(len(lens), width)
+        for b, (p, n) in enumerate(zip(prompts, lens)):
+            # Right-padded tokenisation puts the real tokens first; left padding would not (checked).
+            assert bool(att[b, :n].all()), "expected right-padded input"
+            k = p.shape[0]
+            emb[b, :k] = p
+            emb[b, k : k + n] = words[b, :n]
+            mask[b, : k + n] = 1
+        return emb, mask
+
+    def _left_padded(self, prompts: list[torch.Tensor], ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[pad, P_i, x_i]` per row, for decoder-only generation."""
+        emb_layer = self.model.get_input_embeddings()
+        width = max(p.shape[0] + len(x) for p, x in zip(prompts, ids))
+        h = emb_layer.weight.shape[1]
+        emb = emb_layer.weight.new_zeros(len(ids), width, h)
+        mask = torch.zeros(len(ids), width, dtype=torch.long)
+        for b, (p, x) in enumerate(zip(prompts, ids)):
+            start = width - p.shape[0] - len(x)
+            emb[b, start : start + p.shape[0]] = p
+            emb[b, start + p.shape[0] :] = emb_layer(torch.tensor(x, dtype=torch.long))
+            mask[b, start:] = 1
+        return emb, mask
+
+    # -- prompts that run on their own --------------------------------------------------------------
+    def _alone(self, s: Servable, examples: list[Example]) -> list[Answer]:
+        """Prefix tuning, LoRA, CoT, kNN: their predictor, one group per prompt."""
+        p = s.predictor
+        readout = getattr(p, "readout", None)
+        model = getattr(p, "model", None)
+        if s.task.kind == "choices" and readout is not None and model is not None and hasattr(p, "inputs"):
+            inputs = p.inputs(examples)
+            with torch.inference_mode():
+                model.eval()
+                if self.backbone.kind == "encoder":
+                    logits = torch.cat([readout.choice_logits(model, inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
+                else:
+                    logits = self.backbone.score_choices(inputs, s.task.verbalizers, model)
+            return [_choice_answer(_Row(0, i, s, x), lg) for i, (x, lg) in enumerate(zip(inputs, logits))]
+        preds = p.predict(examples)
+        return [Answer(input=q.input, prediction=q.prediction, label=q.label,
+                       score=q.score if q.label is not None else None) for q in preds]
+
+
+def _choice_answer(row: _Row, logits: torch.Tensor) -> Answer:
+    (pred,) = predictions_from_scores(row.servable.task, [row.text], logits[None])
+    probs = torch.softmax(logits.float(), dim=-1).tolist()
+    return Answer(input=row.text, prediction=pred.prediction, label=pred.label, score=pred.score, scores=probs,
+                  logits=logits.float().tolist())
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _out_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def kv_supported(model: Any) -> bool:
+    """Plain full-attention DynamicCache layers and explicit positions: what prompt caching relies on."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return False
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 — an architecture the cache does not know: serve without it
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)

@@ -1,0 +1,258 @@
+"""What the server serves: named prompts on one frozen backbone, loaded from safetensors and JSON only.
+
+A *servable* is one named prompt: a task, a template, and either
+- an input-level soft prompt — a `[n, H]` tensor of virtual-token embeddings (prompt tuning, hybrid,
+  P-tuning: PEFT saves P-tuning's final embeddings too) — which the engine stacks with other prompts
+  into one batch, one prompt per row; batchable hard prompts (zero-shot, few-shot) are the same thing
+  with n = 0;
+- or a predictor that must run on its own (prefix tuning and LoRA change the model's inside, chain of
+  thought needs two passes, encoder kNN votes over demonstrations): grouped per prompt.
+
+Soft prompts are read straight from `adapter_model.safetensors`; no PeftModel is built, so an extra
+prompt costs its tensor and its label anchors, nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backbones import Backbone
+from ..config import RunConfig
+from ..errors import ConfigError, ModelError
+from ..methods import FitContext, Predictor, get_method, method_names, read_meta
+from ..pipeline import artifact_dir, fit_inputs
+from ..tasks import get_task
+from ..tasks.base import Example, Task, Template
+
+# Methods whose artifact is a tensor of input embeddings placed before the input (PEFT peft_type).
+INPUT_PROMPT_TYPES = {"PROMPT_TUNING", "P_TUNING"}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# Weight formats that unpickle on load: a served directory holding any of them is refused outright.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class Servable:
+    """One named prompt the server answers for."""
+
+    name: str
+    task: Task
+    method: str
+    family: str
+    template: Template
+    source: str
+    config: RunConfig
+    prompt: torch.Tensor | None = None  # [n, H] virtual-token embeddings; [0, H] for batchable hard prompts
+    anchors: torch.Tensor | None = None  # [C, H] unit-norm label anchors (encoder, choice tasks)
+    predictor: Predictor | None = None  # hard prompts render through it; non-batchable prompts predict with it
+    max_new_tokens: int = 16
+    artifact_bytes: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [heads, n, d] keys/values (causal)
+
+    @property
+    def batchable(self) -> bool:
+        return self.prompt is not None
+
+    @property
+    def virtual_tokens(self) -> int:
+        return int(self.prompt.shape[0]) if self.prompt is not None else int(self.extras.get("virtual_tokens", 0))
+
+    def prepare(self, backbone: Backbone, examples: list[Example]) -> list[Example]:
+        """Long-context tasks choose what fits the budget, as offline predict does. The hook selects among a
+        loader's raw paragraphs (Example.meta); inputs from a request or a JSONL line carry none, so they
+        are taken as given (and truncated to the model's length like any input)."""
+        if not any(ex.meta for ex in examples):
+            return examples
+        return fit_inputs(self.task, backbone, self.template, self.config, examples)[0]
+
+    def render(self, examples: list[Example]) -> list[str]:
+        if self.predictor is not None and hasattr(self.predictor, "inputs"):
+            return self.predictor.inputs(examples)
+        return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
+
+    def resident_bytes(self) -> int:
+        """Memory this prompt holds beyond the shared backbone (tensors only; see bench/serving.py)."""
+        n = sum(t.numel() * t.element_size() for t in (self.prompt, self.anchors) if t is not None)
+        n += sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv or [])
+        return int(n)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "task": self.task.name, "kind": self.task.kind, "method": self.method,
+            "family": self.family, "virtual_tokens": self.virtual_tokens, "bytes": self.artifact_bytes,
+            "resident_bytes": self.resident_bytes(), "batched": self.batchable, "kv_cache": self.kv is not None,
+            "fields": list(self.task.input_fields), "labels": list(self.task.labels) if self.task.kind == "choices" else None,
+            "source": self.source,
+        }
+
+
+# -- specs -----------------------------------------------------------------------------------------------
+def parse_prompt_arg(arg: str) -> tuple[str, str]:
+    """`NAME=DIR` or `NAME=METHOD:TASK[:TEMPLATE]` -> (name, value)."""
+    name, sep, value = arg.partition("=")
+    if not sep or not value:
+        raise ConfigError(f"--prompt '{arg}' needs NAME=DIR or NAME=METHOD:TASK, e.g. --prompt sst2=runs/sst2-pt "
+                          "or --prompt zs=zero-shot:sentiment")
+    check_name(name)
+    return name, value
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"prompt name '{name}' is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit")
+
+
+def load_servable(name: str, value: str, backbone: Backbone, config: RunConfig | None = None,
+                  task: Task | None = None) -> Servable:
+    """A saved artifact (or run) directory, or a hard prompt named `METHOD:TASK[:TEMPLATE]`."""
+    config = copy.deepcopy(config) if config is not None else RunConfig()  # a template choice stays per prompt
+    if is_hard_spec(value):
+        method, _, rest = value.partition(":")
+        task_name, _, template = rest.partition(":")
+        if not task_name:
+            raise ConfigError(f"prompt '{name}': '{value}' names no task; write METHOD:TASK, e.g. zero-shot:sentiment")
+        return hard_servable(name, method, task or get_task(task_name), backbone, config, template or None)
+    return _load_artifact(name, value, backbone, config, task)
+
+
+def is_hard_spec(value: str) -> bool:
+    """`zero-shot:sentiment` names a hard prompt; anything else is a path (an existing path always wins)."""
+    method, sep, _ = value.partition(":")
+    return bool(sep) and method in method_names() and not Path(value).expanduser().exists()
+
+
+def hard_servable(name: str, method_name: str, task: Task, backbone: Backbone, config: RunConfig,
+                  template: str | None = None) -> Servable:
+    """A hard prompt built from the task's spec: nothing to load, the method fits in place."""
+    method = get_method(method_name)
+    if method.trains:
+        raise ConfigError(f"prompt '{name}': '{method_name}' must be trained first (promptlab train --method "
+                          f"{method_name} --out DIR); serve the run directory, or a hard method (zero-shot, few-shot, cot)")
+    method.check(backbone, task)
+    if template is not None:
+        config.hard.template = template
+    tmpl = method.template_for(task, config, backbone.kind)
+    few = task.splits(config.data).get("train", []) if method_name == "few-shot" else []
+    predictor = method.fit(FitContext(backbone, task, few, [], config, tmpl))
+    return _from_predictor(name, f"{method_name}:{task.name}", predictor, backbone, config, 0)
+
+
+def _from_predictor(name: str, source: str, predictor: Predictor, backbone: Backbone, config: RunConfig,
+                    nbytes: int) -> Servable:
+    from ..methods.hard import HardPredictor
+
+    family = get_method(predictor.method).family
+    s = Servable(name, predictor.task, predictor.method, family, predictor.template, source, config,
+                 predictor=predictor, artifact_bytes=nbytes, extras=dict(predictor.extras),
+                 max_new_tokens=int(getattr(predictor, "max_new_tokens", predictor.task.max_new_tokens)))
+    if isinstance(predictor, HardPredictor) and not predictor.cot and not (
+        backbone.kind == "encoder" and predictor.selection == "nearest" and predictor.demos
+    ):
+        # Zero virtual tokens: the text is the whole prompt, so it rides in the mixed batch.
+        s.prompt = torch.zeros(0, backbone.hidden_size)
+        s.anchors = predictor.readout.anchors
+    return s
+
+
+def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig, task: Task | None) -> Servable:
+    adir = artifact_dir(value)
+    meta = read_meta(adir)
+    refuse_pickles(adir)
+    check_backbone(backbone, meta.get("backbone", {}), f"artifact '{value}'")
+    task = task or get_task(meta["task"])
+    if task.kind == "choices" and meta.get("labels") and meta["labels"] != task.labels:
+        raise ConfigError(f"artifact '{value}' predicts labels {meta['labels']} but task '{task.name}' has "
+                          f"{task.labels}; serve it with the task it was trained for")
+    nbytes = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())
+    adapter = _read_adapter_config(adir)
+    if adapter is not None and adapter.get("peft_type") in INPUT_PROMPT_TYPES:
+        return _soft_servable(name, value, adir, adapter, meta, backbone, config, task, nbytes)
+    from ..pipeline import load_predictor
+
+    predictor = load_predictor(str(adir), backbone, task)
+    return _from_predictor(name, value, predictor, backbone, config, nbytes)
+
+
+def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], meta: dict[str, Any],
+                   backbone: Backbone, config: RunConfig, task: Task, nbytes: int) -> Servable:
+    from safetensors import safe_open
+
+    from ..methods.adapted import load_anchors
+    from ..methods.readout import label_anchors
+
+    weights = adir / ADAPTER_WEIGHTS
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            if "prompt_embeddings" not in f.keys():  # noqa: SIM118 — safe_open has no __contains__
+                raise ModelError(f"'{weights}' holds no prompt_embeddings ({', '.join(f.keys())}); retrain or restore it")
+            prompt = f.get_tensor("prompt_embeddings")
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 — safetensors raises several types for truncated or corrupt files
+        raise ModelError(f"'{weights}' is corrupted ({type(e).__name__}); retrain or restore the artifact") from None
+    n = int(adapter.get("num_virtual_tokens") or 0)
+    if prompt.ndim != 2 or n < 1 or prompt.shape[0] < n:
+        raise ModelError(f"'{weights}' has prompt shape {tuple(prompt.shape)} but adapter_config.json says "
+                         f"{n} virtual tokens; retrain or restore the artifact")
+    if prompt.shape[1] != backbone.hidden_size:
+        raise ModelError(f"artifact '{value}' has {prompt.shape[1]}-wide soft tokens but '{backbone.name}' has hidden "
+                         f"size {backbone.hidden_size}; serve it with the model it was trained on")
+    # PEFT uses the first n rows (seq2seq saves one set per transformer submodule; promptlab saves one).
+    prompt = prompt[:n].to(backbone.model.get_input_embeddings().weight.dtype).contiguous()
+    t = meta.get("template") or {}
+    extras = meta.get("extras", {})
+    anchors = None
+    if backbone.kind == "encoder" and task.kind == "choices":
+        anchors = load_anchors(adir)
+        anchors = anchors if anchors is not None else label_anchors(backbone, task)
+        if anchors.shape != (len(task.labels), backbone.hidden_size):
+            raise ModelError(f"'{adir}' has anchors of shape {tuple(anchors.shape)}; retrain or restore the artifact")
+    family = get_method(meta["method"]).family
+    return Servable(name, task, meta["method"], family, Template(t.get("name", "plain"), t.get("text", "")), value,
+                    config, prompt=prompt, anchors=anchors, artifact_bytes=nbytes, extras=dict(extras),
+                    max_new_tokens=int(extras.get("max_new_tokens", task.max_new_tokens)))
+
+
+def _read_adapter_config(adir: Path) -> dict[str, Any] | None:
+    f = adir / ADAPTER_CONFIG
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"'{f}' is corrupted (not JSON); retrain or restore the artifact") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"'{f}' is not a JSON object; retrain or restore the artifact")
+    if not (adir / ADAPTER_WEIGHTS).is_file():
+        raise ModelError(f"'{adir}' has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}; promptlab serves safetensors only, "
+                         "re-save the adapter with save_pretrained(safe_serialization=True)")
+    return data
+
+
+def refuse_pickles(adir: Path) -> None:
+    """Served artifacts load from safetensors and JSON only: a pickle can run code when it is read."""
+    bad = sorted(str(p.relative_to(adir)) for p in adir.rglob("*") if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if bad:
+        raise ModelError(f"artifact '{adir}' contains pickle-format files ({', '.join(bad[:3])}); the server loads "
+                         "safetensors and JSON only — re-save the weights as .safetensors and remove them")
+
+
+def check_backbone(backbone: Backbone, theirs: dict[str, Any], where: str) -> None:
+    """The backbone's own check (kind, hidden size, vocabulary) plus the architecture family."""
+    backbone.check_fingerprint(theirs, where)
+    mine = backbone.fingerprint()
+    if theirs.get("model_type") and theirs["model_type"] != mine["model_type"]:
+        raise ModelError(f"{where} was built for model '{theirs.get('name')}' (model_type={theirs['model_type']}) "
+                         f"but '{backbone.name}' is model_type={mine['model_type']}; serve it with the model it was "
+                         "trained on")

@@ -1,0 +1,64 @@
+"""`promptlab serve`: load the backbone once, every named prompt, then run uvicorn until a signal.
+
+Shutdown is graceful: on SIGINT/SIGTERM uvicorn stops accepting connections, waits for the requests in
+flight (up to --graceful-timeout seconds), then the app drains its queue and stops the model thread.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..backbones import Backbone
+from ..errors import ConfigError
+from .app import Limits, ServerState, create_app
+from .engine import Engine
+from .registry import Servable, is_hard_spec, load_servable, parse_prompt_arg
+
+
+def build_state(backbone: Backbone, prompt_args: list[str], limits: Limits | None = None, token: str | None = None,
+                artifact_roots: list[str] | None = None, kv_cache: bool = True) -> ServerState:
+    engine = Engine(backbone, kv_cache=kv_cache)
+    prompts: dict[str, Servable] = {}
+    for arg in prompt_args:
+        name, value = parse_prompt_arg(arg)
+        if name in prompts:
+            raise ConfigError(f"--prompt name '{name}' is given twice; give each prompt its own name")
+        s = load_servable(name, value, backbone)
+        engine.attach(s)
+        prompts[name] = s
+    roots = artifact_roots if artifact_roots else [os.getcwd()]
+    return ServerState(backbone, engine, prompts, limits or Limits(), token or None,
+                       [Path(r).expanduser().resolve() for r in roots])
+
+
+def serve(args: Any) -> None:
+    import uvicorn
+
+    from ..backbones import load_backbone
+
+    if not args.prompt:
+        raise ConfigError("serve needs at least one --prompt NAME=DIR or NAME=METHOD:TASK (e.g. zs=zero-shot:sentiment)")
+    for flag in ("max_batch", "max_queue", "max_inputs", "max_body_bytes", "max_input_chars"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_wait_ms < 0:
+        raise ConfigError("--max-wait-ms must be 0 or more")
+    token = args.token or os.environ.get("PROMPTLAB_TOKEN") or None
+    backbone = load_backbone(args.model)
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
+                    max_input_chars=args.max_input_chars, max_batch=args.max_batch,
+                    max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    state = build_state(backbone, args.prompt, limits, token, args.artifact_root, kv_cache=not args.no_kv_cache)
+    app = create_app(state)
+    names = ", ".join(f"{n} ({s.method}, {s.task.name})" for n, s in state.prompts.items())
+    print(f"promptlab: serving {names} on {backbone.name} at http://{args.host}:{args.port} "
+          f"(docs /docs; admin {'on' if token else 'off: no --token'})", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print("promptlab: warning: listening beyond loopback; PUT/DELETE stay off without a token", flush=True)
+    uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                  timeout_graceful_shutdown=args.graceful_timeout)).run()
+
+
+__all__ = ["build_state", "is_hard_spec", "serve"]

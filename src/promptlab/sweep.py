@@ -1,0 +1,129 @@
+"""`compare --train-sizes`: every method at every training-set size -> the data-efficiency curve.
+
+Each point is one ordinary run (`pipeline.run_one`) written to `OUT/n{size}-s{seed}/{method}/`, so any point
+can be repeated alone with `promptlab train --train-size SIZE --seed SEED`. Sizes count labelled training
+examples in total over all classes (what `--train-size` means), drawn as a seeded sample of the task's
+training pool; the evaluation set and the dev slice are the same for every point (fixed carve seed), so
+points differ only in what they learn from. Small sizes are noisy, so sizes up to `SMALL_SIZE` run
+`--seeds` seeds (default 3); larger ones run one.
+
+A point whose run already exists with the same config is not run again: an interrupted sweep continues
+where it stopped. A point that fails with a user-level error (linear-probe or setfit on a sample holding a
+single class) is recorded in `OUT/skipped.json` and shown in the report; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, from_dict
+from .errors import ConfigError, PromptlabError
+
+SMALL_SIZE = 128
+DEFAULT_SEEDS = 3
+SKIPPED_FILE = "skipped.json"
+_SWEEP_FILES = {"report.md", "report.html", "plots", SKIPPED_FILE}
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = []
+    for part in str(text).split(","):
+        part = part.strip().replace("_", "")
+        if not part:
+            continue
+        if not part.isdigit() or int(part) <= 0:
+            raise ConfigError(f"--train-sizes: '{part}' is not a positive whole number; use e.g. 8,32,128,512,2000")
+        sizes.append(int(part))
+    if not sizes:
+        raise ConfigError("--train-sizes is empty; use e.g. 8,32,128,512,2000")
+    return sorted(set(sizes))
+
+
+def plan(sizes: list[int], seeds: int, base_seed: int) -> list[tuple[int, int]]:
+    """(size, seed) points: `seeds` seeds for sizes <= SMALL_SIZE, one for the rest."""
+    if seeds <= 0:
+        raise ConfigError(f"--seeds must be a positive number, got {seeds}; use 1 or more")
+    return [(n, base_seed + k) for n in sizes for k in range(seeds if n <= SMALL_SIZE else 1)]
+
+
+def point_dir(out: Path, size: int, seed: int) -> Path:
+    return out / f"n{size}-s{seed}"
+
+
+def check_sweep_out(out: Path) -> None:
+    """--out must be new, empty, or an earlier sweep (which is then continued)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; choose a directory path")
+    if out.is_dir():
+        strangers = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in _SWEEP_FILES
+                     and not (p.is_dir() and p.name.startswith("n") and "-s" in p.name)]
+        if strangers:
+            raise ConfigError(f"--out '{out}' holds '{strangers[0]}', so it is not a --train-sizes sweep; choose "
+                              "another path")
+
+
+def point_config(cfg: RunConfig, method: str, size: int, seed: int) -> RunConfig:
+    d = cfg.to_dict()
+    d.update(method=method, seed=seed)
+    d["train"]["train_size"] = size
+    return from_dict(RunConfig, d, "config")
+
+
+def _done(run_dir: Path, cfg: RunConfig) -> bool:
+    """A finished run of exactly this config (a changed flag reruns the point)."""
+    try:
+        return (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").read_text() == cfg.to_yaml()
+    except OSError:
+        return False
+
+
+def run(cfg: RunConfig, names: list[str], out: Path, sizes: list[int], seeds: int, task: Any, backbone: Any,
+        log: Any = print) -> list[Path]:
+    """Run every (size, seed, method) point not already done; return the run directories that exist."""
+    from .pipeline import load_data, run_one
+
+    points = plan(sizes, seeds, cfg.seed)
+    data = {}
+    for size, seed in points:  # resolve every sample first: a size beyond the pool fails before any training
+        data[(size, seed)] = load_data(task, point_config(cfg, names[0], size, seed))
+    out.mkdir(parents=True, exist_ok=True)
+    skipped_path = out / SKIPPED_FILE
+    skipped: dict[str, str] = json.loads(skipped_path.read_text()) if skipped_path.is_file() else {}
+    total, k, dirs, errors = len(points) * len(names), 0, [], 0
+    t_all = time.perf_counter()
+    for size, seed in points:
+        for name in names:
+            k += 1
+            run_cfg = point_config(cfg, name, size, seed)
+            run_dir = point_dir(out, size, seed) / name
+            key = f"{run_dir.parent.name}/{name}"
+            if _done(run_dir, run_cfg):
+                log(f"· [{k}/{total}] n={size} seed={seed} {name}: done earlier, kept")
+                dirs.append(run_dir)
+                continue
+            log(f"· [{k}/{total}] n={size} seed={seed} {name} …")
+            t0 = time.perf_counter()
+            try:
+                res = run_one(run_cfg, backbone, task, data[(size, seed)], run_dir)
+            except PromptlabError as e:  # one point that cannot run must not sink the whole curve
+                errors += 1
+                skipped[key] = str(e)
+                log(f"  skipped: {e}")
+                continue
+            skipped.pop(key, None)
+            dirs.append(run_dir)
+            m = res.metrics
+            first = next(iter(m["metrics"]), None)
+            score = f"{first} {100 * m['metrics'][first]:.1f}" if first else ""
+            log(f"  {score} · {time.perf_counter() - t0:.1f} s (sweep {time.perf_counter() - t_all:.0f} s)")
+    if skipped:
+        skipped_path.write_text(json.dumps(skipped, indent=2))
+    elif skipped_path.exists():
+        skipped_path.unlink()
+    if not dirs:
+        first = next(iter(skipped.values()), "no runs")
+        raise ConfigError(f"every point of the sweep failed; the first: {first}")
+    return dirs
