@@ -20,6 +20,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/pytest -q -m ''
 
+# P1-P5 against ../shared/peer/seed_recipe.py (about an hour on 2 busy cores): bench/results/*.json and the
+# table in bench/README.md. Not part of `make test`; tests/test_bench.py runs the same code on a tiny model.
+# Pass options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--only P1,P4 --repeats 5".
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 

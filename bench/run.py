@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import itertools
 import json
 import os
 import platform
@@ -86,8 +87,8 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def machine(threads: int) -> dict[str, Any]:
     cpu = ""
-    with contextlib.suppress(OSError):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "platform": platform.platform()}
 
 
@@ -135,7 +136,7 @@ class Runner:
         return self._run([sys.executable, str(SEED), "run", *args])
 
     def _run(self, cmd: list[str]) -> dict[str, Any]:
-        p = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(self.threads), cwd=ROOT)
+        p = subprocess.run(cmd, check=False, capture_output=True, text=True, env=thread_env(self.threads), cwd=ROOT)
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
         if p.returncode != 0 or not lines:
             raise RuntimeError(f"benchmark job failed ({p.returncode}): {' '.join(cmd)[:300]}\n{p.stderr[-3000:]}")
@@ -176,13 +177,14 @@ def _cli_config(argv: list[str]) -> Any:
     return build_config(parser().parse_args(argv))
 
 
-def _setup(cfg: Any) -> tuple[Any, Any, Any]:
+def _setup(cfg: Any, attention: str | None = None) -> tuple[Any, Any, Any]:
+    """What the CLI's _setup does. `attention="sdpa"` keeps transformers' attention (the "before" arm)."""
     from promptlab.backbones import load_backbone
     from promptlab.pipeline import load_data
     from promptlab.tasks import get_task
 
     task = get_task(cfg.task)
-    return task, load_data(task, cfg), load_backbone(cfg.model)
+    return task, load_data(task, cfg), load_backbone(cfg.model, attention=attention)
 
 
 def job_eval(spec: dict[str, Any]) -> dict[str, Any]:
@@ -192,14 +194,15 @@ def job_eval(spec: dict[str, Any]) -> dict[str, Any]:
 
     _threads(spec)
     cfg = _cli_config(spec["argv"])
-    task, data, backbone = _setup(cfg)
+    task, data, backbone = _setup(cfg, spec.get("attention"))
     with tempfile.TemporaryDirectory(dir=spec.get("tmp")) as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = run_one(cfg, backbone, task, data, Path(tmp) / "run", progress=False)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = res.metrics
     preds = [r["prediction"] for r in res.eval.records]
-    return {"examples": m["n_examples"], "seconds": round(seconds, 3), "examples_per_s": m["n_examples"] / seconds,
+    return {"examples": m["n_examples"], "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
+            "examples_per_s": m["n_examples"] / seconds,
             "generate_examples_per_s": m["eval_examples_per_second"],
             "max_new_tokens": getattr(res.predictor, "max_new_tokens", None),
             "input_tokens": m["input_stats"].get("input_tokens"), "predictions_sha1": _sha(preds),
@@ -209,13 +212,14 @@ def job_eval(spec: dict[str, Any]) -> dict[str, Any]:
 def job_train(spec: dict[str, Any]) -> dict[str, Any]:
     """`promptlab train ...` with the training loop timed from its call to the end of its last step (the dev
     evaluation that follows is excluded, as the seed's timer excludes its evaluation)."""
-    import promptlab.methods.adapted as adapted
+    from promptlab.methods import adapted
     from promptlab.pipeline import run_one
 
     _threads(spec)
     cfg = _cli_config(spec["argv"])
-    task, data, backbone = _setup(cfg)
+    task, data, backbone = _setup(cfg, spec.get("attention"))
     marks: list[tuple[str, float, int]] = []
+    cpu: list[float] = []  # process CPU time at the loop's start and at its first dev evaluation
     original = adapted.train_loop
 
     def timed_loop(*args: Any, **kw: Any) -> Any:
@@ -229,24 +233,28 @@ def job_train(spec: dict[str, Any]) -> dict[str, Any]:
 
         def dev_w(m: Any) -> float:
             marks.append(("dev", time.perf_counter(), 0))
+            cpu.append(time.process_time())
             return dev_fn(m)
 
         marks.append(("start", time.perf_counter(), 0))
+        cpu.append(time.process_time())
         return original(*args[:4], loss_w, dev_w, *args[4:], **kw)
 
     adapted.train_loop = timed_loop
     try:
         with tempfile.TemporaryDirectory(dir=spec.get("tmp")) as tmp:
-            run_one(cfg, backbone, task, data, Path(tmp) / "run", progress=False)
+            res = run_one(cfg, backbone, task, data, Path(tmp) / "run", progress=False)
     finally:
         adapted.train_loop = original
     end = next(i for i, mk in enumerate(marks) if mk[0] == "dev")
     steps = [mk for mk in marks[:end] if mk[0] == "step"]
     bounds = [mk[1] for mk in steps] + [marks[end][1]]
-    step_s = [b - a for a, b in zip(bounds, bounds[1:])]
+    step_s = [b - a for a, b in itertools.pairwise(bounds)]
     seconds = marks[end][1] - marks[0][1]
     n = sum(mk[2] for mk in steps)
-    return {"steps": len(steps), "examples": n, "train_seconds": round(seconds, 3), "train_examples_per_s": n / seconds,
+    return {"steps": len(steps), "examples": n, "train_seconds": round(seconds, 3),
+            "train_cpu_seconds": round(cpu[1] - cpu[0], 3), "train_examples_per_s": n / seconds,
+            "train_loss": [h.get("train_loss") for h in res.metrics.get("history", [])],
             "step_seconds": [round(s, 3) for s in step_s],
             "step_seconds_median": statistics.median(step_s[1:] if len(step_s) > 2 else step_s),
             "peak_rss_mb": peak_rss_mb()}
@@ -319,7 +327,7 @@ def job_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
 
     _threads(spec)
     cfg = _cli_config(spec["argv"])
-    task, data, backbone = _setup(cfg)
+    task, _, backbone = _setup(cfg)
     examples = task.splits(cfg.data)["dev"][: spec["examples"]]
     template = get_method("prompt-tuning").template_for(task, cfg, backbone.kind)
     b = spec["batch"]
@@ -382,8 +390,10 @@ def record(rid: str, metric: str, unit: str, target: str, pairs: list[tuple[floa
     """One record: per-pair ratios (A ÷ B), their median as `ratio`, raw values of both sides."""
     ratios = [a / b for a, b in pairs]
     r = statistics.median(ratios)
-    op, value = target.split()
-    met = r >= float(value) if op == ">=" else r <= float(value)
+    met = None
+    if target:
+        op, value = target.split()
+        met = r >= float(value) if op == ">=" else r <= float(value)
     a_vals, b_vals = [a for a, _ in pairs], [b for _, b in pairs]
     return {"id": rid, "metric": metric, "unit": unit, "ratio": round(r, 4), "target": target, "met": met,
             "better": better, **{k: round(v, 4) for k, v in summarise(ratios).items() if k != "median"},
@@ -392,6 +402,12 @@ def record(rid: str, metric: str, unit: str, target: str, pairs: list[tuple[floa
             names[0]: {k: round(v, 4) for k, v in summarise(a_vals).items()} | {"values": [round(v, 4) for v in a_vals]},
             names[1]: {k: round(v, 4) for k, v in summarise(b_vals).items()} | {"values": [round(v, 4) for v in b_vals]},
             "ratios": [round(x, 4) for x in ratios], "command": commands, **(extra or {})}
+
+
+def _cpu_summary(ratios: list[float]) -> dict[str, Any]:
+    """Stock CPU seconds ÷ promptlab CPU seconds per pair: with one thread, far less load-sensitive than wall time."""
+    return {"median": round(statistics.median(ratios), 4), "min": round(min(ratios), 4), "max": round(max(ratios), 4),
+            "values": [round(r, 4) for r in ratios]}
 
 
 def _fmt(cmd: list[str]) -> str:
@@ -430,17 +446,27 @@ def bench_p1(ctx: Context) -> list[dict]:
     seed_file.write_text(json.dumps(filler + official_rows(ids, ctx.data)))
     seed_args = ["--model", ctx.model, "--data", str(seed_file), "--train", str(len(filler)), "--eval", str(len(ids)),
                  "--max-steps", "1", "--fix-context"]
-    pairs, extra_a, extra_b = [], [], []
-    for i in range(ctx.repeats):
+    pairs, before, extra_a, extra_b, extra_c = [], [], [], [], []
+    for i in range(ctx.repeats):  # A B C A B C: promptlab, seed, promptlab with transformers' own attention
         a = ctx.runner.promptlab("eval", {"argv": eval_argv})
         b = ctx.runner.seed(seed_args)
-        ctx.runner.log(f"P1 repeat {i + 1}: promptlab {a['examples_per_s']:.3f} ex/s, seed {b['eval_examples_per_s']:.3f} ex/s")
+        c = ctx.runner.promptlab("eval", {"argv": eval_argv, "attention": "sdpa"})
+        ctx.runner.log(f"P1 repeat {i + 1}: promptlab {a['examples_per_s']:.3f} ex/s, seed {b['eval_examples_per_s']:.3f} "
+                       f"ex/s, promptlab with stock sdpa attention {c['examples_per_s']:.3f} ex/s")
         assert a["examples"] == b["eval_examples"] == len(ids)
         assert a["max_new_tokens"] == s.max_new_tokens, a
         pairs.append((a["examples_per_s"], b["eval_examples_per_s"]))
+        before.append((a["examples_per_s"], c["examples_per_s"]))
         extra_a.append(a)
         extra_b.append(b)
-    return [record("P1", "HotpotQA answers generated per second", "examples/s", ">= 10", pairs,
+        extra_c.append(c)
+    same = len({r["predictions_sha1"] for r in extra_a + extra_c}) == 1
+    cpu = [c["cpu_seconds"] / a["cpu_seconds"] for a, c in zip(extra_a, extra_c)]
+    effect = record("P1", "effect of backbones.position_bias_attention on P1 (same run)", "examples/s", "", before,
+                    {"promptlab": "as P1", "baseline": "as P1, load_backbone(attention='sdpa')"}, "higher",
+                    {"identical_predictions": same, "cpu_time_speedup": _cpu_summary(cpu), "stock_runs": extra_c},
+                    ("promptlab", "promptlab_stock_attention"))
+    return [effect, record("P1", "HotpotQA answers generated per second", "examples/s", ">= 10", pairs,
                    {"promptlab": "promptlab " + _fmt(eval_argv) + "   (timed: pipeline.run_one, model already loaded)",
                     "baseline": f"python {SEED} run " + _fmt(seed_args) + "   (timed: its eval loop, eval_examples_per_s)",
                     "artifact": "promptlab " + _fmt(train_argv)},
@@ -470,26 +496,38 @@ def bench_p2(ctx: Context) -> list[dict]:
     seed_file.write_text(json.dumps(train_rows + evals))
     seed_args = ["--model", ctx.model, "--data", str(seed_file), "--train", str(len(train_rows)), "--eval", "1",
                  "--max-steps", str(s.p2_steps), "--fix-context"]
-    speed, rss, runs_a, runs_b = [], [], [], []
-    for i in range(ctx.repeats):
+    speed, rss, rss_before, speed_before, runs_a, runs_b, runs_c = [], [], [], [], [], [], []
+    for i in range(ctx.repeats):  # A B C: promptlab, seed, promptlab with transformers' own attention
         a = ctx.runner.promptlab("train", {"argv": argv})
         b = ctx.runner.seed(seed_args)
+        c = ctx.runner.promptlab("train", {"argv": argv, "attention": "sdpa"})
         ctx.runner.log(f"P2 repeat {i + 1}: promptlab {a['train_examples_per_s']:.3f} ex/s {a['peak_rss_mb']} MB, "
-                       f"seed {b['train_examples_per_s']:.3f} ex/s {b['peak_rss_mb']} MB")
-        assert a["steps"] == b["steps"] == s.p2_steps, (a, b)
+                       f"seed {b['train_examples_per_s']:.3f} ex/s {b['peak_rss_mb']} MB, promptlab with stock sdpa "
+                       f"attention {c['train_examples_per_s']:.3f} ex/s {c['peak_rss_mb']} MB")
+        assert a["steps"] == b["steps"] == c["steps"] == s.p2_steps, (a, b)
         speed.append((a["train_examples_per_s"], b["train_examples_per_s"]))
         rss.append((a["peak_rss_mb"], b["peak_rss_mb"]))
+        speed_before.append((a["train_examples_per_s"], c["train_examples_per_s"]))
+        rss_before.append((a["peak_rss_mb"], c["peak_rss_mb"]))
         runs_a.append(a)
         runs_b.append(b)
+        runs_c.append(c)
     cmds = {"promptlab": "promptlab " + _fmt(argv) + "   (timed: the training loop's steps; RSS: ru_maxrss of the process)",
             "baseline": f"python {SEED} run " + _fmt(seed_args) + "   (its train_examples_per_s and peak_rss_mb)"}
     extra = {"steps": s.p2_steps, "batch": s.batch, "promptlab_runs": runs_a, "baseline_runs": runs_b,
              "note": "same training examples (promptlab's seeded sample, written as the seed's --data), batch 8; "
                      "seed: inputs padded to 512, labels padded to 64 with the pad id; promptlab: context selected "
                      "to 512 tokens, dynamic padding, labels masked with -100"}
+    names = ("promptlab", "promptlab_stock_attention")
+    stock = {"promptlab": "as P2", "baseline": "as P2, load_backbone(attention='sdpa')"}
     return [record("P2", "prompt-tuning training examples per second", "examples/s", ">= 1.5", speed, cmds, "higher", extra),
             record("P2", "prompt-tuning training peak RSS", "MB", "<= 0.7", rss, cmds, "lower",
-                   {"steps": s.p2_steps, "batch": s.batch})]
+                   {"steps": s.p2_steps, "batch": s.batch}),
+            record("P2", "effect of backbones.position_bias_attention on P2 speed (same run)", "examples/s", "",
+                   speed_before, stock, "higher", {"stock_runs": runs_c, "cpu_time_speedup": _cpu_summary(
+                       [c["train_cpu_seconds"] / a["train_cpu_seconds"] for a, c in zip(runs_a, runs_c)])}, names),
+            record("P2", "effect of backbones.position_bias_attention on P2 peak RSS (same run)", "MB", "",
+                   rss_before, stock, "lower", None, names)]
 
 
 def bench_p3(ctx: Context) -> list[dict]:
@@ -630,7 +668,8 @@ def run_suite(only: list[str], size: str = "full", repeats: int = 3, threads: in
         (results / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
         out[name] = doc
         for r in recs:
-            runner.log(f"   {r['id']} {r['metric']}: ratio {r['ratio']} (target {r['target']}, {'met' if r['met'] else 'MISSED'})")
+            verdict = "no target" if r["met"] is None else "met" if r["met"] else "MISSED"
+            runner.log(f"   {r['id']} {r['metric']}: ratio {r['ratio']} (target {r['target'] or '—'}, {verdict})")
     if readme is not None:
         write_table(results, readme)
     return out
@@ -639,25 +678,32 @@ def run_suite(only: list[str], size: str = "full", repeats: int = 3, threads: in
 def write_table(results: Path, readme: Path) -> None:
     """Replace the block between the markers in bench/README.md with a table of every results file."""
     docs = [json.loads(p.read_text()) for p in sorted(results.glob("p*.json"))]
+    def met(m: bool | None) -> str:
+        return "—" if m is None else "yes" if m else "**no**"
+
+
     if not docs:
         return
-    lines = [MARK_START, "", "| id | what | promptlab (median, min–max) | baseline (median, min–max) | ratio (median, min–max) "
-             "| target | met | repeats | load avg start → end |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    header = ("| id | what | promptlab (median, min–max) | baseline (median, min–max) | ratio (median, min–max) "
+              "| target | met | repeats | load avg start → end |")
+    lines = [MARK_START, "", header, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for d in docs:
         for r in d["records"]:
             sides = [k for k in r if isinstance(r[k], dict) and "values" in r[k]]
             a, b = r[sides[0]], r[sides[1]]
-            cell = lambda v: f"{v['median']:.3g} ({v['min']:.3g}–{v['max']:.3g}) {r['unit']}"  # noqa: E731
+            def cell(v: dict, unit: str = r["unit"]) -> str:
+                return f"{v['median']:.3g} ({v['min']:.3g}–{v['max']:.3g}) {unit}"
+
             la = d["load_average"]
             lines.append(f"| {r['id']} | {r['metric']} ({sides[0].replace('_', ' ')} vs {sides[1].replace('_', ' ')}) "
-                         f"| {cell(a)} | {cell(b)} | **{r['ratio']:.3g}** ({r['min']:.3g}–{r['max']:.3g}) | {r['target']} "
-                         f"| {'yes' if r['met'] else '**no**'} | {r['repeats']} | {la['start'][0]} → {la['end'][0]} |")
+                         f"| {cell(a)} | {cell(b)} | **{r['ratio']:.3g}** ({r['min']:.3g}–{r['max']:.3g}) "
+                         f"| {r['target'] or '—'} | {met(r['met'])} | {r['repeats']} | {la['start'][0]} → {la['end'][0]} |")
     d = docs[-1]
     m, v = d["machine"], d["versions"]
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} thread(s) per process. "
               + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
-              "Commands (exact, per record) and every repeat's raw numbers are in `bench/results/*.json`; "
-              f"suite: `{d['suite_command']}`.", "", MARK_END]
+              ("Commands (exact, per record) and every repeat's raw numbers are in `bench/results/*.json`; "
+               f"suite: `{d['suite_command']}`."), "", MARK_END]
     text = readme.read_text() if readme.is_file() else "# Benchmarks\n\n"
     if MARK_START in text and MARK_END in text:
         head, rest = text.split(MARK_START, 1)

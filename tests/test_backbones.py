@@ -1,6 +1,9 @@
+import copy
+
+import pytest
 import torch
 
-from promptlab.backbones import load_backbone
+from promptlab.backbones import BIAS_ATTENTION, load_backbone
 
 
 def test_kind_detected_from_config(tiny_models):
@@ -39,3 +42,117 @@ def test_minilm_alias_is_the_real_pretrained_encoder():
     e = bb.embed(["The food was great.", "The meal was delicious.", "The train was late."])
     sim = e @ e.T
     assert sim[0, 1] > sim[0, 2] + 0.2  # a pretrained encoder, not random weights
+
+
+# -- position_bias_attention (T5 family): same outputs as transformers' sdpa, bitwise-equal training -----------
+
+PROMPTS = ["short", "a much longer prompt than the first one, with padding for the others", "mid length text"]
+
+
+def _stock_and_fast(path):
+    stock, fast = load_backbone(str(path), attention="sdpa"), load_backbone(str(path))
+    assert stock.model.config._attn_implementation == "sdpa"
+    assert fast.model.config._attn_implementation == BIAS_ATTENTION
+    assert fast.model.encoder.config._attn_implementation == BIAS_ATTENTION
+    return stock, fast
+
+
+def test_fast_attention_only_for_position_bias_models(tiny_models):
+    for kind in ("encoder", "causal"):
+        assert load_backbone(str(tiny_models[kind])).model.config._attn_implementation != BIAS_ATTENTION
+
+
+def test_fast_attention_matches_sdpa_at_inference(tiny_models):
+    stock, fast = _stock_and_fast(tiny_models["seq2seq"])
+    enc = stock._tok(PROMPTS)
+    assert (enc["attention_mask"] == 0).any()  # right padding: the per-row path is exercised
+    dec = torch.tensor([[0, 5, 9, 12], [0, 7, 1, 0], [0, 3, 3, 3]])
+    with torch.inference_mode():
+        a = stock.model(**enc, decoder_input_ids=dec)
+        b = fast.model(**enc, decoder_input_ids=dec)
+    assert torch.allclose(a.encoder_last_hidden_state, b.encoder_last_hidden_state, atol=1e-5)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert torch.allclose(stock.score_choices(PROMPTS, ["yes", "no"]), fast.score_choices(PROMPTS, ["yes", "no"]),
+                          atol=1e-4)
+    assert stock.generate(PROMPTS, max_new_tokens=12) == fast.generate(PROMPTS, max_new_tokens=12)
+    assert torch.allclose(stock.embed(PROMPTS), fast.embed(PROMPTS), atol=1e-5)
+
+
+def test_fast_attention_matches_sdpa_under_prompt_tuning(tiny_models):
+    from peft import PromptTuningConfig, get_peft_model
+
+    stock, fast = _stock_and_fast(tiny_models["seq2seq"])
+    cfg = {"task_type": "SEQ_2_SEQ_LM", "num_virtual_tokens": 4, "num_transformer_submodules": 1}
+    torch.manual_seed(0)
+    ps = get_peft_model(stock.model, PromptTuningConfig(**cfg)).eval()
+    torch.manual_seed(0)
+    pf = get_peft_model(fast.model, PromptTuningConfig(**cfg)).eval()
+    assert stock.generate(PROMPTS, 10, model=ps) == fast.generate(PROMPTS, 10, model=pf)
+    assert torch.allclose(stock.score_choices(PROMPTS, ["yes", "no"], ps),
+                          fast.score_choices(PROMPTS, ["yes", "no"], pf), atol=1e-4)
+
+
+@pytest.mark.parametrize("prompt_only", [True, False])
+def test_fast_attention_training_is_bitwise_identical(tiny_models, prompt_only):
+    """Dropout on, padding on: same loss and same gradients, bit for bit, as transformers' sdpa path."""
+    from transformers import T5ForConditionalGeneration
+
+    results = []
+    for attention in ("sdpa", None):
+        bb = load_backbone(str(tiny_models["seq2seq"]), attention=attention)
+        model = bb.model if prompt_only else T5ForConditionalGeneration.from_pretrained(
+            str(tiny_models["seq2seq"]), attn_implementation=bb.model.config._attn_implementation)
+        model.requires_grad_(not prompt_only)
+        model.train()
+        batch = bb.lm_batch(PROMPTS, ["yes", "no idea", "maybe so"])
+        embeds = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        torch.manual_seed(123)  # the same dropout draws on both sides
+        loss = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        loss.backward()
+        grads = [embeds.grad] + ([] if prompt_only else [p.grad for p in model.parameters()])
+        results.append((loss.detach(), grads))
+    (la, ga), (lb, gb) = results
+    assert model.config.dropout_rate > 0
+    assert torch.equal(la, lb)
+    assert len(ga) == len(gb) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
+@pytest.mark.parametrize("adapter", [None, "prompt-tuning", "lora", "prefix-tuning"])
+def test_seq2seq_choice_scores_share_the_encoder_without_changing_scores(tiny_models, adapter):
+    """score_choices encodes each prompt once for all its choices; the scores equal scoring every row alone."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+
+    bb = load_backbone(str(tiny_models["seq2seq"]))
+    model = bb.model
+    torch.manual_seed(0)
+    if adapter == "prompt-tuning":
+        model = get_peft_model(model, PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3,
+                                                         num_transformer_submodules=1))
+    elif adapter == "lora":
+        model = get_peft_model(copy.deepcopy(model), LoraConfig(task_type="SEQ_2_SEQ_LM", r=2, target_modules=["q", "v"],
+                                                                 init_lora_weights=False))
+    elif adapter == "prefix-tuning":
+        model = get_peft_model(model, PrefixTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3))
+    model.eval()
+    choices = ["yes", "no", "maybe not"]
+    got = bb.score_choices(PROMPTS, choices, model, batch_size=6)
+    with torch.inference_mode():
+        alone = torch.tensor([[float(bb.sequence_logprob(bb.lm_batch([p], [ch]), model)) for ch in choices]
+                              for p in PROMPTS])
+    assert torch.allclose(got, alone, atol=1e-4), (got, alone)
+
+
+def test_fast_attention_trains_under_bf16_autocast(tiny_models):
+    """Mixed precision (accelerate's bf16) keeps transformers' path: same loss as with stock sdpa."""
+    losses = []
+    for attention in ("sdpa", None):
+        bb = load_backbone(str(tiny_models["seq2seq"]), attention=attention)
+        bb.model.train()
+        batch = bb.lm_batch(PROMPTS, ["yes", "no idea", "maybe so"])
+        embeds = bb.model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_(True)
+        torch.manual_seed(7)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = bb.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        loss.backward()
+        losses.append((loss.detach(), embeds.grad))
+    assert torch.equal(losses[0][0], losses[1][0]) and torch.equal(losses[0][1], losses[1][1])

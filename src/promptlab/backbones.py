@@ -206,12 +206,12 @@ class Backbone:
             lab[r, len(p) : len(seq)] = torch.tensor(t)
         return {"input_ids": ids, "attention_mask": att, "labels": lab}
 
-    def sequence_logprob(self, batch: dict[str, torch.Tensor], model: Any = None) -> torch.Tensor:
-        """Sum of log p(target token) per row, with gradients. [B]"""
+    def sequence_logprob(self, batch: dict[str, torch.Tensor], model: Any = None, **extra: Any) -> torch.Tensor:
+        """Sum of log p(target token) per row, with gradients. [B] `extra`: e.g. precomputed encoder_outputs."""
         model = model or self.model
         labels = batch["labels"]
         if self.kind == "seq2seq":
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, **extra)
             logits = out.logits  # [B, T, V]
             tgt = labels
         else:
@@ -231,10 +231,21 @@ class Backbone:
         n, c = len(prompts), len(choices)
         scores = torch.empty(n, c)
         per = max(1, batch_size // c)
+        reuse = self.kind == "seq2seq" and c > 1 and _encoder_reusable(model or self.model)
         for idx in self._batches(prompts, per):
             rows_p = [prompts[i] for i in idx for _ in choices]
             rows_t = [ch for _ in idx for ch in choices]
-            lp = self.sequence_logprob(self.lm_batch(rows_p, rows_t), model)
+            batch = self.lm_batch(rows_p, rows_t)
+            extra = {}
+            if reuse:
+                # Each prompt sits in c rows: encode one copy (one decoder step rides along) and share the states,
+                # instead of encoding the same input once per choice.
+                one = torch.arange(0, len(rows_p), c)
+                start = torch.full((len(idx), 1), int(self.model.config.decoder_start_token_id or 0))
+                enc = (model or self.model)(input_ids=batch["input_ids"][one], attention_mask=batch["attention_mask"][one],
+                                            decoder_input_ids=start)
+                extra = {"encoder_outputs": (enc.encoder_last_hidden_state.repeat_interleave(c, dim=0),)}
+            lp = self.sequence_logprob(batch, model, **extra)
             scores[idx] = lp.view(len(idx), c).float()
         return scores
 
@@ -294,6 +305,9 @@ def position_bias_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
     grads = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad
                                          or position_bias.requires_grad)
     if grads or dropout:
+        if torch.is_autocast_enabled(query.device.type):  # mixed precision: autocast's casts are SDPA's business
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, is_causal=is_causal, position_bias=position_bias, **kwargs)
         # SDPA's math kernel, op for op: scores = q @ k^T; + bias (where the mask allows, else the dtype's min);
         # softmax; dropout; @ v. Only what backward keeps differs.
         scores = torch.matmul(query, key.transpose(2, 3)) + position_bias  # [B, H, Lq, Lk]
@@ -389,6 +403,16 @@ def use_fast_attention(model: Any) -> bool:
     _register_attention()
     model.set_attn_implementation(BIAS_ATTENTION)
     return True
+
+
+def _encoder_reusable(model: Any) -> bool:
+    """Whether a seq2seq model's encoder states can be computed once and passed back as encoder_outputs: plain
+    models, weight adapters (LoRA) and input-prompt PEFT methods; prefix tuning also feeds the decoder prefixes
+    through past_key_values, so it keeps the plain path."""
+    peft = getattr(model, "active_peft_config", None) if hasattr(model, "peft_config") else None
+    if peft is None:
+        return True
+    return not peft.is_prompt_learning or str(peft.peft_type).rsplit(".", 1)[-1] in ("PROMPT_TUNING", "P_TUNING")
 
 
 def _echoes_prompt(gen: torch.Tensor, ids: torch.Tensor) -> bool:

@@ -185,17 +185,28 @@ def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
 
 
 def _print_table(runs: list[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from .report import HEADER, rows
 
+    body = rows(runs)
     table = Table(title=title)
-    for h in HEADER:  # the method and its scores never wrap: they are what a reader scans for
-        table.add_column(h, justify="left" if h in ("method", "family") else "right", no_wrap=h in HEADER[:4])
-    for r in rows(runs):
+    for i, h in enumerate(HEADER):
+        table.add_column(h, justify="left" if h in ("method", "family") else "right",
+                         min_width=max((len(r[i]) for r in body), default=0))
+    for r in body:
         table.add_row(*r)
-    Console(width=max(120, Console().width)).print(table)
+    _print_wide(table)
+
+
+def _print_wide(table: Any) -> None:
+    """Cells never wrap or shrink (a number cut in two misreads; headers may wrap): the console is made at
+    least as wide as the widest cell of every column needs."""
+    from rich.console import Console
+
+    wide = Console(width=1000)
+    need = wide.measure(table, options=wide.options).maximum  # rich crops (not wraps) below this with min_width
+    Console(width=max(120, Console().width, need)).print(table)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -347,15 +358,14 @@ def _compare_sizes(args: argparse.Namespace, cfg: RunConfig, names: list[str], o
 
 
 def _print_rows(header: list[str], body: list[list[str]], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i < 2 else "right")
+        table.add_column(h, justify="left" if i < 2 else "right", min_width=max((len(r[i]) for r in body), default=0))
     for r in body:
         table.add_row(*r)
-    Console(width=max(120, Console().width)).print(table)
+    _print_wide(table)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

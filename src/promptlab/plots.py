@@ -104,7 +104,7 @@ def _label_points(ax: Any, pts: list[tuple[float, float, str, str]]) -> None:
                     ha="left" if dx > 0 else "right", va="bottom")
 
 
-def _family_legend(ax: Any, families: Sequence[str], loc: str = "lower right") -> None:
+def _family_legend(ax: Any, families: Sequence[str], loc: str = "best") -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], ls="", marker=MARKERS.get(f, "D"), color=PALETTES.get(f, PALETTES["baseline"])[0],

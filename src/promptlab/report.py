@@ -104,8 +104,9 @@ def load_run(path: Path) -> dict[str, Any]:
         if scores and len(scores) == len(records):
             lo, hi = bootstrap_ci(scores, n=1000, seed=0)
             run["ci"][name] = [lo, hi]
-    run["kind"] = "choices" if records and "correct" in records[0] else "text"
-    if run["kind"] == "choices":
+    has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
+    run["kind"] = "choices" if has_labels else "text"
+    if run["kind"] == "choices" and records:
         labels = _labels(path, records)
         index = {lb: i for i, lb in enumerate(labels)}
         mat = [[0] * len(labels) for _ in labels]
@@ -196,13 +197,22 @@ def headline(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for r in sorted(top_runs, key=lambda r: r.get("seed") or 0):
             picked.setdefault(r["method"], r)
         runs = list(picked.values())
-    runs = sorted(runs, key=lambda r: FAMILY_ORDER.get(r.get("family", ""), 3))  # stable: hard, soft, baseline
+    runs = sorted(runs, key=_order)
     names = [r["method"] for r in runs]
     if len(set(names)) < len(names):  # the same method from several directories: tell them apart
         root = Path(os.path.commonpath([r["run_dir"] for r in runs]))
         for r in runs:
             r["display"] = f"{r['method']} ({Path(r['run_dir']).relative_to(root).parent})"
     return runs
+
+
+def _order(r: dict[str, Any]) -> tuple[int, int]:
+    """Hard, soft, baseline; within a family the registry's order (zero-shot before few-shot), so every
+    report of the same methods lists and colours them alike, however its runs were found."""
+    from .methods import method_names
+
+    names = method_names()
+    return FAMILY_ORDER.get(r.get("family", ""), 3), names.index(r["method"]) if r["method"] in names else len(names)
 
 
 def curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -220,7 +230,7 @@ def curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pts = [{"n": n, "mean": sum(v) / len(v), "min": min(v), "max": max(v), "seeds": len(v),
                 "sd": _sd(v)} for n, v in sorted(sizes.items())]
         out.append({"method": method, "family": family[method], "points": pts})
-    return sorted(out, key=lambda s: FAMILY_ORDER.get(s["family"], 3))
+    return sorted(out, key=_order)
 
 
 def _sd(v: list[float]) -> float:

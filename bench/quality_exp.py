@@ -1,0 +1,29 @@
+"""Quality runs on real data, one process, methods in sequence: python bench/quality_exp.py TASK DATA TRAIN_SIZE "method:key=val,..." ...
+
+TRAIN_SIZE 0 means all; keys set TrainConfig fields (epochs, lr, virtual_tokens, patience), opt=adamw switches an
+input-prompt method from Adafactor to AdamW. Prints one JSON line per method (accuracy on the evaluation split).
+"""
+import sys, json, time
+from promptlab.backbones import load_backbone
+from promptlab.config import RunConfig
+from promptlab.pipeline import load_data, run_one
+from promptlab.tasks import get_task
+import promptlab.training as tr
+task_name, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+bb = load_backbone("minilm"); task = get_task(task_name)
+for spec in sys.argv[4:]:
+    method, _, kv = spec.partition(":")
+    cfg = RunConfig(task=task_name, data=data or None, method=method, batch_size=64)
+    cfg.train.train_size = n or None
+    for item in filter(None, kv.split(",")):
+        k, v = item.split("=")
+        if k == "opt": tr.ADAFACTOR_METHODS.discard(method) if v == "adamw" else tr.ADAFACTOR_METHODS.add(method); continue
+        cur = getattr(cfg.train, k)
+        setattr(cfg.train, k, type(cur)(v) if cur is not None else float(v))
+    t = time.time()
+    r = run_one(cfg, bb, task, load_data(task, cfg), out=None, progress=False)
+    m = r.metrics
+    print(json.dumps({"spec": spec, "acc": round(m["metrics"]["accuracy"], 4), "params": m["trainable_params"],
+                      "pct": m["trainable_percent"], "train_s": m["train_seconds"], "best_epoch": r.predictor.extras.get("best_epoch"),
+                      "hist": [(h.get("epoch"), round(h.get("train_loss", 0), 3), round(h["dev_score"], 3)) for h in m["history"]]}), flush=True)
+    tr.ADAFACTOR_METHODS.update({"prompt-tuning", "hybrid", "p-tuning"})
