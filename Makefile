@@ -20,7 +20,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/pytest -q -m ''
 
-# P1-P5 against ../shared/peer/seed_recipe.py (about an hour on 2 busy cores): bench/results/*.json and the
+# P1-P5 against ../shared/peer/seed_recipe.py (about 25 minutes on 2 busy cores): bench/results/*.json and the
 # table in bench/README.md. Not part of `make test`; tests/test_bench.py runs the same code on a tiny model.
 # Pass options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--only P1,P4 --repeats 5".
 bench: $(STAMP)

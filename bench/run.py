@@ -692,7 +692,8 @@ def write_table(results: Path, readme: Path) -> None:
             sides = [k for k in r if isinstance(r[k], dict) and "values" in r[k]]
             a, b = r[sides[0]], r[sides[1]]
             def cell(v: dict, unit: str = r["unit"]) -> str:
-                return f"{v['median']:.3g} ({v['min']:.3g}–{v['max']:.3g}) {unit}"
+                f = (lambda x: f"{x:,.0f}") if v["median"] >= 1000 else (lambda x: f"{x:.3g}")
+                return f"{f(v['median'])} ({f(v['min'])}–{f(v['max'])}) {unit}"
 
             la = d["load_average"]
             lines.append(f"| {r['id']} | {r['metric']} ({sides[0].replace('_', ' ')} vs {sides[1].replace('_', ' ')}) "
@@ -703,7 +704,7 @@ def write_table(results: Path, readme: Path) -> None:
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} thread(s) per process. "
               + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
               ("Commands (exact, per record) and every repeat's raw numbers are in `bench/results/*.json`; "
-               f"suite: `{d['suite_command']}`."), "", MARK_END]
+               f"suite: `{d['suite_command'].strip()}`."), "", MARK_END]
     text = readme.read_text() if readme.is_file() else "# Benchmarks\n\n"
     if MARK_START in text and MARK_END in text:
         head, rest = text.split(MARK_START, 1)
