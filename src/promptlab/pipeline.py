@@ -93,6 +93,8 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
     """`checkpoint`: where a training method checkpoints and resumes from (the CLI's hidden work dir)."""
     if cfg.prompt:
         predictor = load_predictor(cfg.prompt, backbone, task)
+        if cfg.max_new_tokens and hasattr(predictor, "readout"):  # the flag beats the length saved at training
+            predictor.readout.max_new_tokens = cfg.max_new_tokens
         method_name, template, train_seconds = predictor.method, predictor.template, 0.0
     else:
         method = get_method(cfg.method)
