@@ -17,7 +17,7 @@ from promptlab.backbones import load_backbone
 from promptlab.cli import main
 from promptlab.config import RunConfig
 from promptlab.methods import FitContext, get_method
-from promptlab.methods.setfit_method import oversampling_steps
+from promptlab.methods.setfit_method import PAIRS_PER_EXAMPLE, pair_steps
 from promptlab.pipeline import load_data
 from promptlab.tasks import get_task
 
@@ -91,9 +91,9 @@ def test_pair_count_matches_setfits_own_sampler():
 
     for labels in ([0] * 8 + [1] * 8, [0] * 5 + [1] * 3 + [2] * 7, [0, 1]):
         ds = ContrastiveDataset([f"s{i}" for i in range(len(labels))], labels, multilabel=False,
-                                sampling_strategy="oversampling")
-        assert oversampling_steps(labels, 16) == -(-len(ds) // 16)
-    assert oversampling_steps([0] * 8 + [1] * 8, 16) == 9  # 8 per class: 144 pairs
+                                num_iterations=PAIRS_PER_EXAMPLE)
+        assert pair_steps(len(labels), 16) == -(-len(ds) // 16)
+    assert pair_steps(16, 16) == 40  # 8 per class on SST-2: 640 pairs, under the CPU cap
 
 
 def test_setfit_refuses_free_text_tasks_and_generative_models(tiny_models, run_cli, tmp_path):
