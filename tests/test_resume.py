@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from promptlab import checkpoints
 from promptlab.checkpoints import CheckpointPlan, check_resumable, work_dir
 from promptlab.errors import ConfigError
-from promptlab.training import epoch_batches, train_loop
+from promptlab.training import epoch_batches, lr_factor, train_loop
 
 N, BATCH = 24, 4  # 6 steps per epoch, 3 epochs, a checkpoint every 2 steps
 
@@ -91,20 +91,31 @@ def no_seconds(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
 
-@pytest.mark.parametrize("method", ["prompt-tuning", "lora"])  # Adafactor and AdamW state
+@pytest.mark.parametrize("method,schedule", [("prompt-tuning", "constant"), ("lora", "constant"),
+                                             ("lora", "linear")])  # Adafactor and AdamW state; a decaying lr
 @pytest.mark.parametrize("crash_at", [4, 7, 18])  # mid-epoch; first step after an epoch end; last step
-def test_resumed_training_is_bit_identical(tmp_path, method, crash_at):
-    ref, ref_result = run(None, method)
+def test_resumed_training_is_bit_identical(tmp_path, method, schedule, crash_at):
+    ref, ref_result = run(None, method, schedule=schedule)
     plan = CheckpointPlan(tmp_path / "ck")
     with pytest.raises(Crash):
-        run(plan, method, crash_at=crash_at)
+        run(plan, method, crash_at=crash_at, schedule=schedule)
     assert checkpoints.CheckpointStore(plan, 2).complete(), "no checkpoint was written before the crash"
-    resumed, result = run(plan, method)
+    resumed, result = run(plan, method, schedule=schedule)
     assert result.resumed_from is not None and result.resumed_from < crash_at
     assert torch.equal(resumed.prompt, ref.prompt)
     assert no_seconds(result.history) == no_seconds(ref_result.history)
     assert (result.steps, result.best_epoch, result.best_score) == (ref_result.steps, ref_result.best_epoch,
                                                                     ref_result.best_score)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero_and_changes_training():
+    f = [lr_factor("linear", s, 100, 0.1) for s in range(100)]
+    assert f[0] < f[5] < f[9] <= 1.0 and f[10] == 1.0  # 10 warm-up steps, then the full lr
+    assert all(a > b for a, b in zip(f[10:], f[11:])) and 0 < f[-1] <= 0.02
+    assert {lr_factor("constant", s, 100, 0.1) for s in range(100)} == {1.0}
+    constant, _ = run(None, "lora")
+    linear, _ = run(None, "lora", schedule="linear")
+    assert not torch.equal(constant.prompt, linear.prompt)
 
 
 def test_resume_without_the_rng_state_would_differ(tmp_path, monkeypatch):

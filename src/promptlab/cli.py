@@ -33,6 +33,7 @@ FLAG_MAP = {  # flag dest -> (section, field)
     "max_steps": ("train", "max_steps"), "patience": ("train", "patience"), "train_batch_size": ("train", "batch_size"),
     "template": ("hard", "template"), "shots": ("hard", "shots"), "selection": ("hard", "selection"),
     "checkpoint_every": ("train", "checkpoint_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
+    "schedule": ("train", "schedule"), "warmup": ("train", "warmup"),
 }
 
 
@@ -81,6 +82,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-text", help="text for --init text")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    p.add_argument("--schedule", help="learning-rate schedule: constant (default) or linear (warm-up, then decay to 0)")
+    p.add_argument("--warmup", type=float, help="with --schedule linear: fraction of the planned steps warming up (0.06)")
     p.add_argument("--train-batch-size", type=int, help="training batch size (default 16)")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps and at each epoch end (default 100)")
     p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept while the run is in progress (2)")

@@ -35,6 +35,8 @@ class TrainConfig:
     patience: int = _f(2, "stop after this many epochs without a better dev score")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)")
     weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)")
+    schedule: str = _f("constant", "learning-rate schedule: constant, or linear (warm up, then decay to 0 at the last planned step)")
+    warmup: float = _f(0.06, "with --schedule linear: the fraction of the planned steps spent warming up")
     checkpoint_every: int = _f(100, "save a resumable checkpoint every this many steps (and at each epoch end)")
     keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep while a run is in progress")
 
@@ -71,7 +73,8 @@ class RunConfig:
 
 POSITIVE = {"epochs", "batch_size", "train_size", "dev_size", "virtual_tokens", "eval_size", "max_input_tokens",
             "max_new_tokens", "shots", "max_steps", "checkpoint_every", "keep_checkpoints"}
-CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest")}
+CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest"),
+           "schedule": ("constant", "linear")}
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -124,6 +127,8 @@ def check_value(name: str, value: Any, label: str) -> None:
         raise unknown(f"value of {label}", str(value), list(CHOICES[name]))
     if name == "lr" and value is not None and not (0 < value < 100):
         raise ConfigError(f"{label} must be between 0 and 100, got {value}; e.g. 0.3 for prompt tuning")
+    if name == "warmup" and not (0 <= value < 1):
+        raise ConfigError(f"{label} must be a fraction in [0, 1), got {value}; e.g. 0.06")
 
 
 def load_yaml(path: str) -> dict[str, Any]:

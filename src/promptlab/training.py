@@ -47,6 +47,20 @@ class TrainResult:
     local_examples: int = 0  # examples this process computed losses on: n_steps x batch / processes
 
 
+def lr_factor(schedule: str, step: int, planned: int, warmup: float) -> float:
+    """The multiplier on the base lr for optimizer step `step` (0-based) of `planned`.
+
+    Computed from the step count rather than kept in a torch LR scheduler, so a resumed run needs no scheduler
+    state: the count is in the checkpoint. 'linear' is transformers' get_linear_schedule_with_warmup.
+    """
+    if schedule == "constant":
+        return 1.0
+    n_warm = int(warmup * planned)
+    if step < n_warm:
+        return (step + 1) / (n_warm + 1)
+    return max(0.0, (planned - step) / max(1, planned - n_warm))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -116,6 +130,8 @@ def train_loop(
     patience: int,
     max_steps: int | None = None,
     weight_decay: float = 0.0,
+    schedule: str = "constant",
+    warmup: float = 0.06,
     progress: bool = True,
     checkpoint: CheckpointPlan | None = None,
     checkpoint_every: int = 100,
@@ -157,6 +173,8 @@ def train_loop(
                  "n_examples": n_examples, "data": data_fingerprint, "local_examples": result.local_examples}
         store.save(name, state, _trainable_state(core), best_state, optimizer.state_dict())
 
+    per_epoch = -(-n_examples // batch_size)
+    planned = min(epochs * per_epoch, max_steps) if max_steps else epochs * per_epoch
     t0 = time.perf_counter() - prior_seconds
     while not pos.stopped and pos.epoch <= epochs:
         epoch = pos.epoch
@@ -191,6 +209,8 @@ def train_loop(
             norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             if not torch.isfinite(norm):  # checked before the step: parameters (and checkpoints) stay finite
                 raise _non_finite("gradient norm", norm.item(), result.steps + 1, epoch, lr, weight_decay, store)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(schedule, result.steps, planned, warmup)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1

@@ -98,7 +98,7 @@ def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> Adapted
     t = cfg.train
     result = train_loop(model, method, len(ctx.train), lengths, loss_fn, dev_fn, epochs=t.epochs,
                         batch_size=t.batch_size, lr=t.lr, seed=cfg.seed, patience=t.patience,
-                        max_steps=t.max_steps, weight_decay=t.weight_decay,
+                        max_steps=t.max_steps, weight_decay=t.weight_decay, schedule=t.schedule, warmup=t.warmup,
                         checkpoint=getattr(ctx, "checkpoint", None), checkpoint_every=t.checkpoint_every,
                         keep_checkpoints=t.keep_checkpoints,
                         data_fingerprint=training_fingerprint(inputs, ctx.train))
