@@ -1,6 +1,7 @@
 """Quality runs on real data, one process, methods in sequence: python bench/quality_exp.py TASK DATA TRAIN_SIZE "method:key=val,..." ...
 
-TRAIN_SIZE 0 means all; keys set TrainConfig fields (epochs, lr, virtual_tokens, patience), opt=adamw switches an
+TRAIN_SIZE 0 means all; keys set TrainConfig fields (epochs, lr, virtual_tokens, patience, schedule, train_anchors=1),
+seed and dtype the run's, shots/selection/template/candidates the hard settings; opt=adamw switches an
 input-prompt method from Adafactor to AdamW. Prints one JSON line per method (accuracy on the evaluation split).
 """
 import sys, json, time
@@ -18,12 +19,16 @@ for spec in sys.argv[4:]:
     for item in filter(None, kv.split(",")):
         k, v = item.split("=")
         if k == "opt": tr.ADAFACTOR_METHODS.discard(method) if v == "adamw" else tr.ADAFACTOR_METHODS.add(method); continue
+        if k in ("seed", "dtype"):
+            setattr(cfg, k, type(getattr(cfg, k))(v)); continue
+        if k in ("shots", "selection", "template", "candidates"):
+            setattr(cfg.hard, k, type(getattr(cfg.hard, k))(v) if getattr(cfg.hard, k) is not None else v); continue
         cur = getattr(cfg.train, k)
         setattr(cfg.train, k, type(cur)(v) if cur is not None else float(v))
     t = time.time()
     r = run_one(cfg, bb, task, load_data(task, cfg), out=None, progress=False)
     m = r.metrics
-    print(json.dumps({"spec": spec, "acc": round(m["metrics"]["accuracy"], 4), "params": m["trainable_params"],
+    print(json.dumps({"spec": spec, "seed": cfg.seed, "acc": round(m["metrics"]["accuracy"], 4), "params": m["trainable_params"],
                       "pct": m["trainable_percent"], "train_s": m["train_seconds"], "best_epoch": r.predictor.extras.get("best_epoch"),
-                      "hist": [(h.get("epoch"), round(h.get("train_loss", 0), 3), round(h["dev_score"], 3)) for h in m["history"]]}), flush=True)
+                      "hist": [(h.get("epoch"), round(h.get("train_loss", 0), 3), round(h.get("dev_score") or 0, 3)) for h in m.get("history") or []]}), flush=True)
     tr.ADAFACTOR_METHODS.update({"prompt-tuning", "hybrid", "p-tuning"})

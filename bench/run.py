@@ -184,7 +184,7 @@ def _setup(cfg: Any, attention: str | None = None) -> tuple[Any, Any, Any]:
     from promptlab.tasks import get_task
 
     task = get_task(cfg.task)
-    return task, load_data(task, cfg), load_backbone(cfg.model, attention=attention)
+    return task, load_data(task, cfg), load_backbone(cfg.model, attention=attention, dtype=cfg.dtype)
 
 
 def job_eval(spec: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +206,7 @@ def job_eval(spec: dict[str, Any]) -> dict[str, Any]:
             "generate_examples_per_s": m["eval_examples_per_second"],
             "max_new_tokens": getattr(res.predictor, "max_new_tokens", None),
             "input_tokens": m["input_stats"].get("input_tokens"), "predictions_sha1": _sha(preds),
-            "peak_rss_mb": peak_rss_mb()}
+            "predictions": preds, "peak_rss_mb": peak_rss_mb()}
 
 
 def job_train(spec: dict[str, Any]) -> dict[str, Any]:
@@ -298,14 +298,15 @@ def job_flops(spec: dict[str, Any]) -> dict[str, Any]:
     flops = counter.get_total_flops()
     n = spec["matmul_n"]
     a, b = torch.randn(n, n), torch.randn(n, n)
+    a16, b16 = a.bfloat16(), b.bfloat16()
 
-    def matmul_rate() -> float:
+    def matmul_rate(x: torch.Tensor = a, y: torch.Tensor = b) -> float:
         reps = max(3, int(4e10 // (2 * n**3)))  # ~40 GFLOP per measurement
         with torch.inference_mode():
-            a @ b
+            x @ y
             t0 = time.perf_counter()
             for _ in range(reps):
-                a @ b
+                x @ y
             return 2 * n**3 * reps / (time.perf_counter() - t0)
 
     pairs = []
@@ -314,7 +315,8 @@ def job_flops(spec: dict[str, Any]) -> dict[str, Any]:
         for _ in range(spec["steps"]):
             step()
         step_s = (time.perf_counter() - t0) / spec["steps"]
-        pairs.append({"step_seconds": step_s, "step_flops_per_s": flops / step_s, "matmul_flops_per_s": matmul_rate()})
+        pairs.append({"step_seconds": step_s, "step_flops_per_s": flops / step_s, "matmul_flops_per_s": matmul_rate(),
+                      "bf16_matmul_flops_per_s": matmul_rate(a16, b16)})
     return {"step_flops": flops, "pairs": pairs, "input_tokens": [len(x) for x in backbone.tokenizer(inputs)["input_ids"]],
             "batch": len(inputs), "threads": torch.get_num_threads()}
 
@@ -446,34 +448,45 @@ def bench_p1(ctx: Context) -> list[dict]:
     seed_file.write_text(json.dumps(filler + official_rows(ids, ctx.data)))
     seed_args = ["--model", ctx.model, "--data", str(seed_file), "--train", str(len(filler)), "--eval", str(len(ids)),
                  "--max-steps", "1", "--fix-context"]
-    pairs, before, extra_a, extra_b, extra_c = [], [], [], [], []
-    for i in range(ctx.repeats):  # A B C A B C: promptlab, seed, promptlab with transformers' own attention
+    bf16_argv = [*eval_argv, "--dtype", "bfloat16"]
+    pairs, pairs16, extra_a, extra_b, extra_c = [], [], [], [], []
+    for i in range(ctx.repeats):  # A B C A B C: promptlab, seed, promptlab with --dtype bfloat16
         a = ctx.runner.promptlab("eval", {"argv": eval_argv})
         b = ctx.runner.seed(seed_args)
-        c = ctx.runner.promptlab("eval", {"argv": eval_argv, "attention": "sdpa"})
+        c = ctx.runner.promptlab("eval", {"argv": bf16_argv})
         ctx.runner.log(f"P1 repeat {i + 1}: promptlab {a['examples_per_s']:.3f} ex/s, seed {b['eval_examples_per_s']:.3f} "
-                       f"ex/s, promptlab with stock sdpa attention {c['examples_per_s']:.3f} ex/s")
-        assert a["examples"] == b["eval_examples"] == len(ids)
+                       f"ex/s, promptlab --dtype bfloat16 {c['examples_per_s']:.3f} ex/s")
+        assert a["examples"] == b["eval_examples"] == c["examples"] == len(ids)
         assert a["max_new_tokens"] == s.max_new_tokens, a
         pairs.append((a["examples_per_s"], b["eval_examples_per_s"]))
-        before.append((a["examples_per_s"], c["examples_per_s"]))
+        pairs16.append((c["examples_per_s"], b["eval_examples_per_s"]))
         extra_a.append(a)
         extra_b.append(b)
         extra_c.append(c)
-    same = len({r["predictions_sha1"] for r in extra_a + extra_c}) == 1
-    cpu = [c["cpu_seconds"] / a["cpu_seconds"] for a, c in zip(extra_a, extra_c)]
-    effect = record("P1", "effect of backbones.position_bias_attention on P1 (same run)", "examples/s", "", before,
-                    {"promptlab": "as P1", "baseline": "as P1, load_backbone(attention='sdpa')"}, "higher",
-                    {"identical_predictions": same, "cpu_time_speedup": _cpu_summary(cpu), "stock_runs": extra_c},
-                    ("promptlab", "promptlab_stock_attention"))
-    return [effect, record("P1", "HotpotQA answers generated per second", "examples/s", ">= 10", pairs,
-                   {"promptlab": "promptlab " + _fmt(eval_argv) + "   (timed: pipeline.run_one, model already loaded)",
-                    "baseline": f"python {SEED} run " + _fmt(seed_args) + "   (timed: its eval loop, eval_examples_per_s)",
-                    "artifact": "promptlab " + _fmt(train_argv)},
-                   "higher", {"questions": len(ids), "promptlab_runs": extra_a, "baseline_runs": extra_b,
-                              "note": "same model dir, same questions in the same order, inputs capped at "
-                                      f"{s.max_input_tokens} tokens (seed: truncation; promptlab: context selection), "
-                                      f"{s.max_new_tokens} new tokens at most (seed: max_length={s.max_new_tokens + 1})"})]
+    agree = _agreement(extra_a[0].pop("predictions"), extra_c[0]["predictions"])
+    for r in extra_a + extra_c:
+        r.pop("predictions", None)
+    cmds = {"promptlab": "promptlab " + _fmt(eval_argv) + "   (timed: pipeline.run_one, model already loaded)",
+            "baseline": f"python {SEED} run " + _fmt(seed_args) + "   (timed: its eval loop, eval_examples_per_s)",
+            "artifact": "promptlab " + _fmt(train_argv)}
+    note = ("same model dir, same questions in the same order, inputs capped at "
+            f"{s.max_input_tokens} tokens (seed: truncation; promptlab: context selection), "
+            f"{s.max_new_tokens} new tokens at most (seed: max_length={s.max_new_tokens + 1})")
+    return [record("P1", "HotpotQA answers generated per second", "examples/s", ">= 10", pairs, cmds, "higher",
+                   {"questions": len(ids), "promptlab_runs": extra_a, "baseline_runs": extra_b, "note": note}),
+            record("P1", "HotpotQA answers per second, promptlab --dtype bfloat16 (opt-in; seed fp32)", "examples/s",
+                   ">= 10", pairs16, {**cmds, "promptlab": "promptlab " + _fmt(bf16_argv)}, "higher",
+                   {"questions": len(ids), "bf16_runs": extra_c, "agreement_with_fp32": agree,
+                    "note": note + "; bf16 answers differ from fp32 ones where greedy decoding meets a near-tie "
+                                   "(agreement_with_fp32)"})]
+
+
+def _agreement(a: list[str], b: list[str]) -> dict[str, float]:
+    """How close bf16 answers are to fp32 ones: identical answers, and the HotpotQA F1 of one against the other."""
+    from promptlab import metrics
+
+    return {"identical": round(sum(x == y for x, y in zip(a, b)) / max(len(a), 1), 4),
+            "mean_f1": round(sum(metrics.f1(y, [x]) for x, y in zip(a, b)) / max(len(a), 1), 4)}
 
 
 def _train_argv(ctx: Context, method: str, steps: int, dev_cfg: Path) -> list[str]:
@@ -496,38 +509,38 @@ def bench_p2(ctx: Context) -> list[dict]:
     seed_file.write_text(json.dumps(train_rows + evals))
     seed_args = ["--model", ctx.model, "--data", str(seed_file), "--train", str(len(train_rows)), "--eval", "1",
                  "--max-steps", str(s.p2_steps), "--fix-context"]
-    speed, rss, rss_before, speed_before, runs_a, runs_b, runs_c = [], [], [], [], [], [], []
-    for i in range(ctx.repeats):  # A B C: promptlab, seed, promptlab with transformers' own attention
+    argv16 = [*argv, "--dtype", "bfloat16"]
+    speed, rss, speed16, rss16, runs_a, runs_b, runs_c = [], [], [], [], [], [], []
+    for i in range(ctx.repeats):  # A B C: promptlab, seed, promptlab with --dtype bfloat16
         a = ctx.runner.promptlab("train", {"argv": argv})
         b = ctx.runner.seed(seed_args)
-        c = ctx.runner.promptlab("train", {"argv": argv, "attention": "sdpa"})
+        c = ctx.runner.promptlab("train", {"argv": argv16})
         ctx.runner.log(f"P2 repeat {i + 1}: promptlab {a['train_examples_per_s']:.3f} ex/s {a['peak_rss_mb']} MB, "
-                       f"seed {b['train_examples_per_s']:.3f} ex/s {b['peak_rss_mb']} MB, promptlab with stock sdpa "
-                       f"attention {c['train_examples_per_s']:.3f} ex/s {c['peak_rss_mb']} MB")
+                       f"seed {b['train_examples_per_s']:.3f} ex/s {b['peak_rss_mb']} MB, promptlab --dtype bfloat16 "
+                       f"{c['train_examples_per_s']:.3f} ex/s {c['peak_rss_mb']} MB")
         assert a["steps"] == b["steps"] == c["steps"] == s.p2_steps, (a, b)
         speed.append((a["train_examples_per_s"], b["train_examples_per_s"]))
         rss.append((a["peak_rss_mb"], b["peak_rss_mb"]))
-        speed_before.append((a["train_examples_per_s"], c["train_examples_per_s"]))
-        rss_before.append((a["peak_rss_mb"], c["peak_rss_mb"]))
+        speed16.append((c["train_examples_per_s"], b["train_examples_per_s"]))
+        rss16.append((c["peak_rss_mb"], b["peak_rss_mb"]))
         runs_a.append(a)
         runs_b.append(b)
         runs_c.append(c)
     cmds = {"promptlab": "promptlab " + _fmt(argv) + "   (timed: the training loop's steps; RSS: ru_maxrss of the process)",
             "baseline": f"python {SEED} run " + _fmt(seed_args) + "   (its train_examples_per_s and peak_rss_mb)"}
+    cmds16 = {**cmds, "promptlab": "promptlab " + _fmt(argv16)}
     extra = {"steps": s.p2_steps, "batch": s.batch, "promptlab_runs": runs_a, "baseline_runs": runs_b,
              "note": "same training examples (promptlab's seeded sample, written as the seed's --data), batch 8; "
                      "seed: inputs padded to 512, labels padded to 64 with the pad id; promptlab: context selected "
                      "to 512 tokens, dynamic padding, labels masked with -100"}
-    names = ("promptlab", "promptlab_stock_attention")
-    stock = {"promptlab": "as P2", "baseline": "as P2, load_backbone(attention='sdpa')"}
+    bf = "(opt-in --dtype bfloat16: frozen weights bf16, soft prompt and optimizer fp32; seed fp32)"
     return [record("P2", "prompt-tuning training examples per second", "examples/s", ">= 1.5", speed, cmds, "higher", extra),
             record("P2", "prompt-tuning training peak RSS", "MB", "<= 0.7", rss, cmds, "lower",
                    {"steps": s.p2_steps, "batch": s.batch}),
-            record("P2", "effect of backbones.position_bias_attention on P2 speed (same run)", "examples/s", "",
-                   speed_before, stock, "higher", {"stock_runs": runs_c, "cpu_time_speedup": _cpu_summary(
-                       [c["train_cpu_seconds"] / a["train_cpu_seconds"] for a, c in zip(runs_a, runs_c)])}, names),
-            record("P2", "effect of backbones.position_bias_attention on P2 peak RSS (same run)", "MB", "",
-                   rss_before, stock, "lower", None, names)]
+            record("P2", f"prompt-tuning training examples per second {bf}", "examples/s", ">= 1.5", speed16, cmds16,
+                   "higher", {"bf16_runs": runs_c, "train_loss_fp32_vs_bf16": [
+                       (a["train_loss"], c["train_loss"]) for a, c in zip(runs_a, runs_c)]}),
+            record("P2", f"prompt-tuning training peak RSS {bf}", "MB", "<= 0.7", rss16, cmds16, "lower", None)]
 
 
 def bench_p3(ctx: Context) -> list[dict]:
@@ -536,23 +549,34 @@ def bench_p3(ctx: Context) -> list[dict]:
     dev_cfg.write_text("train:\n  dev_size: 2\n")
     steps = max(s.p2_steps, 3) if s is SIZES["full"] else s.p2_steps
     pt, ft = _train_argv(ctx, "prompt-tuning", steps, dev_cfg), _train_argv(ctx, "full-finetune", steps, dev_cfg)
-    mem, step, runs_a, runs_b = [], [], [], []
-    for i in range(ctx.repeats):
+    pt16 = [*pt, "--dtype", "bfloat16"]
+    mem, step, mem16, step16, runs_a, runs_b, runs_c = [], [], [], [], [], [], []
+    for i in range(ctx.repeats):  # A B C: prompt tuning, full fine-tuning, prompt tuning on bf16 weights
         a = ctx.runner.promptlab("train", {"argv": pt})
         b = ctx.runner.promptlab("train", {"argv": ft})
+        c = ctx.runner.promptlab("train", {"argv": pt16})
         ctx.runner.log(f"P3 repeat {i + 1}: prompt tuning {a['step_seconds_median']:.2f} s/step {a['peak_rss_mb']} MB, "
-                       f"full fine-tuning {b['step_seconds_median']:.2f} s/step {b['peak_rss_mb']} MB")
+                       f"full fine-tuning {b['step_seconds_median']:.2f} s/step {b['peak_rss_mb']} MB, prompt tuning "
+                       f"bf16 {c['step_seconds_median']:.2f} s/step {c['peak_rss_mb']} MB")
         mem.append((a["peak_rss_mb"], b["peak_rss_mb"]))
         step.append((a["step_seconds_median"], b["step_seconds_median"]))
+        mem16.append((c["peak_rss_mb"], b["peak_rss_mb"]))
+        step16.append((c["step_seconds_median"], b["step_seconds_median"]))
         runs_a.append(a)
         runs_b.append(b)
+        runs_c.append(c)
     cmds = {"promptlab": "promptlab " + _fmt(pt), "baseline": "promptlab " + _fmt(ft)}
     names = ("prompt_tuning", "full_finetune")
     extra = {"steps": steps, "batch": s.batch, "prompt_tuning_runs": runs_a, "full_finetune_runs": runs_b,
              "note": "step time: median over steps 2..N (the first step allocates); memory: peak RSS of each process"}
     return [record("P3", "peak RSS, prompt tuning / full fine-tuning", "MB", "<= 0.5", mem, cmds, "lower", extra, names),
             record("P3", "training step time, prompt tuning / full fine-tuning", "s/step", "<= 0.75", step, cmds,
-                   "lower", {"steps": steps, "batch": s.batch}, names)]
+                   "lower", {"steps": steps, "batch": s.batch}, names),
+            record("P3", "peak RSS, prompt tuning on bf16 weights (--dtype bfloat16) / full fine-tuning (fp32: it trains "
+                   "the weights)", "MB", "<= 0.5", mem16, {**cmds, "promptlab": "promptlab " + _fmt(pt16)}, "lower",
+                   {"bf16_runs": runs_c}, names),
+            record("P3", "training step time, prompt tuning on bf16 weights / full fine-tuning (fp32)", "s/step",
+                   "<= 0.75", step16, {**cmds, "promptlab": "promptlab " + _fmt(pt16)}, "lower", None, names)]
 
 
 def bench_p4(ctx: Context) -> list[dict]:
@@ -561,16 +585,28 @@ def bench_p4(ctx: Context) -> list[dict]:
             "--train-size", str(s.batch), "--max-input-tokens", str(s.max_input_tokens), "--out", str(ctx.work / "unused")]
     out = ctx.runner.promptlab("flops", {"argv": argv, "batch": s.batch, "steps": s.p4_steps,
                                          "matmul_n": s.matmul_n, "repeats": ctx.repeats})
-    for i, p in enumerate(out["pairs"]):
+    out16 = ctx.runner.promptlab("flops", {"argv": [*argv, "--dtype", "bfloat16"], "batch": s.batch,
+                                           "steps": s.p4_steps, "matmul_n": s.matmul_n, "repeats": ctx.repeats})
+    for i, (p, q) in enumerate(zip(out["pairs"], out16["pairs"])):
         ctx.runner.log(f"P4 repeat {i + 1}: step {p['step_seconds']:.2f} s = {p['step_flops_per_s'] / 1e9:.1f} GFLOP/s, "
-                       f"matmul {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+                       f"matmul {p['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; bf16 step {q['step_seconds']:.2f} s = "
+                       f"{q['step_flops_per_s'] / 1e9:.1f} GFLOP/s, bf16 matmul {q['bf16_matmul_flops_per_s'] / 1e9:.1f}")
     pairs = [(p["step_flops_per_s"] / 1e9, p["matmul_flops_per_s"] / 1e9) for p in out["pairs"]]
+    p16_32 = [(q["step_flops_per_s"] / 1e9, q["matmul_flops_per_s"] / 1e9) for q in out16["pairs"]]
+    p16_16 = [(q["step_flops_per_s"] / 1e9, q["bf16_matmul_flops_per_s"] / 1e9) for q in out16["pairs"]]
+    job16 = f"python bench/run.py job flops with --dtype bfloat16 (prompt tuning, batch {s.batch}, model {ctx.model})"
+    bf16 = [record("P4", "bf16 training-step FLOP/s (--dtype bfloat16) as a fraction of dense fp32 matmul FLOP/s",
+                   "GFLOP/s", ">= 0.4", p16_32, {"promptlab": job16, "baseline": f"torch.mm, {s.matmul_n}² fp32"},
+                   "higher", {"step_flops": out16["step_flops"]}, ("training_step", "matmul")),
+            record("P4", "bf16 training-step FLOP/s as a fraction of dense bf16 matmul FLOP/s (utilisation at its own "
+                   "precision)", "GFLOP/s", "", p16_16, {"promptlab": job16, "baseline": f"torch.mm, {s.matmul_n}² bf16"},
+                   "higher", None, ("training_step", "matmul"))]
     return [record("P4", "training-step model FLOP/s as a fraction of dense fp32 matmul FLOP/s", "GFLOP/s", ">= 0.4",
                    pairs, {"promptlab": f"python bench/run.py job flops (prompt tuning, batch {s.batch}, "
                                         f"model {ctx.model}; FLOPs by torch.utils.flop_counter.FlopCounterMode)",
                            "baseline": f"torch.mm of two {s.matmul_n}x{s.matmul_n} fp32 matrices, same process"},
                    "higher", {"step_flops": out["step_flops"], "batch": out["batch"], "input_tokens": out["input_tokens"],
-                              "threads": out["threads"]}, ("training_step", "matmul"))]
+                              "threads": out["threads"]}, ("training_step", "matmul"))] + bf16
 
 
 def bench_p5(ctx: Context) -> list[dict]:

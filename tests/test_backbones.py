@@ -156,3 +156,121 @@ def test_fast_attention_trains_under_bf16_autocast(tiny_models):
         loss.backward()
         losses.append((loss.detach(), embeds.grad))
     assert torch.equal(losses[0][0], losses[1][0]) and torch.equal(losses[0][1], losses[1][1])
+
+
+# -- soft prompts: generation and the positions they take ----------------------------------------------------
+def _visible(bb):
+    """Zero the special and non-ASCII byte embeddings (tied to the output layer): greedy decoding writes text."""
+    w = bb.model.get_input_embeddings().weight
+    with torch.no_grad():
+        w[:3] = 0
+        w[3 + 128 :] = 0
+    return bb
+
+
+def _random_prompt(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.prompt_encoder["default"].parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+@torch.inference_mode()
+def _greedy_by_recomputing(bb, model, text, k):
+    """Greedy decoding after a soft prompt by definition: one full forward of [P, x, y<t] per new token, through
+    the PEFT model's own forward (what training ran)."""
+    x = bb.tokenizer(text)["input_ids"]
+    out: list[int] = []
+    for _ in range(k):
+        if bb.kind == "causal":
+            logits = model(input_ids=torch.tensor([x + out]), attention_mask=torch.ones(1, len(x + out), dtype=torch.long)).logits
+        else:
+            start = [int(bb.model.config.decoder_start_token_id)]
+            logits = model(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                           decoder_input_ids=torch.tensor([start + out])).logits
+        out.append(int(logits[0, -1].argmax()))
+        if out[-1] == bb.tokenizer.eos_token_id:
+            break
+    return bb.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize(("kind", "method"), [
+    ("causal", "prompt-tuning"), ("causal", "p-tuning"), ("causal", "prefix-tuning"),
+    ("seq2seq", "prompt-tuning"), ("seq2seq", "p-tuning"),
+    # seq2seq prefix tuning: PEFT's generate and its forward disagree here too; not settled which is right
+    pytest.param("seq2seq", "prefix-tuning", marks=pytest.mark.xfail(strict=True, reason="PEFT seq2seq prefix "
+                 "generate() differs from greedy decoding through its own forward")),
+])
+def test_soft_prompt_generation_equals_greedy_by_recomputing(tiny_models, kind, method):
+    """The prompt goes in once: PEFT's own causal generate() re-inserted it at every step under transformers 5
+    (and lost prefix tuning's keys/values after the first)."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+
+    from promptlab.backbones import input_prompt
+
+    bb = _visible(load_backbone(str(tiny_models[kind])))
+    task_type = "CAUSAL_LM" if kind == "causal" else "SEQ_2_SEQ_LM"
+    cfg = {"prompt-tuning": PromptTuningConfig(task_type=task_type, num_virtual_tokens=5, num_transformer_submodules=1),
+           "p-tuning": PromptEncoderConfig(task_type=task_type, num_virtual_tokens=3, encoder_hidden_size=32,
+                                           num_transformer_submodules=1),
+           "prefix-tuning": PrefixTuningConfig(task_type=task_type, num_virtual_tokens=4)}[method]
+    model = _random_prompt(get_peft_model(bb.model, cfg), seed=5)
+    texts = ["who was born in the city?", "a", "which country is the package from, and when did it arrive?"]
+    got = bb.generate(texts, max_new_tokens=8, model=model, batch_size=3)  # left padding inside one batch
+    prompt = input_prompt(model)
+    if method == "prefix-tuning":
+        assert prompt is None
+    else:
+        assert prompt is not None and prompt.shape == (cfg.num_virtual_tokens, bb.hidden_size)
+    want = [_greedy_by_recomputing(bb, model, t, 8) for t in texts]
+    assert got == want
+    assert any(got) and got != bb.generate(texts, max_new_tokens=8)  # visible text, and the prompt steers it
+
+
+@pytest.mark.parametrize("kind", ["encoder", "causal"])
+def test_long_input_leaves_room_for_virtual_tokens(tiny_models, kind):
+    """Truncation keeps positions for the prompt: max_length input tokens + virtual tokens would overflow."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    bb = load_backbone(str(tiny_models[kind]))
+    positions = 128 if kind == "encoder" else 1024
+    assert bb.max_length == positions
+    task_type = "FEATURE_EXTRACTION" if kind == "encoder" else "CAUSAL_LM"
+    model = get_peft_model(bb.model, PromptTuningConfig(task_type=task_type, num_virtual_tokens=4)).eval()
+    long = "word " * 3000
+    assert bb.input_budget() == positions and bb.input_budget(model) == positions - 4
+    if kind == "encoder":
+        assert bb.encode([long, "short"], model).shape == (2, bb.hidden_size)
+        return
+    batch = bb.lm_batch([long, "short"], ["positive", "negative"], model)
+    assert batch["input_ids"].shape[1] == positions - 4
+    assert batch["labels"][0, -1] != -100  # the target survives; the input's tail gives way
+    assert torch.isfinite(model(**batch).loss)
+    assert bb.score_choices([long], ["yes", "no"], model).shape == (1, 2)
+    assert bb.input_budget(model, new_tokens=5) == positions - 9
+    assert len(bb.generate([long], max_new_tokens=5, model=model)) == 1
+
+
+@pytest.mark.parametrize("damage", ["safetensors-truncated", "safetensors-empty", "bin-truncated", "bin-garbage"])
+def test_damaged_weights_give_one_line_model_error(tiny_models, tmp_path, damage):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from promptlab.errors import ModelError
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_models["causal"], d)
+    weights = d / "model.safetensors"
+    if damage.startswith("bin"):
+        torch.save(AutoModelForCausalLM.from_pretrained(d).state_dict(), d / "pytorch_model.bin")
+        weights.unlink()
+        weights = d / "pytorch_model.bin"
+    data = weights.read_bytes()
+    weights.write_bytes({"safetensors-truncated": data[: len(data) // 2], "safetensors-empty": b"",
+                         "bin-truncated": data[: len(data) // 2], "bin-garbage": b"\x00" * 64}[damage])
+    with pytest.raises(ModelError) as e:
+        load_backbone(str(d))
+    msg = str(e.value)
+    assert "\n" not in msg and "weights are damaged" in msg and "re-download or re-save" in msg, msg

@@ -195,6 +195,20 @@ def test_fitted_input_holds_supporting_sentences_under_tight_budget(examples, to
     assert "Valdorra" not in tokenizer.decode(tokenizer([T5.render(examples[0])])["input_ids"][0][:budget])
 
 
+def test_inputs_without_raw_paragraphs_pass_through_unchanged(examples, tokenizer):
+    """A user's JSONL row or a predict/server input has a context but no loader meta: it is taken as given,
+    beside loader examples in the same batch, which are still packed."""
+    from promptlab.tasks.base import Example
+
+    given = Example("user-1", {"question": "Who directed it?", "context": "Moonlit Harbor: a film. " * 40})
+    fitted, stats = H.fit_context([given, examples[0]], tokenizer, 90, T5)
+    assert fitted[0] == given and fitted[0].fields == given.fields
+    assert _length(tokenizer, T5.render(fitted[1])) <= 90 < _length(tokenizer, T5.render(examples[0]))
+    assert stats["n"] == 2
+    with pytest.raises(DataError, match="uses field 'context' but example 'q' has only \\['question'\\]"):
+        H.fit_context([Example("q", {"question": "Who?"})], tokenizer, 90, T5)
+
+
 def test_budget_holds_with_a_byte_tokenizer_and_other_templates(examples):
     from transformers import ByT5Tokenizer
 

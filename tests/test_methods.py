@@ -164,3 +164,23 @@ def test_cot_generates_reasoning_then_reads_the_answer(tiny_models):
     out = pred.predict(task.splits()["test"][:2])
     assert all("step by step" in p.input and p.input.rstrip().endswith("the answer is") for p in out)
     assert {p.prediction for p in out} <= set(task.labels)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_shared_head_reproduces_sklearn_probabilities(classes):
+    """linear-probe and setfit keep sklearn's classifier as logits: softmax(x W^T + b) is its predict_proba,
+    and a label absent from training (index 3) is never predicted."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from promptlab.methods.linear_head import head_as_logits
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = rng.integers(0, classes, size=60)
+    clf = LogisticRegression().fit(x, y)
+    w, b, n = head_as_logits(clf, 4)
+    probs = torch.softmax(torch.from_numpy(x).float() @ w.T + b, dim=-1)
+    assert torch.allclose(probs[:, :classes], torch.from_numpy(clf.predict_proba(x)).float(), atol=1e-5)
+    assert float(probs[:, 3].max()) < 1e-30 and n == clf.coef_.size + clf.intercept_.size

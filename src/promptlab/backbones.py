@@ -121,6 +121,15 @@ class Backbone:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
+    def input_budget(self, model: Any = None, new_tokens: int = 0) -> int:
+        """Tokens an input may keep: `max_length`, and room left in an absolute-position model (BERT, GPT-2)
+        for the virtual tokens a PEFT prompt puts in front and the `new_tokens` generated after it."""
+        cfg = self.model.config
+        positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        if not positions:  # relative positions (T5): nothing to reserve
+            return self.max_length
+        return max(1, min(self.max_length, int(positions) - virtual_tokens(model) - new_tokens))
+
     # -- batching -------------------------------------------------------------------------------
     def _batches(self, texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
         """Index batches sorted by length: padding is spent only within similar lengths."""
@@ -128,17 +137,17 @@ class Backbone:
         for start in range(0, len(order), batch_size):
             yield order[start : start + batch_size]
 
-    def _tok(self, texts: Sequence[str], side: str = "right") -> dict[str, torch.Tensor]:
+    def _tok(self, texts: Sequence[str], side: str = "right", max_length: int | None = None) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = side
         return self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts), padding=True, truncation=True, max_length=max_length or self.max_length, return_tensors="pt"
         )
 
     # -- encoder --------------------------------------------------------------------------------
     def encode(self, texts: Sequence[str], model: Any = None) -> torch.Tensor:
         """Pooled sentence embeddings for one batch, with gradients (training uses this). [B, H]"""
+        enc = self._tok(texts, max_length=self.input_budget(model))
         model = model or self.model
-        enc = self._tok(texts)
         out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, V+L, H]
         mask = enc["attention_mask"]
@@ -179,8 +188,9 @@ class Backbone:
         return out
 
     # -- generative: log-likelihood ---------------------------------------------------------------
-    def lm_batch(self, prompts: Sequence[str], targets: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise (prompt, target) pairs for a loss on the target only; padding and prompt are -100."""
+    def lm_batch(self, prompts: Sequence[str], targets: Sequence[str], model: Any = None) -> dict[str, torch.Tensor]:
+        """Tokenise (prompt, target) pairs for a loss on the target only; padding and prompt are -100.
+        `model`: the model the batch is for; a soft prompt's virtual tokens are kept room for."""
         eos = self.tokenizer.eos_token or ""
         if self.kind == "seq2seq":
             enc = self._tok(prompts)
@@ -190,10 +200,11 @@ class Backbone:
             return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab}
         # causal: prompt and target tokenised apart so the boundary is exact; right padding keeps the
         # absolute positions of GPT-2-style models right (PEFT prompt learning drops position_ids).
+        budget = self.input_budget(model)
         p_ids = self.tokenizer(list(prompts), add_special_tokens=False, truncation=True,
-                               max_length=self.max_length)["input_ids"]
-        t_ids = self.tokenizer([" " + t + eos for t in targets], add_special_tokens=False)["input_ids"]
-        rows = [(p[-(self.max_length - len(t)) :] if len(p) + len(t) > self.max_length else p, t) for p, t in zip(p_ids, t_ids)]
+                               max_length=budget)["input_ids"]
+        t_ids = [t[: budget - 1] for t in self.tokenizer([" " + t + eos for t in targets], add_special_tokens=False)["input_ids"]]
+        rows = [(p[len(p) - (budget - len(t)) :] if len(p) + len(t) > budget else p, t) for p, t in zip(p_ids, t_ids)]
         width = max(len(p) + len(t) for p, t in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -235,7 +246,7 @@ class Backbone:
         for idx in self._batches(prompts, per):
             rows_p = [prompts[i] for i in idx for _ in choices]
             rows_t = [ch for _ in idx for ch in choices]
-            batch = self.lm_batch(rows_p, rows_t)
+            batch = self.lm_batch(rows_p, rows_t, model)
             extra = {}
             if reuse:
                 # Each prompt sits in c rows: encode one copy (one decoder step rides along) and share the states,
@@ -258,14 +269,37 @@ class Backbone:
         model = model or self.model
         out: list[str] = [""] * len(prompts)
         side = "left" if self.kind == "causal" else "right"
+        budget = self.input_budget(model, new_tokens=max_new_tokens if self.kind == "causal" else 0)
+        # PEFT 0.21's generate() re-inserts an input-level soft prompt at every decoding step under transformers 5
+        # (it looks for `past_key_values`, now `cache`); so a decoder-only model's prompt goes in once, as
+        # embeddings, and the base model generates after it — what the serving engine does per row.
+        prompt = input_prompt(model) if self.kind == "causal" else None
+        prefix = self.kind == "causal" and prompt is None and virtual_tokens(model) > 0  # prefix tuning
         for idx in self._batches(prompts, batch_size):
-            enc = self._tok([prompts[i] for i in idx], side=side)
-            gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=self.tokenizer.pad_token_id)
-            if self.kind == "causal" and gen.shape[1] > enc["input_ids"].shape[1]:
-                # PEFT prompt-learning models return only new tokens; plain ones echo the prompt first.
-                gen = gen[:, enc["input_ids"].shape[1] :] if _echoes_prompt(gen, enc["input_ids"]) else gen
+            if prefix:
+                # The same PEFT bug drops prefix tuning's keys/values after the first step: they go in as the
+                # base model's starting cache instead, the input's positions following them as in training.
+                enc = self._tok([prompts[i] for i in idx], side="left", max_length=budget)
+                ids = enc["input_ids"]
+                mask = torch.cat([enc["attention_mask"].new_ones(len(idx), virtual_tokens(model)),
+                                  enc["attention_mask"]], dim=1)
+                gen = model.get_base_model().generate(input_ids=ids, attention_mask=mask,
+                                                      past_key_values=model.get_prompt(batch_size=len(idx)),
+                                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                                      pad_token_id=self.tokenizer.pad_token_id)[:, ids.shape[1] :]
+            elif prompt is not None:
+                ids = self.tokenizer([prompts[i] for i in idx], truncation=True, max_length=budget)["input_ids"]
+                emb, mask = left_padded_embeds(model, [prompt] * len(idx), ids)
+                gen = model.get_base_model().generate(inputs_embeds=emb, attention_mask=mask,
+                                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                                      pad_token_id=self.tokenizer.pad_token_id)  # new tokens only
+            else:
+                enc = self._tok([prompts[i] for i in idx], side=side, max_length=budget)
+                gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                     max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=self.tokenizer.pad_token_id)
+                if self.kind == "causal":  # decoder-only models echo the prompt first
+                    gen = gen[:, enc["input_ids"].shape[1] :]
             for i, text in zip(idx, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
                 out[i] = text.strip()
         return out
@@ -409,22 +443,62 @@ def _encoder_reusable(model: Any) -> bool:
     """Whether a seq2seq model's encoder states can be computed once and passed back as encoder_outputs: plain
     models, weight adapters (LoRA) and input-prompt PEFT methods; prefix tuning also feeds the decoder prefixes
     through past_key_values, so it keeps the plain path."""
-    peft = getattr(model, "active_peft_config", None) if hasattr(model, "peft_config") else None
-    if peft is None:
-        return True
-    return not peft.is_prompt_learning or str(peft.peft_type).rsplit(".", 1)[-1] in ("PROMPT_TUNING", "P_TUNING")
+    peft = _prompt_learning(model)
+    return peft is None or str(peft.peft_type).rsplit(".", 1)[-1] in ("PROMPT_TUNING", "P_TUNING")
 
 
-def _echoes_prompt(gen: torch.Tensor, ids: torch.Tensor) -> bool:
-    return gen.shape[1] >= ids.shape[1] and bool((gen[:, : ids.shape[1]] == ids).all())
+def _prompt_learning(model: Any) -> Any:
+    """The active PEFT prompt-learning config of `model` (prompt, prefix or P-tuning), else None."""
+    cfg = getattr(model, "active_peft_config", None) if hasattr(model, "peft_config") else None
+    return cfg if cfg is not None and cfg.is_prompt_learning else None
 
 
-def load_backbone(name: str, max_length: int | None = None, attention: str | None = None) -> Backbone:
+def virtual_tokens(model: Any) -> int:
+    """Positions a PEFT prompt takes in front of the input (prefix tuning's keys/values take them too)."""
+    cfg = _prompt_learning(model)
+    return int(cfg.num_virtual_tokens) if cfg is not None else 0
+
+
+def input_prompt(model: Any) -> torch.Tensor | None:
+    """The virtual-token embeddings an input-level PEFT prompt (prompt tuning, hybrid, P-tuning) puts before
+    the input, [n, H]; None for other models. P-tuning's come out of its prompt encoder, as PEFT computes them."""
+    cfg = _prompt_learning(model)
+    if cfg is None or str(cfg.peft_type).rsplit(".", 1)[-1] not in ("PROMPT_TUNING", "P_TUNING"):
+        return None
+    return model.get_prompt(batch_size=1)[0]
+
+
+def left_padded_embeds(model: Any, prompts: Sequence[torch.Tensor],
+                       ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[pad, P_i, x_i]` per row for decoder-only generation: inputs_embeds [B, W, H] and attention mask [B, W].
+    Left padding keeps every row's last token at the end; positions follow the attention mask."""
+    emb_layer = model.get_input_embeddings()
+    width = max(p.shape[0] + len(x) for p, x in zip(prompts, ids))
+    emb = emb_layer.weight.new_zeros(len(ids), width, emb_layer.weight.shape[1])
+    mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for b, (p, x) in enumerate(zip(prompts, ids)):
+        start = width - p.shape[0] - len(x)
+        emb[b, start : start + p.shape[0]] = p.to(emb.dtype)
+        emb[b, start + p.shape[0] :] = emb_layer(torch.tensor(x, dtype=torch.long))
+        mask[b, start:] = 1
+    return emb, mask
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_backbone(name: str, max_length: int | None = None, attention: str | None = None,
+                  dtype: str | None = None) -> Backbone:
     """Load a model by alias, hub id or local directory; freeze it; detect its kind.
 
     `attention`: transformers' attn_implementation to keep as is (e.g. "sdpa", to measure against it); by
-    default T5-family models get `position_bias_attention` for inference.
+    default T5-family models get `position_bias_attention` for inference. `dtype` "bfloat16" loads the frozen
+    weights in bf16; trainable parameters (PEFT prompts, LoRA) stay float32 and are cast where they meet the model.
     """
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = resolve_model_path(name)
@@ -432,7 +506,16 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
         config = AutoConfig.from_pretrained(path)
         kind = detect_kind(config)
         cls = {"encoder": AutoModel, "seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM}[kind]
-        model = cls.from_pretrained(path, config=config, **({"attn_implementation": attention} if attention else {}))
+        kw: dict[str, Any] = {"attn_implementation": attention} if attention else {}
+        if dtype and dtype != "float32":
+            kw["dtype"] = getattr(torch, dtype)
+        try:
+            model = cls.from_pretrained(path, config=config, **kw)
+        except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as e:
+            # A truncated or overwritten weights file: safetensors, torch.load's unpickler and its zip reader
+            # raise these, not OSError (RuntimeError also covers weights whose shapes disagree with config.json).
+            raise ModelError(f"cannot load model '{name}': its weights are damaged ({type(e).__name__}: "
+                             f"{_first_line(e)[:120]}); re-download or re-save the model") from None
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

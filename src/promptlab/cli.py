@@ -32,8 +32,10 @@ FLAG_MAP = {  # flag dest -> (section, field)
     "virtual_tokens": ("train", "virtual_tokens"), "init": ("train", "init"), "init_text": ("train", "init_text"),
     "max_steps": ("train", "max_steps"), "patience": ("train", "patience"), "train_batch_size": ("train", "batch_size"),
     "template": ("hard", "template"), "shots": ("hard", "shots"), "selection": ("hard", "selection"),
+    "candidates": ("hard", "candidates"), "dev_size": ("hard", "search_size"), "search_on": ("hard", "search_on"),
     "checkpoint_every": ("train", "checkpoint_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
-    "schedule": ("train", "schedule"), "warmup": ("train", "warmup"),
+    "schedule": ("train", "schedule"), "warmup": ("train", "warmup"), "dtype": (None, "dtype"),
+    "train_anchors": ("train", "train_anchors"),
 }
 
 
@@ -65,11 +67,16 @@ def add_common(p: argparse.ArgumentParser, out_required: bool = False) -> None:
     p.add_argument("--config", help="a YAML config (e.g. a run's config.yaml); flags override it")
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--dtype", help="frozen weights' dtype: float32 (default) or bfloat16 (half the memory, faster "
+                                   "on CPUs with AMX/AVX512-BF16; trainable parameters stay float32)")
     p.add_argument("--max-input-tokens", type=int, help="input budget; long contexts are selected to fit")
     p.add_argument("--max-new-tokens", type=int, help="generation length for text answers")
     p.add_argument("--template", help="hard-prompt template name of the task")
     p.add_argument("--shots", type=int, help="few-shot demonstrations (per class for choice tasks)")
     p.add_argument("--selection", help="few-shot selection: random, balanced or nearest")
+    p.add_argument("--candidates", type=int, help="prompt-search: candidate prompts scored at most (default 30)")
+    p.add_argument("--dev-size", type=int, help="prompt-search: labelled examples scoring each candidate (200)")
+    p.add_argument("--search-on", help="prompt-search: score candidates on train (default) or dev")
     p.add_argument("--out", required=out_required, help="run directory to write")
 
 
@@ -78,10 +85,14 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float, help="learning rate (default per method)")
     p.add_argument("--virtual-tokens", type=int, help="soft tokens (default 20)")
-    p.add_argument("--init", help="soft prompt init: random, vocab, text or labels")
+    p.add_argument("--init", help="soft prompt init: random, vocab, text, labels, or prompt:DIR to start from "
+                                  "another run's trained prompt (same method and model; SPoT)")
     p.add_argument("--init-text", help="text for --init text")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    p.add_argument("--train-anchors", action="store_true", default=None,
+                   help="encoders, choice tasks: train the label anchors too (a classes x hidden head, initialised "
+                        "from the label descriptions)")
     p.add_argument("--schedule", help="learning-rate schedule: constant (default) or linear (warm-up, then decay to 0)")
     p.add_argument("--warmup", type=float, help="with --schedule linear: fraction of the planned steps warming up (0.06)")
     p.add_argument("--train-batch-size", type=int, help="training batch size (default 16)")
@@ -134,6 +145,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report directory (default: the one RUN_DIR given, else their common parent)")
     p.add_argument("--title", help="report title")
 
+    p = sub.add_parser("inspect", help="what a soft prompt learnt: nearest words, norms, movement from its init")
+    p.add_argument("dir", metavar="DIR", help="a soft-prompt run directory or its artifact directory")
+    p.add_argument("--model", help="the model it was trained on (default: the one the run records)")
+    p.add_argument("--top", type=int, default=5, help="nearest vocabulary tokens per soft token (default 5)")
+    p.add_argument("--json", action="store_true", help="print the analysis as JSON instead of a table")
+
+    p = sub.add_parser("transfer", help="evaluate soft prompts on each other's tasks: a transfer matrix")
+    p.add_argument("--model", required=True, help="the model the prompts were trained on")
+    p.add_argument("--prompt", action="append", default=[], metavar="NAME=DIR",
+                   help="a soft prompt (run or artifact directory), repeatable")
+    p.add_argument("--task", action="append", default=[], metavar="TASK",
+                   help="a task to evaluate every prompt on, repeatable (default: the prompts' own tasks)")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="data for a task, repeatable (default: what the prompt's run of that task used, else "
+                        "the task's bundled data)")
+    p.add_argument("--limit", type=int, help="evaluate at most N examples per task (seeded sample, as eval --limit)")
+    p.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
+    p.add_argument("--out", required=True, help="directory for transfer.json, .md, .png and .html")
+
     p = sub.add_parser("demo", help="hard vs soft prompts on the bundled sentiment set with MiniLM")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="fewer methods and epochs (about a minute)")
@@ -143,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=[], metavar="NAME=SOURCE",
                    help="a prompt to serve, repeatable: NAME=DIR (artifact or run directory) or "
                         "NAME=METHOD:TASK[:TEMPLATE] for a hard prompt, e.g. zs=zero-shot:sentiment")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="frozen weights' dtype (bfloat16: half the memory, faster on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="bearer token for PUT/DELETE /v1/prompts (default $PROMPTLAB_TOKEN; "
@@ -183,7 +215,7 @@ def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
 
     task = get_task(cfg.task)
     data = load_data(task, cfg)
-    backbone = load_backbone(cfg.model)
+    backbone = load_backbone(cfg.model, dtype=cfg.dtype)
     return task, data, backbone
 
 
@@ -397,7 +429,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ConfigError("predict needs --prompt DIR, or --task T with --method HARD")
     if args.method and get_method(args.method).trains:
         raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
-    backbone = load_backbone(cfg.model)
+    backbone = load_backbone(cfg.model, dtype=cfg.dtype)
     if cfg.prompt:
         servable = load_servable("predict", cfg.prompt, backbone, cfg, get_task(args.task) if args.task else None)
     else:
@@ -469,6 +501,73 @@ def _quiet_libraries() -> None:
         pass
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .backbones import load_backbone
+    from .errors import ModelError
+    from .inspect_prompt import analyse_dir, artifact_of, recorded_model, summary, table_rows
+
+    if args.top <= 0:
+        raise ConfigError(f"--top must be a positive number, got {args.top}; use 1 or more")
+    artifact_of(args.dir)  # a missing DIR fails before a model loads
+    name = args.model or recorded_model(args.dir)
+    if name is None:
+        raise ConfigError(f"'{args.dir}' does not record its model; pass --model, the one it was trained on")
+    try:
+        backbone = load_backbone(name)
+    except ModelError as e:
+        if args.model:
+            raise
+        raise ConfigError(f"the run's model '{name}' cannot be loaded here ({str(e).split(': ', 1)[-1][:120]}); "
+                          "pass --model") from None
+    result = analyse_dir(args.dir, backbone, args.top)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    header, body = table_rows(result)
+    _print_rows_left(header, body, f"{result['method']} · {args.dir} · {backbone.name}")
+    print(summary(result))
+
+
+def _print_rows_left(header: list[str], body: list[list[str]], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i < 2 else "right", min_width=max((len(r[i]) for r in body), default=0))
+    for r in body:
+        table.add_row(*r)
+    _print_wide(table)
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    from .backbones import load_backbone
+    from .transfer import check_out, parse_pairs, run, table, write
+
+    if not args.prompt:
+        raise ConfigError("transfer needs at least one --prompt NAME=DIR, e.g. --prompt sst2=runs/sst2-prefix")
+    if args.limit is not None:
+        check_value("eval_size", args.limit, "--limit")
+    check_value("batch_size", args.batch_size, "--batch-size")
+    prompts = parse_pairs(args.prompt, "--prompt", "sst2=runs/sst2-prefix")
+    data = dict(parse_pairs(args.data, "--data", "sst2=../shared/data/sst2"))
+    tasks = list(dict.fromkeys(args.task))
+    if not tasks:  # the prompts' own tasks
+        from .pipeline import artifact_meta
+
+        tasks = list(dict.fromkeys(artifact_meta(p)["task"] for _, p in prompts))
+    unknown = sorted(set(data) - set(tasks))
+    if unknown:
+        raise ConfigError(f"--data names task '{unknown[0]}', which is not a --task; add --task {unknown[0]} or drop it")
+    out = Path(args.out)
+    check_out(out)
+    backbone = load_backbone(args.model)
+    result = run(backbone, prompts, tasks, data, args.limit, args.batch_size, log=lambda m: print(m, flush=True))
+    write(out, result)
+    header, body = table(result, mark_own=False)
+    _print_rows_left(header, body, f"transfer · {backbone.name} · score % (rows: prompts, columns: tasks)")
+    print(f"matrix written to {out / 'transfer.md'}; open {out / 'transfer.html'} in a browser")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serving.server import serve
 
@@ -477,7 +576,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "eval": cmd_eval, "train": cmd_train,
             "predict": cmd_predict, "compare": cmd_compare, "demo": cmd_demo, "report": cmd_report,
-            "serve": cmd_serve}
+            "serve": cmd_serve, "inspect": cmd_inspect, "transfer": cmd_transfer}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,11 +30,14 @@ class TrainConfig:
     train_size: int | None = _f(None, "use this many training examples (seeded sample); default all")
     dev_size: int = _f(200, "examples held out of the training split for model selection (at most 20% of it)")
     virtual_tokens: int = _f(20, "soft tokens for prompt/prefix/p-tuning")
-    init: str = _f("text", "soft prompt init: random, vocab, text or labels")
+    init: str = _f("text", "soft prompt init: random, vocab, text, labels, or prompt:DIR (another run's trained "
+                           "prompt of the same method and model, SPoT)")
     init_text: str | None = _f(None, "text for --init text; default the task's first template, fields removed")
     patience: int = _f(2, "stop after this many epochs without a better dev score")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)")
     weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)")
+    train_anchors: bool = _f(False, "encoders, choice tasks: train the label anchors too (classes x hidden "
+                                    "parameters, initialised from the label descriptions)")
     schedule: str = _f("constant", "learning-rate schedule: constant, or linear (warm up, then decay to 0 at the last planned step)")
     warmup: float = _f(0.06, "with --schedule linear: the fraction of the planned steps spent warming up")
     checkpoint_every: int = _f(100, "save a resumable checkpoint every this many steps (and at each epoch end)")
@@ -46,6 +49,11 @@ class HardConfig:
     template: str | None = _f(None, "hard-prompt template name; default the task's first")
     shots: int = _f(4, "few-shot demonstrations: per class for choice tasks, in total for text tasks")
     selection: str = _f("balanced", "few-shot demo selection: random, balanced or nearest")
+    candidates: int = _f(30, "prompt-search: candidate prompts scored at most (the task's templates first, then a "
+                             "seeded sample of template x instruction x demo-set combinations)")
+    search_size: int = _f(200, "prompt-search (--dev-size): labelled examples that score each candidate, at most")
+    search_on: str = _f("train", "prompt-search: labelled data that scores candidates: train (demos are scored on "
+                                 "the other training examples) or dev (the held-out dev slice)")
 
 
 @dataclass
@@ -60,6 +68,8 @@ class RunConfig:
     max_input_tokens: int | None = _f(None, "input budget in tokens; long contexts are selected to fit")
     max_new_tokens: int | None = _f(None, "generation length; default the task's")
     batch_size: int = _f(32, "evaluation batch size")
+    dtype: str = _f("float32", "dtype of the frozen model's weights: float32, or bfloat16 (half the memory; 2-4x "
+                    "faster on CPUs with AMX or AVX512-BF16 and on GPUs; scores differ in the last digits)")
     seed: int = _f(0, "seed for sampling, initialisation and data order")
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})
     hard: HardConfig = field(default_factory=HardConfig, metadata={"help": "hard-prompt settings"})
@@ -72,9 +82,10 @@ class RunConfig:
 
 
 POSITIVE = {"epochs", "batch_size", "train_size", "dev_size", "virtual_tokens", "eval_size", "max_input_tokens",
-            "max_new_tokens", "shots", "max_steps", "checkpoint_every", "keep_checkpoints"}
+            "max_new_tokens", "shots", "max_steps", "checkpoint_every", "keep_checkpoints",
+            "candidates", "search_size"}
 CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest"),
-           "schedule": ("constant", "linear")}
+           "schedule": ("constant", "linear"), "search_on": ("train", "dev"), "dtype": ("float32", "bfloat16")}
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -123,6 +134,10 @@ def check_value(name: str, value: Any, label: str) -> None:
     """One field's range check; `label` names it as the user wrote it (`--train-size`, `run.yaml.train.epochs`)."""
     if name in POSITIVE and value is not None and value <= 0:
         raise ConfigError(f"{label} must be a positive number, got {value}; use 1 or more")
+    if name == "init" and isinstance(value, str) and value.startswith("prompt:"):
+        if not value[len("prompt:"):].strip():
+            raise ConfigError(f"{label} prompt: needs a directory, e.g. prompt:runs/tweeteval-prefix")
+        return  # another run's trained prompt (SPoT); the method checks it when it loads it
     if name in CHOICES and value not in CHOICES[name]:
         raise unknown(f"value of {label}", str(value), list(CHOICES[name]))
     if name == "lr" and value is not None and not (0 < value < 100):

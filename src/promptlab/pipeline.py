@@ -18,7 +18,7 @@ from typing import Any
 from .backbones import Backbone
 from .checkpoints import CheckpointPlan
 from .config import RunConfig
-from .errors import ConfigError, ModelError
+from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
 from .methods import FitContext, Predictor, get_method, read_meta
 from .methods.adapted import CheckpointedFit
@@ -65,15 +65,7 @@ def artifact_dir(path: str) -> Path:
 
 def artifact_meta(path: str) -> dict[str, Any]:
     """An artifact's promptlab.json, checked for what loading it needs: a damaged file fails in one line."""
-    adir = artifact_dir(path)
-    meta = read_meta(adir)
-    template = meta.get("template") if isinstance(meta, dict) else None
-    ok = (isinstance(meta, dict) and isinstance(meta.get("method"), str) and isinstance(meta.get("task"), str)
-          and isinstance(template, dict) and all(isinstance(template.get(k), str) for k in ("name", "text")))
-    if not ok:
-        raise ModelError(f"'{adir / 'promptlab.json'}' lacks the method, task or template it must record; "
-                         "retrain or restore the artifact")
-    return meta
+    return read_meta(artifact_dir(path))
 
 
 def load_predictor(path: str, backbone: Backbone, task: Task | None = None) -> Predictor:
@@ -111,6 +103,7 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         ctx = (CheckpointedFit(backbone, task, train, dev, cfg, template, checkpoint=checkpoint)
                if method.trains and checkpoint is not None else FitContext(backbone, task, train, dev, cfg, template))
         predictor = method.fit(ctx)
+        template = predictor.template  # a search method chooses its template while fitting
         train_seconds = time.perf_counter() - t0 if method.trains else 0.0
         method_name = cfg.method
     examples, input_stats = fit_inputs(task, backbone, template, cfg, data.eval)
@@ -129,10 +122,24 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         "history": predictor.history, "input_stats": input_stats, "template": template.text,
         "versions": versions(), "git": git_revision(), "config": cfg.to_dict(),
     }
+    info = predictor.run_info()
+    if info:
+        metrics["method_info"] = info
+    variants = predictor.variants()
+    if variants:  # e.g. pez's unprojected soft prompt, on exactly the examples this run is scored on
+        metrics["variants"] = {name: evaluate(v, task, examples, batch_size=cfg.batch_size).metrics
+                               for name, v in variants.items()}
     if getattr(predictor, "train_info", None):  # processes, examples per process, the step a resume began at
         metrics["training"] = predictor.train_info
     if out is not None and is_main_process():  # under torchrun / accelerate launch, rank 0 writes
-        write_run(out, cfg, metrics, result.records, predictor)
+        extra = {}
+        if not cfg.prompt:  # a soft prompt just trained: what it learnt, for the report (which loads no model)
+            from .inspect_prompt import INSPECT_FILE, analyse_predictor
+
+            inspected = analyse_predictor(predictor)
+            if inspected is not None:
+                extra[INSPECT_FILE] = inspected
+        write_run(out, cfg, metrics, result.records, predictor, extra=extra)
     return RunResult(metrics=metrics, predictor=predictor, eval=result)
 
 

@@ -265,3 +265,30 @@ def data_efficiency(series: list[dict[str, Any]], styles: dict[str, dict[str, st
     ax.set_title("Data efficiency: score vs labelled examples (band: min–max over seeds)", loc="left")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8.5)
     return to_png(fig)
+
+
+def transfer_heatmap(scores: list[list[float | None]], own: list[list[bool]], rows: list[str],
+                     cols: list[str]) -> bytes:
+    """Prompts (rows) x tasks (columns), score in %; the prompt's own task outlined, n/a cells grey."""
+    from matplotlib.patches import Rectangle
+
+    values = np.array([[np.nan if v is None else 100 * v for v in line] for line in scores], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.25 * len(cols), 1.0 + 0.55 * len(rows)))
+    cmap = plt.get_cmap("Blues").with_extremes(bad="#e6e6e6")
+    ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    ax.grid(False)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = values[i, j]
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=9,
+                    color="#666" if np.isnan(v) else ("white" if v > 60 else "#222"),
+                    fontweight="bold" if own[i][j] else "normal")
+            if own[i][j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#c0392b", linewidth=2))
+    ax.set_xticks(range(len(cols)), cols, rotation=20 if len(cols) > 3 else 0, ha="right" if len(cols) > 3 else "center")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("evaluated on task")
+    ax.set_ylabel("soft prompt")
+    ax.set_title("Soft-prompt transfer (score %; outlined: own task)", loc="left")
+    fig.tight_layout()
+    return to_png(fig)

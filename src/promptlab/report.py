@@ -106,6 +106,12 @@ def load_run(path: Path) -> dict[str, Any]:
             run["ci"][name] = [lo, hi]
     has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
     run["kind"] = "choices" if has_labels else "text"
+    inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)
+    if inspected.is_file():
+        try:
+            run["inspect"] = json.loads(inspected.read_text())
+        except json.JSONDecodeError:
+            pass
     if run["kind"] == "choices" and records:
         labels = _labels(path, records)
         index = {lb: i for i, lb in enumerate(labels)}
@@ -285,6 +291,27 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def prompts_found(runs: list[dict[str, Any]]) -> list[str]:
+    """What the automatic hard-prompt methods found, beside the scores that chose them (metrics.json method_info)."""
+    out = []
+    for r in runs:
+        info, name = r.get("method_info") or {}, r.get("display", r["method"])
+        m = primary(r)
+        if "candidates" in info:
+            out.append(f"{name} chose `{info.get('chosen_name')}` (score {_pct(info.get('chosen_score', 0.0))} on the "
+                       f"{info.get('search_on')} examples, best of {info.get('evaluated')} candidates): "
+                       f"{json.dumps(r.get('template', ''), ensure_ascii=False)}")
+        if "hard_prompt" in info:
+            line = (f"{name} learnt the hard prompt {json.dumps(info['hard_prompt'], ensure_ascii=False)}: "
+                    f"{METRIC_NAMES.get(m, m)} {_pct(r['metrics'][m])}")
+            cont = (r.get("variants") or {}).get("continuous", {})
+            if m in cont:
+                line += f"; the continuous soft prompt it was projected from: {_pct(cont[m])}"
+            out.append(line + ("" if info.get("retokenizes", True) else
+                               " (the text re-tokenises to other ids; the artifact keeps the ids)"))
+    return out
+
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
@@ -394,6 +421,9 @@ def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
     found = findings(runs)
     if found:
         lines += [f"- {f}" for f in found] + [""]
+    prompts = prompts_found(runs)
+    if prompts:
+        lines += ["## Prompts found", ""] + [f"- {p}" for p in prompts] + [""]
     series = curve(all_runs or runs)
     if series:
         cross = crossing(series)
@@ -411,7 +441,30 @@ def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
         if f["name"] == "data_efficiency":
             continue
         lines += [f"## {f['title']}", "", f"![{f['title']}]({PLOTS_DIR}/{f['name']}.png)", "", f["caption"], ""]
+    learnt = soft_prompt_tables(runs)
+    if learnt:
+        lines += ["## What the soft prompts learned", "", INSPECT_NOTE, ""]
+        for name, line, header, body in learnt:
+            lines += [f"**{name}** — {line}", ""]
+            lines += _md_table(header, [[c.replace("|", "\\|") for c in r] for r in body]) + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+INSPECT_NOTE = ("Per soft token: its 3 nearest vocabulary tokens by cosine, its L2 norm and percentile among the "
+                "vocabulary's norms, and how far training moved it from its initialisation "
+                "(`promptlab inspect RUN` prints the full table).")
+
+
+def soft_prompt_tables(runs: list[dict[str, Any]]) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(method, one-line summary, header, rows) for every run with an inspect.json."""
+    from .inspect_prompt import summary, table_rows
+
+    out = []
+    for r in runs:
+        if r.get("inspect"):
+            header, body = table_rows(r["inspect"], top=3)
+            out.append((r.get("display", r["method"]), summary(r["inspect"]), header, body))
+    return out
 
 
 # -- HTML -------------------------------------------------------------------------------------------------------
@@ -489,6 +542,10 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
               ('<p class="note">Scores in %. Brackets and the dark band on each bar: 95% percentile bootstrap interval '
               "over the evaluation examples (1,000 resamples). Trainable parameters count every value the method "
               "fits; % of model is against the frozen backbone.</p>")]
+    prompts = prompts_found(runs)
+    if prompts:
+        parts += ["<h2>Prompts found</h2>",
+                  '<ul class="findings">' + "".join(f"<li>{html.escape(p)}</li>" for p in prompts) + "</ul>"]
     by_name = {f["name"]: f for f in figs}
     series = curve(all_runs or runs)
     if "data_efficiency" in by_name:
@@ -509,6 +566,16 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
     for name in ("training_curves", "confusion"):
         if name in by_name:
             parts += [f"<h2>{html.escape(by_name[name]['title'])}</h2>", _figure_html(by_name[name])]
+    learnt = soft_prompt_tables(runs)
+    if learnt:
+        parts += ["<h2>What the soft prompts learned</h2>", f'<p class="note">{html.escape(INSPECT_NOTE)}</p>']
+        for name, line, header, body in learnt:
+            parts.append(f"<p><b>{html.escape(name)}</b> — {html.escape(line)}</p><table><thead><tr>"
+                         + "".join(f'<th class="{"l" if i == 1 else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
+                         + "</tr></thead><tbody>" + "".join(
+                             "<tr>" + "".join(f'<td class="{"l" if i == 1 else ""}">{html.escape(c)}</td>'
+                                              for i, c in enumerate(row)) + "</tr>" for row in body)
+                         + "</tbody></table>")
     listed = all_runs or runs
     where = [os.path.relpath(r["run_dir"], out) if out else r["run_dir"] for r in listed]
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

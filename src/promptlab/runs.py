@@ -52,16 +52,25 @@ def _temp_sibling(out: Path) -> Path:
     return tmp
 
 
+# Diagnostics kept beside an artifact that using it never reads: not part of what a prompt costs to ship.
+NOT_SHIPPED = ("prompt_init.safetensors",)
+
+
 def artifact_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name not in NOT_SHIPPED)
 
 
 def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: list[dict[str, Any]],
-              predictor: Predictor | None) -> None:
+              predictor: Predictor | None, extra: dict[str, Any] | None = None) -> None:
+    """`extra`: more JSON files of the run by name (inspect.json), written before metrics.json."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_sibling(out)
     try:
         (tmp / "config.yaml").write_text(config.to_yaml())
+        for name, value in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(value, indent=2, ensure_ascii=False))
         with open(tmp / "predictions.jsonl", "w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         if predictor is not None:

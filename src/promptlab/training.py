@@ -30,7 +30,8 @@ from .errors import ConfigError
 # notebook); Lester et al. train them with Adafactor at 0.3, constant. Everything else uses AdamW.
 ADAFACTOR_METHODS = {"prompt-tuning", "hybrid", "p-tuning"}
 DEFAULT_LR = {"prompt-tuning": 0.3, "hybrid": 0.3, "p-tuning": 0.3, "prefix-tuning": 1e-2, "lora": 1e-3,
-              "full-finetune": 3e-5}
+              "full-finetune": 3e-5,
+              "pez": 0.1}  # AdamW at 0.1, as Wen et al. train the continuous copy of a PEZ prompt
 
 
 @dataclass

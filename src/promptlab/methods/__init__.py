@@ -16,10 +16,11 @@ def register(cls: type[Method]) -> type[Method]:
 def _load_builtin() -> None:
     if _REGISTRY:
         return
-    from . import baselines, hard, soft
+    from . import baselines, hard, pez, prompt_search, soft
 
-    for cls in (hard.ZeroShot, hard.FewShot, hard.ChainOfThought, soft.PromptTuning, soft.PrefixTuning,
-                soft.PTuning, soft.Hybrid, baselines.LinearProbe, baselines.LoRA, baselines.FullFinetune):
+    for cls in (hard.ZeroShot, hard.FewShot, hard.ChainOfThought, prompt_search.PromptSearch, soft.PromptTuning,
+                soft.PrefixTuning, soft.PTuning, soft.Hybrid, pez.Pez, baselines.LinearProbe, baselines.LoRA,
+                baselines.FullFinetune):
         register(cls)
     from .setfit_method import SetFit; register(SetFit)  # noqa: E702  (the setfit package loads lazily)
 

@@ -24,6 +24,8 @@ from .base import FitContext, Prediction, Predictor
 from .readout import Readout
 
 ANCHORS_FILE = "anchors.safetensors"
+# A soft prompt's starting point, beside the artifact (not needed to use it: runs.artifact_bytes leaves it out).
+PROMPT_INIT_FILE = "prompt_init.safetensors"
 
 
 @dataclass
@@ -34,6 +36,7 @@ class AdaptedPredictor(Predictor):
     # How this fit went beyond the artifact (a resume): reported in metrics.json, kept out of the artifact
     # so a resumed run's artifact is byte-identical to an uninterrupted one.
     train_info: dict[str, Any] = field(default_factory=dict)
+    prompt_init: torch.Tensor | None = None  # what a soft prompt started from, as PEFT saves the trained one
 
     def __post_init__(self) -> None:
         self.readout = Readout(self.backbone, self.task, anchors=self.anchors, max_new_tokens=self.max_new_tokens)
@@ -57,6 +60,8 @@ class AdaptedPredictor(Predictor):
             self.model.save_pretrained(str(out / "model"))
         if self.anchors is not None:
             save_file({"anchors": self.anchors.contiguous()}, str(out / ANCHORS_FILE))
+        if self.prompt_init is not None:
+            save_file({"prompt_embeddings": self.prompt_init.contiguous()}, str(out / PROMPT_INIT_FILE))
 
 
 def count_trainable(model: torch.nn.Module) -> int:
@@ -84,6 +89,11 @@ def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> Adapted
     _check_room(ctx, model)
     pred = AdaptedPredictor(method, ctx.backbone, ctx.task, ctx.template, model=model,
                             max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens)
+    if any(p.requires_grad and p.dtype != torch.float32 for p in model.parameters()):
+        # bf16 weights cannot take small updates (8 mantissa bits): training them needs float32 master copies
+        raise ConfigError(f"{method} trains the model's own weights, which are {cfg.dtype} here; use --dtype "
+                          "float32 (bfloat16 suits methods that keep the model frozen)")
+    anchors = _trainable_anchors(model, pred) if cfg.train.train_anchors else None
     pred.extras["trainable_params"] = count_trainable(model)
     inputs = pred.inputs(ctx.train)
     lengths = [len(s) for s in inputs]
@@ -102,6 +112,10 @@ def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> Adapted
                         checkpoint=getattr(ctx, "checkpoint", None), checkpoint_every=t.checkpoint_every,
                         keep_checkpoints=t.keep_checkpoints,
                         data_fingerprint=training_fingerprint(inputs, ctx.train))
+    if anchors is not None:  # the trained anchors go in anchors.safetensors like frozen ones; the model stays clean
+        del model.promptlab_anchors
+        pred.anchors = pred.readout.anchors = torch.nn.functional.normalize(anchors.detach(), dim=-1).clone()
+        pred.extras["trained_anchors"] = True
     pred.model = _unwrap(model)
     pred.history = result.history
     # No wall-clock time here: the artifact of a repeated run must be byte-identical (metrics.json has it).
@@ -110,6 +124,18 @@ def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> Adapted
     pred.train_info = {"processes": result.processes, "examples_per_process": result.local_examples,
                        "resumed_from_step": result.resumed_from}
     return pred
+
+
+def _trainable_anchors(model: torch.nn.Module, pred: AdaptedPredictor) -> torch.nn.Parameter | None:
+    """--train-anchors: the label anchors (C x H, from the label descriptions) become parameters of `model` for
+    the loop's sake — so the best-epoch copy, checkpoints and DDP all cover them — and are taken off after."""
+    if pred.anchors is None:
+        raise ConfigError("--train-anchors applies to encoders on choice tasks (the label anchors); this run has "
+                          "none: drop the flag")
+    p = torch.nn.Parameter(pred.anchors.clone())
+    model.register_parameter("promptlab_anchors", p)
+    pred.readout.anchors = p
+    return p
 
 
 def _check_room(ctx: FitContext, model: torch.nn.Module) -> None:

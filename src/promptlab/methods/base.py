@@ -65,6 +65,7 @@ class Predictor:
             "backbone": self.backbone.fingerprint(),
             "template": {"name": self.template.name, "text": self.template.text},
             "labels": self.task.labels,
+            "verbalizers": self.task.verbalizers,  # what a generative readout scored: transfer maps labels by name
             "trainable_params": self.n_trainable(),
             "extras": self.extras,
         }
@@ -72,6 +73,15 @@ class Predictor:
 
     def n_trainable(self) -> int:
         return 0
+
+    def run_info(self) -> dict[str, Any]:
+        """What metrics.json records about this fit beyond the artifact (every candidate a search scored)."""
+        return {}
+
+    def variants(self) -> dict[str, Predictor]:
+        """Related predictors scored on the same evaluation examples and reported beside this one
+        (pez: the continuous soft prompt its hard prompt was projected from)."""
+        return {}
 
     def _save_files(self, out: Path) -> None:
         """Method-specific files; hard methods need none beyond promptlab.json."""
@@ -85,6 +95,8 @@ class Method:
     summary: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ("encoder", "seq2seq", "causal")
     trains: ClassVar[bool] = False
+    # Weight and head baselines see the bare input whatever --template says (DESIGN.md: what is compared).
+    bare_input: ClassVar[bool] = False
 
     def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
         """The text around the input; long-context tasks select what fits around this template.
@@ -93,7 +105,7 @@ class Method:
         the same point: measured on MiniLM, templates cost zero-shot SST-2 1-9 points. So encoders
         default to the bare input, and `--template` still chooses one.
         """
-        if config.hard.template is None and kind == "encoder":
+        if self.bare_input or (config.hard.template is None and kind == "encoder"):
             return task.plain_template()
         return task.template(config.hard.template)
 
@@ -111,11 +123,47 @@ class Method:
         raise NotImplementedError
 
 
+# What loaders read from promptlab.json, and its JSON type: required keys, then optional ones (null allowed).
+_META_REQUIRED = {"method": str, "task": str, "template": dict}
+_META_OPTIONAL = {"backbone": dict, "labels": list, "extras": dict, "trainable_params": int}
+_META_INTS = ("max_new_tokens", "virtual_tokens")  # extras that become tensor sizes
+
+
 def read_meta(path: Path) -> dict[str, Any]:
+    """An artifact's promptlab.json, checked key by key: a damaged file fails here in one line naming the key,
+    not later as a KeyError or TypeError inside a loader."""
     meta_file = path / META_FILE
     if not meta_file.is_file():
         raise ModelError(f"'{path}' is not a promptlab artifact (no {META_FILE}); pass the artifact directory of a run")
     try:
-        return json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelError(f"'{meta_file}' is corrupted (not JSON); retrain or restore the artifact") from None
+    fix = "retrain or restore the artifact"
+    if not isinstance(meta, dict):
+        raise ModelError(f"'{meta_file}' lacks the method, task or template it must record (it holds a JSON "
+                         f"{_json_type(meta)}, not an object); {fix}")
+    for key, kind in _META_REQUIRED.items():
+        if key not in meta:
+            raise ModelError(f"'{meta_file}' lacks the method, task or template it must record (no '{key}'); {fix}")
+        _check_type(meta_file, key, meta[key], kind, fix)
+    for key in ("name", "text"):
+        _check_type(meta_file, f"template.{key}", meta["template"].get(key), str, fix)
+    for key, kind in _META_OPTIONAL.items():
+        if meta.get(key) is not None:
+            _check_type(meta_file, key, meta[key], kind, fix)
+    for key in _META_INTS:
+        if (meta.get("extras") or {}).get(key) is not None:
+            _check_type(meta_file, f"extras.{key}", meta["extras"][key], int, fix)
+    return meta
+
+
+def _check_type(meta_file: Path, key: str, value: Any, kind: type, fix: str) -> None:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ModelError(f"'{meta_file}' has a bad '{key}': {_json_type(kind())} expected, got "
+                         f"{'nothing' if value is None else _json_type(value)}; {fix}")
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -11,26 +11,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..backbones import Backbone
-from ..config import RunConfig
 from ..errors import ConfigError, ModelError
-from ..tasks.base import Example, Task, Template
+from ..tasks.base import Task, Template
 from .adapted import AdaptedPredictor, fit_adapted, load_anchors, unfrozen_copy
-from .base import FitContext, Method, Prediction, Predictor
-from .readout import predictions_from_scores
+from .base import FitContext, Method, Predictor
+from .linear_head import HEAD_FILE, HeadMethod, HeadPredictor, head_as_logits
 from .soft import TASK_TYPES
-
-HEAD_FILE = "head.safetensors"
 
 
 @dataclass
-class ProbePredictor(Predictor):
-    weight: torch.Tensor | None = None  # [C, H]
-    bias: torch.Tensor | None = None  # [C]
-
-    def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
-        inputs = [self.template.render(ex) for ex in examples]
-        x = self.backbone.embed(inputs, batch_size=batch_size)
-        return predictions_from_scores(self.task, inputs, x @ self.weight.T + self.bias)
+class ProbePredictor(HeadPredictor):
+    def embed(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        return self.backbone.embed(texts, batch_size=batch_size)
 
     def n_trainable(self) -> int:
         return int(self.weight.numel() + self.bias.numel())
@@ -39,19 +31,9 @@ class ProbePredictor(Predictor):
         save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(out / HEAD_FILE))
 
 
-class LinearProbe(Method):
-    name, family = "linear-probe", "baseline"
+class LinearProbe(HeadMethod):
+    name = "linear-probe"
     summary = "logistic-regression head on frozen sentence embeddings (C chosen on dev)"
-    kinds = ("encoder",)
-    trains = True
-
-    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
-        return task.plain_template()
-
-    def check(self, backbone: Backbone, task: Task) -> None:
-        super().check(backbone, task)
-        if task.kind != "choices":
-            raise ConfigError(f"linear-probe needs a task with labels; '{task.name}' has free-text answers")
 
     def fit(self, ctx: FitContext) -> Predictor:
         from sklearn.linear_model import LogisticRegression
@@ -69,15 +51,9 @@ class LinearProbe(Method):
             if best is None or acc > best[0]:
                 best = (acc, c, clf)
         acc, c, clf = best
-        n_labels = len(ctx.task.labels)
-        w = np.zeros((n_labels, x.shape[1]), dtype=np.float32)
-        b = np.full(n_labels, -1e4, dtype=np.float32)  # labels never seen in training are never predicted
-        coef, inter = (clf.coef_, clf.intercept_) if len(clf.classes_) > 2 else (
-            np.vstack([-clf.coef_[0] / 2, clf.coef_[0] / 2]), np.array([-clf.intercept_[0] / 2, clf.intercept_[0] / 2]))
-        for row, cls in enumerate(clf.classes_):
-            w[cls], b[cls] = coef[row], inter[row]
-        return ProbePredictor(self.name, ctx.backbone, ctx.task, ctx.template, weight=torch.from_numpy(w),
-                              bias=torch.from_numpy(b), history=[{"C": c, "dev_score": acc}])
+        w, b, _ = head_as_logits(clf, len(ctx.task.labels))
+        return ProbePredictor(self.name, ctx.backbone, ctx.task, ctx.template, weight=w, bias=b,
+                              history=[{"C": c, "dev_score": acc}])
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         try:
@@ -89,13 +65,17 @@ class LinearProbe(Method):
                               bias=head["bias"])
 
 
-class LoRA(Method):
-    name, family = "lora", "baseline"
-    summary = "low-rank updates to the attention weights (PEFT LoRA, r=8)"
-    trains = True
+class WeightBaseline(Method):
+    """A baseline that changes the model's weights (on a copy), trained by the shared loop on the bare input."""
 
-    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
-        return task.plain_template()
+    family = "baseline"
+    trains = True
+    bare_input = True
+
+
+class LoRA(WeightBaseline):
+    name = "lora"
+    summary = "low-rank updates to the attention weights (PEFT LoRA, r=8)"
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import LoraConfig, get_peft_model
@@ -131,13 +111,9 @@ def _lora_targets(model: torch.nn.Module) -> list[str]:
     raise ConfigError("lora cannot find attention projections in this model; use prompt-tuning or full-finetune")
 
 
-class FullFinetune(Method):
-    name, family = "full-finetune", "baseline"
+class FullFinetune(WeightBaseline):
+    name = "full-finetune"
     summary = "every weight trained (AdamW 3e-5) on a copy of the model"
-    trains = True
-
-    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
-        return task.plain_template()
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)

@@ -49,8 +49,10 @@ class Readout:
     # [B, C] logits for choice tasks, with gradients when the caller allows them
     def choice_logits(self, model: Any, inputs: list[str]) -> torch.Tensor:
         if self.backbone.kind == "encoder":
-            emb = F.normalize(self.backbone.encode(inputs, model), dim=-1)
-            return ANCHOR_SCALE * emb @ self.anchors.T
+            emb = F.normalize(self.backbone.encode(inputs, model).float(), dim=-1)
+            # Trained anchors (--train-anchors) drift off the unit sphere; frozen ones are unit-norm already.
+            anchors = F.normalize(self.anchors, dim=-1) if self.anchors.requires_grad else self.anchors
+            return ANCHOR_SCALE * emb @ anchors.T
         return self.backbone.score_choices(inputs, self.task.verbalizers, model)
 
     def loss(self, model: Any, inputs: list[str], examples: list[Example]) -> torch.Tensor:
@@ -58,7 +60,7 @@ class Readout:
             gold = torch.tensor([ex.label for ex in examples])
             return F.cross_entropy(self.choice_logits(model, inputs), gold)
         targets = [self.task.verbalizers[ex.label] if self.task.kind == "choices" else ex.answers[0] for ex in examples]
-        batch = self.backbone.lm_batch(inputs, targets)
+        batch = self.backbone.lm_batch(inputs, targets, model)
         return model(**batch).loss
 
     @torch.inference_mode()

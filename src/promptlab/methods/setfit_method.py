@@ -39,14 +39,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..backbones import Backbone
-from ..config import RunConfig
 from ..errors import ConfigError, ModelError
-from ..tasks.base import Example, Task, Template
-from .base import FitContext, Method, Prediction, Predictor
-from .readout import predictions_from_scores
+from ..tasks.base import Task, Template
+from .base import FitContext, Predictor
+from .linear_head import HEAD_FILE, HeadMethod, HeadPredictor, head_as_logits
 
 SETFIT_DIR = "setfit"
-HEAD_FILE = "head.safetensors"
 PAIRS_PER_EXAMPLE = 20  # SetFit's R (num_iterations): positive pairs per example, and as many negative
 DEFAULT_MAX_STEPS = 250  # x batch 16 = 4,000 pairs: ~0.6 s a step for MiniLM on 2 idle CPU cores, ~2.5 min
 DEFAULT_BODY_LR = 2e-5  # SetFit's default body learning rate
@@ -80,10 +78,8 @@ def sentence_transformer(backbone: Backbone, workdir: Path) -> Any:
 
 
 @dataclass
-class SetFitPredictor(Predictor):
+class SetFitPredictor(HeadPredictor):
     body: Any = None  # SentenceTransformer, fine-tuned
-    weight: torch.Tensor | None = None  # [C, H] logistic head as logits (unseen labels: bias -1e4)
-    bias: torch.Tensor | None = None  # [C]
     setfit_model: Any = None  # the SetFitModel after fit (saved with SetFit's own save_pretrained)
     head_params: int = 0
 
@@ -93,10 +89,6 @@ class SetFitPredictor(Predictor):
             return torch.empty(0, self.weight.shape[1])
         x = self.body.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
         return x.float().cpu()
-
-    def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
-        inputs = [self.template.render(ex) for ex in examples]
-        return predictions_from_scores(self.task, inputs, self.embed(inputs, batch_size) @ self.weight.T + self.bias)
 
     def n_trainable(self) -> int:
         return int(sum(p.numel() for p in self.body.parameters())) + self.head_params
@@ -110,19 +102,12 @@ class SetFitPredictor(Predictor):
                    "head_params": torch.tensor([self.head_params])}, str(out / HEAD_FILE))
 
 
-class SetFit(Method):
-    name, family = "setfit", "baseline"
+class SetFit(HeadMethod):
+    name = "setfit"
     summary = "SetFit library: contrastive fine-tuning of the whole encoder on pairs + logistic head"
-    kinds = ("encoder",)
-    trains = True
-
-    def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
-        return task.plain_template()
 
     def check(self, backbone: Backbone, task: Task) -> None:
-        super().check(backbone, task)
-        if task.kind != "choices":
-            raise ConfigError(f"setfit needs a task with labels; '{task.name}' has free-text answers")
+        super().check(backbone, task)  # an encoder and a task with labels
         try:
             import setfit  # noqa: F401
         except ImportError:
@@ -177,7 +162,7 @@ class SetFit(Method):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         body.eval()
-        weight, bias, head_params = _head_as_logits(model.model_head, len(ctx.task.labels))
+        weight, bias, head_params = head_as_logits(model.model_head, len(ctx.task.labels))
         pred = SetFitPredictor(self.name, ctx.backbone, ctx.task, ctx.template, body=body, weight=weight, bias=bias,
                                setfit_model=model, head_params=head_params)
         if ctx.dev:
@@ -204,22 +189,6 @@ class SetFit(Method):
         return SetFitPredictor(self.name, backbone, task, Template(t["name"], t["text"]), body=body,
                                weight=head["weight"], bias=head["bias"], head_params=int(head["head_params"][0]),
                                extras=meta.get("extras", {}))
-
-
-def _head_as_logits(clf: Any, n_labels: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """sklearn's LogisticRegression as a [C, H] logit layer whose softmax is its predict_proba.
-
-    Binary heads have one row w: logits (-w/2, +w/2) give softmax = sigmoid(w.x + b), as sklearn does.
-    Labels absent from the training sample get a -1e4 bias, so they are never predicted (as SetFit).
-    """
-    coef, inter = np.asarray(clf.coef_), np.asarray(clf.intercept_)
-    if len(clf.classes_) == 2 and coef.shape[0] == 1:
-        coef, inter = np.vstack([-coef[0] / 2, coef[0] / 2]), np.array([-inter[0] / 2, inter[0] / 2])
-    w = np.zeros((n_labels, coef.shape[1]), dtype=np.float32)
-    b = np.full(n_labels, -1e4, dtype=np.float32)
-    for row, cls in enumerate(clf.classes_):
-        w[int(cls)], b[int(cls)] = coef[row], inter[row]
-    return torch.from_numpy(w), torch.from_numpy(b), int(np.asarray(clf.coef_).size + np.asarray(clf.intercept_).size)
 
 
 def pair_steps(n_examples: int, batch_size: int) -> int:

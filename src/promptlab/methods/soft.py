@@ -20,6 +20,52 @@ from .adapted import AdaptedPredictor, fit_adapted, load_anchors
 from .base import FitContext, Method, Predictor
 
 TASK_TYPES = {"encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}
+PROMPT_INIT = "prompt:"  # --init prompt:DIR
+
+
+def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> torch.Tensor:
+    """The trained prompt rows of artifact (or run) DIR, checked to fit `method` on `backbone`. [n, W]"""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .base import read_meta
+
+    p = Path(path)
+    adir = p / "artifact" if (p / "artifact").is_dir() else p
+    if not adir.is_dir():
+        raise ConfigError(f"--init prompt:{path}: no such directory; pass the run (or artifact) directory of a "
+                          "trained soft prompt")
+    meta = read_meta(adir)
+    if method.name == "p-tuning":
+        raise ConfigError("--init prompt: cannot start p-tuning: PEFT saves only P-tuning's output embeddings, not "
+                          "the encoder that makes them; use it with prompt-tuning, hybrid or prefix-tuning")
+    cfg_file = adir / "adapter_config.json"
+    try:
+        peft_type = json.loads(cfg_file.read_text()).get("peft_type")
+    except (OSError, ValueError):
+        raise ConfigError(f"--init prompt:{path} is not a soft-prompt artifact (no readable {cfg_file.name}); "
+                          "pass a prompt-tuning, hybrid or prefix-tuning run") from None
+    want = method.peft_config_type()
+    if peft_type != want:
+        raise ConfigError(f"--init prompt:{path} is a {meta.get('method', peft_type)} prompt ({peft_type}) but "
+                          f"{method.name} needs a {want} one; start from a run of the same kind")
+    theirs = meta.get("backbone") or {}
+    try:
+        backbone.check_fingerprint(theirs, f"--init prompt:{path}")
+    except ModelError as e:
+        raise ConfigError(str(e)) from None
+    if theirs.get("model_type") and theirs["model_type"] != backbone.fingerprint()["model_type"]:
+        raise ConfigError(f"--init prompt:{path} was trained on '{theirs.get('name')}' "
+                          f"(model_type={theirs['model_type']}), not '{backbone.name}'; start from a prompt trained "
+                          "on this model")
+    try:
+        weights = load_file(str(adir / "adapter_model.safetensors"))["prompt_embeddings"]
+        n = int(json.loads(cfg_file.read_text())["num_virtual_tokens"])
+    except Exception as e:  # noqa: BLE001 — safetensors raises several types for missing, truncated or corrupt files
+        raise ConfigError(f"--init prompt:{path}: cannot read its prompt ({type(e).__name__}); retrain or restore "
+                          "it") from None
+    return weights[:n].float()
 
 
 def init_text(task: Task, config: RunConfig) -> str:
@@ -72,22 +118,48 @@ class SoftMethod(Method):
         self.check(ctx.backbone, ctx.task)
         n = ctx.config.train.virtual_tokens
         model = get_peft_model(ctx.backbone.model, self.peft_config(ctx.backbone, n))
-        self._init(model, ctx, n)
+        source = self._init(model, ctx, n)
+        # The starting point, as PEFT would save it: `promptlab inspect` measures how far training moved it.
+        init = model.get_prompt_embedding_to_save("default").clone()
         pred = fit_adapted(ctx, self.name, model)
+        pred.prompt_init = init
         pred.extras.update({"virtual_tokens": n, "init": ctx.config.train.init})
+        if source:
+            pred.extras["init_from"] = source
+            pred.train_info["init_from"] = source
         return pred
 
-    def _init(self, model: Any, ctx: FitContext, n: int) -> None:
+    def _init(self, model: Any, ctx: FitContext, n: int) -> dict[str, Any] | None:
         """Initialise input prompts from token embeddings ourselves: PEFT's TEXT init reloads the tokenizer
-        by name (fails for local or in-memory models offline) and has no label-word init."""
+        by name (fails for local or in-memory models offline) and has no label-word init.
+        `--init prompt:DIR` starts from another run's trained prompt (SPoT); returns what it copied."""
+        if ctx.config.train.init.startswith(PROMPT_INIT):
+            return self._init_from_prompt(model, ctx, n, ctx.config.train.init[len(PROMPT_INIT):])
         if not self.token_init:
-            return
+            return None
         ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n)
         if ids is None:
             return
         words = ctx.backbone.model.get_input_embeddings().weight
         with torch.no_grad():
             model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids)].clone()
+        return None
+
+    def _init_from_prompt(self, model: Any, ctx: FitContext, n: int, path: str) -> dict[str, Any]:
+        """SPoT (Vu et al.): the new prompt starts as a copy of a prompt trained on another task."""
+        src = load_source_prompt(path, self, ctx.backbone)
+        rows = src.shape[0]
+        if rows != n:  # repeat or cut whole tokens, as the text init repeats its words
+            src = src.repeat((n + rows - 1) // rows, 1)[:n]
+        weight = model.prompt_encoder["default"].embedding.weight
+        if weight.shape[1] != src.shape[1]:
+            raise ConfigError(f"--init prompt:{path} holds {src.shape[1]}-wide prompt rows but this {self.name} "
+                              f"prompt needs {weight.shape[1]}; train the source with the same model and method")
+        with torch.no_grad():
+            weight[:n] = src.to(weight.dtype)
+        note = ("copied" if rows == n else
+                f"source has {rows} tokens, {'repeated' if rows < n else 'truncated'} to {n}")
+        return {"path": path, "source_tokens": rows, "tokens": n, "note": note}
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         from peft import PeftModel

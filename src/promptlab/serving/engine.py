@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone
+from ..backbones import Backbone, left_padded_embeds
 from ..errors import PromptlabError
 from ..methods.readout import ANCHOR_SCALE, predictions_from_scores
 from ..tasks.base import Example
@@ -168,7 +168,8 @@ class Engine:
 
     def _check_lengths(self, s: Servable, texts: list[str]) -> None:
         """Virtual tokens come on top of the tokenizer's truncation: refuse what would run past the model's
-        positions (offline, such an input fails inside the model), and inputs with nothing to read."""
+        positions (offline, `Backbone.input_budget` cuts such an input to fit; a server says so instead of
+        answering a cut input), and inputs with nothing to read."""
         bb = self.backbone
         n = s.prompt.shape[0]
         lengths = [min(len(x), bb.max_length) for x in bb.tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -274,7 +275,7 @@ class Engine:
             new = self._greedy_cached(servables, texts, max_new)
         elif bb.kind == "causal":
             ids = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
-            emb, mask = self._left_padded([s.prompt for s in servables], ids)
+            emb, mask = left_padded_embeds(self.model, [s.prompt for s in servables], ids)
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
                                       do_sample=False, pad_token_id=pad)  # only the new tokens come back
         else:
@@ -381,20 +382,6 @@ class Engine:
             emb[b, :k] = p
             emb[b, k : k + n] = words[b, :n]
             mask[b, : k + n] = 1
-        return emb, mask
-
-    def _left_padded(self, prompts: list[torch.Tensor], ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`[pad, P_i, x_i]` per row, for decoder-only generation."""
-        emb_layer = self.model.get_input_embeddings()
-        width = max(p.shape[0] + len(x) for p, x in zip(prompts, ids))
-        h = emb_layer.weight.shape[1]
-        emb = emb_layer.weight.new_zeros(len(ids), width, h)
-        mask = torch.zeros(len(ids), width, dtype=torch.long)
-        for b, (p, x) in enumerate(zip(prompts, ids)):
-            start = width - p.shape[0] - len(x)
-            emb[b, start : start + p.shape[0]] = p
-            emb[b, start + p.shape[0] :] = emb_layer(torch.tensor(x, dtype=torch.long))
-            mask[b, start:] = 1
         return emb, mask
 
     # -- prompts that run on their own --------------------------------------------------------------

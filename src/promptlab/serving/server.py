@@ -46,7 +46,7 @@ def serve(args: Any) -> None:
     if args.max_wait_ms < 0:
         raise ConfigError("--max-wait-ms must be 0 or more")
     token = args.token or os.environ.get("PROMPTLAB_TOKEN") or None
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(args.model, dtype=getattr(args, "dtype", None))
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                     max_input_chars=args.max_input_chars, max_batch=args.max_batch,
                     max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)

@@ -299,6 +299,8 @@ def _measure(
     """Token cost of each wanted 'title:' (k=-1) and sentence, in one batched call."""
     keys, texts = [], []
     for i, pairs in enumerate(wanted):
+        if not pairs:  # nothing to measure (or no raw paragraphs: an input given as is)
+            continue
         paras = examples[i].meta["paragraphs"]
         for j, k in {*pairs, *((j, -1) for j, _ in pairs)} - costs[i].keys():
             keys.append((i, j, k))
@@ -311,6 +313,10 @@ def fit_context(
     examples: list[Example], tokenizer: Any, max_input_tokens: int, template: Template
 ) -> tuple[list[Example], dict[str, Any]]:
     """The HotpotQA ContextHook: choose paragraphs and sentences so the rendered input fits the budget.
+
+    Only examples that carry the loader's raw paragraphs (`meta["paragraphs"]`) are packed; the others — a user's
+    JSONL rows, `predict` and server inputs — pass through unchanged, their `context` field taken as given and
+    truncated like any input (a missing `context` field is the template's one-line error, as for any task).
 
     Sentences are ranked by their paragraph's two-hop rank, a lead-sentence bonus and their own overlap
     with the question, then packed greedily, so low-scoring sentences go before whole paragraphs.

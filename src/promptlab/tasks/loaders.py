@@ -124,6 +124,14 @@ def to_example(
             f"column with '{'label' if task.kind == 'choices' else 'answer'}_column' in the task spec"
         )
     label, answers = None, ()
+    if task.kind == "choices" and spec.label_map:
+        key = str(raw).strip()
+        if key not in spec.label_map:
+            raise DataError(f"{where}: label {raw!r} is not in the label_map of task '{task.name}' "
+                            f"({', '.join(spec.label_map)}); fix the row or choose the task whose labels match")
+        raw = spec.label_map[key]
+        if raw is None:
+            return None  # the spec leaves this class out (SST-5's neutral in sst5-binary)
     if task.kind == "choices":
         try:
             label = task.label_index(raw, where)

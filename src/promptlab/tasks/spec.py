@@ -33,6 +33,7 @@ _SCHEMA = {
     "fields": "strlist",
     "columns": "strmap",
     "label_column": "str",
+    "label_map": "labelmap",
     "answer_column": "str",
     "labels": "strlist",
     "verbalizers": "strlist",
@@ -44,6 +45,7 @@ _SCHEMA = {
     "max_new_tokens": "int",
     "max_input_tokens": "int",
     "templates": "templates",
+    "instructions": "strlist",  # extra instruction phrasings for prompt-search to combine with the templates
 }
 _REQUIRED = ("name", "description", "kind", "format", "fields", "metrics", "eval_split", "templates")
 _CHOICE_KEYS = ("labels", "verbalizers", "descriptions")
@@ -59,6 +61,8 @@ class TaskSpec:
     columns: dict[str, str] = field(default_factory=dict)
     label_column: str = "label"
     answer_column: str = "answer"
+    # raw label in the data -> one of the task's labels, or None to drop the row (SST-5's neutral in sst5-binary)
+    label_map: dict[str, str | None] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     hub: dict[str, Any] | None = None
     default_data: str | None = None
@@ -89,6 +93,12 @@ def _check_value(key: str, kind: str, value: Any, where: Path) -> None:
         isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     ):
         raise fail("a mapping of names to strings")
+    if kind == "labelmap" and not (
+        isinstance(value, dict) and value
+        and all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in value)
+        and all(v is None or (isinstance(v, str) and v.strip()) for v in value.values())
+    ):
+        raise fail("a mapping of raw labels to label names (or null to drop those rows)")
     if kind == "hub" and not (isinstance(value, dict) and isinstance(value.get("path"), str)):
         raise fail("a mapping with at least 'path' (arguments of datasets.load_dataset)")
     if kind == "templates":
@@ -129,6 +139,11 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
             # Raw labels are matched case-insensitively against both lists: duplicates would be ambiguous.
             if len({v.lower() for v in raw[key]}) != len(raw[key]):
                 raise ConfigError(f"{where}: '{key}' has duplicates (case-insensitive): {raw[key]}")
+    if "label_map" in raw:
+        wrong = sorted({v for v in raw["label_map"].values() if v is not None} - set(raw.get("labels", [])))
+        if raw["kind"] != "choices" or wrong:
+            raise ConfigError(f"{where}: 'label_map' must map raw labels to the task's labels "
+                              f"{raw.get('labels', [])} (or null); {wrong or 'a text task has none'} is not one")
     stray = set(raw.get("columns", {})) - set(raw["fields"])
     if stray:
         raise ConfigError(
@@ -148,6 +163,17 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
         problem = _render_problem(t["text"], raw["fields"])
         if problem:
             raise ConfigError(f"{where}: template '{t['name']}' {problem}; write fields as {{name}}, "
+                              "literal braces as {{ and }}")
+    for i, text in enumerate(raw.get("instructions", [])):
+        try:
+            extra = Template("instruction", text).fields() - set(raw["fields"]) - {"choices"}
+            problem = _render_problem(text, raw["fields"])
+        except ValueError as e:
+            problem = f"is not valid format text ({e})"
+        else:
+            problem = problem or (f"uses unknown fields {sorted(extra)}" if extra else None)
+        if problem:
+            raise ConfigError(f"{where}: instruction {i + 1} {problem}; write fields as {{name}}, "
                               "literal braces as {{ and }}")
     context = raw.get("context")
     if context is not None and not (
@@ -246,6 +272,7 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         columns=dict(raw.get("columns", {})),
         label_column=raw.get("label_column", "label"),
         answer_column=raw.get("answer_column", "answer"),
+        label_map={str(k): v for k, v in raw.get("label_map", {}).items()},
         files=dict(raw.get("files", {})),
         hub=raw.get("hub"),
         default_data=raw.get("default_data"),
@@ -267,6 +294,8 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
     extras: dict[str, Any] = {"spec_path": str(path)}
     if "max_input_tokens" in raw:
         extras["max_input_tokens"] = raw["max_input_tokens"]
+    if "instructions" in raw:
+        extras["instructions"] = list(raw["instructions"])
     task = Task(
         name=raw["name"],
         description=raw["description"].strip(),
