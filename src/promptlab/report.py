@@ -450,9 +450,9 @@ def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
     return "\n".join(lines).rstrip() + "\n"
 
 
-INSPECT_NOTE = ("Per soft token: its 3 nearest vocabulary tokens by cosine, its L2 norm and percentile among the "
-                "vocabulary's norms, and how far training moved it from its initialisation "
-                "(`promptlab inspect RUN` prints the full table).")
+INSPECT_NOTE = ("Input-level prompts, per soft token: its 3 nearest vocabulary tokens by cosine, its L2 norm and "
+                "percentile among the vocabulary's norms, and how far training moved it from its initialisation; "
+                "prefix tuning, per layer: key/value norms and movement (`promptlab inspect RUN` prints the table).")
 
 
 def soft_prompt_tables(runs: list[dict[str, Any]]) -> list[tuple[str, str, list[str], list[list[str]]]]:
