@@ -486,7 +486,8 @@ def _agreement(a: list[str], b: list[str]) -> dict[str, float]:
     from promptlab import metrics
 
     return {"identical": round(sum(x == y for x, y in zip(a, b)) / max(len(a), 1), 4),
-            "mean_f1": round(sum(metrics.f1(y, [x]) for x, y in zip(a, b)) / max(len(a), 1), 4)}
+            # identical answers count 1: HotpotQA's F1 gives 0 to two answers that normalise to nothing
+            "mean_f1": round(sum(1.0 if x == y else metrics.f1(y, [x]) for x, y in zip(a, b)) / max(len(a), 1), 4)}
 
 
 def _train_argv(ctx: Context, method: str, steps: int, dev_cfg: Path) -> list[str]:
