@@ -254,7 +254,8 @@ def data_efficiency(series: list[dict[str, Any]], styles: dict[str, dict[str, st
         top = ax.secondary_xaxis("top", functions=(lambda v: v / n_labels, lambda v: v * n_labels))
         top.xaxis.set_major_locator(FixedLocator([n / n_labels for n in sizes]))
         top.xaxis.set_minor_locator(NullLocator())
-        top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.3g}"))
+        # whole numbers as such (1,000, not 1e+03); 2.67 per class stays a decimal
+        top.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if abs(v - round(v)) < 1e-9 else f"{v:.3g}"))
         top.set_xlabel(f"per class (÷ {n_labels} classes)", fontsize=8.5, color="#666")
         top.tick_params(labelsize=8, colors="#666")
     if crossing and crossing.get("n"):
