@@ -21,6 +21,7 @@ from promptlab.report import (
     curve,
     headline,
     load_run,
+    load_runs,
     score_cell,
 )
 from promptlab.sweep import parse_sizes, plan
@@ -257,3 +258,13 @@ def test_train_sizes_beyond_the_pool_fails_before_training(tiny_models, run_cli,
                              "zero-shot", "--train-sizes", "8,100000", "--out", tmp_path / "c")
     assert code == 2 and "--train-size 100000" in err
     assert not any((tmp_path / "c").rglob("metrics.json"))
+
+
+def test_two_runs_of_one_method_are_told_apart_by_their_directories(tmp_path):
+    dirs = []
+    for name, correct in (("sst2-pt", [1, 1, 0, 1]), ("tweet-pt", [1, 0, 0, 1])):
+        d = fake_run(tmp_path / "made" / name, "prefix-tuning", "soft", correct, params=10)  # same size and seed
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        dirs.append(d.rename(tmp_path / "runs" / name))  # two `train --out runs/NAME` directories
+    names = sorted(r["display"] for r in headline(load_runs(dirs)))
+    assert names == ["prefix-tuning (sst2-pt)", "prefix-tuning (tweet-pt)"]

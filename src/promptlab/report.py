@@ -207,8 +207,9 @@ def headline(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names = [r["method"] for r in runs]
     if len(set(names)) < len(names):  # the same method from several directories: tell them apart
         root = Path(os.path.commonpath([r["run_dir"] for r in runs]))
-        for r in runs:
-            r["display"] = f"{r['method']} ({Path(r['run_dir']).relative_to(root).parent})"
+        for r in runs:  # a compare's method dir is named for its method: its parent tells it apart, a run dir itself
+            rel = Path(r["run_dir"]).relative_to(root)
+            r["display"] = f"{r['method']} ({rel.parent if rel.parent != Path('.') else rel})"
     return runs
 
 
