@@ -101,7 +101,7 @@ class PezPredictor(AdaptedPredictor):
 
 class Pez(PromptTuning):
     name, family = "pez", "hard"
-    summary = "a hard prompt learnt by projected gradients (Wen et al. 2023): readable tokens, any tool can use"
+    summary = "a hard prompt learnt by projected gradients (Wen et al. 2023): real vocabulary tokens any tool can take"
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import get_peft_model
