@@ -63,8 +63,13 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus") / "files"
     shutil.copytree(HERE / "files", root)
     for g in MANIFEST["generate"]:
-        line = g["line"].replace("{x}", g["x"] * g["times"])
-        (root / g["name"]).write_text((root / g["from"]).read_text() + line + "\n")
+        target = root / g["name"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if "text" in g:
+            target.write_text(g["text"])
+        else:
+            line = g["line"].replace("{x}", g["x"] * g["times"])
+            target.write_text((root / g["from"]).read_text() + line + "\n")
     return root
 
 
