@@ -526,24 +526,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return
     header, body = table_rows(result)
-    _print_rows_left(header, body, f"{result['method']} · {args.dir} · {backbone.name}")
+    _print_rows(header, body, f"{result['method']} · {args.dir} · {backbone.name}")
     print(summary(result))
-
-
-def _print_rows_left(header: list[str], body: list[list[str]], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i < 2 else "right", min_width=max((len(r[i]) for r in body), default=0))
-    for r in body:
-        table.add_row(*r)
-    _print_wide(table)
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
-    from .transfer import check_out, parse_pairs, run, table, write
+    from .transfer import check_data_names, check_out, parse_pairs, run, table, write
 
     if not args.prompt:
         raise ConfigError("transfer needs at least one --prompt NAME=DIR, e.g. --prompt sst2=runs/sst2-prefix")
@@ -557,16 +546,14 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         from .pipeline import artifact_meta
 
         tasks = list(dict.fromkeys(artifact_meta(p)["task"] for _, p in prompts))
-    unknown = sorted(set(data) - set(tasks))
-    if unknown:
-        raise ConfigError(f"--data names task '{unknown[0]}', which is not a --task; add --task {unknown[0]} or drop it")
+    check_data_names(data, tasks)  # before the model loads
     out = Path(args.out)
     check_out(out)
     backbone = load_backbone(args.model)
     result = run(backbone, prompts, tasks, data, args.limit, args.batch_size, log=lambda m: print(m, flush=True))
     write(out, result)
     header, body = table(result, mark_own=False)
-    _print_rows_left(header, body, f"transfer · {backbone.name} · score % (rows: prompts, columns: tasks)")
+    _print_rows(header, body, f"transfer · {backbone.name} · score % (rows: prompts, columns: tasks)")
     print(f"matrix written to {out / 'transfer.md'}; open {out / 'transfer.html'} in a browser")
 
 

@@ -117,10 +117,12 @@ def analyse_predictor(predictor: Any, top: int = 5) -> dict[str, Any] | None:
 
 
 def artifact_of(path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
+    """pipeline.artifact_dir, for a path that must exist."""
+    from .pipeline import artifact_dir
+
+    if not Path(path).exists():
         raise ConfigError(f"'{path}' does not exist; pass a run directory or its artifact directory")
-    return p / "artifact" if (p / "artifact").is_dir() else p
+    return artifact_dir(path)
 
 
 def recorded_model(path: str) -> str | None:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -519,6 +520,19 @@ def _html_table(runs: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def plain_table_html(header: list[str], body: list[list[str]], left: set[int],
+                     cell: Callable[[int, int, str], str] | None = None) -> str:
+    """A table of text cells; columns in `left` align left; `cell(row, col, text)` gives a cell's HTML when
+    set (a family badge, a bold own-task score), else the text escaped."""
+    def cls(i: int) -> str:
+        return "l" if i in left else ""
+
+    head = "".join(f'<th class="{cls(i)}">{html.escape(h)}</th>' for i, h in enumerate(header))
+    trs = "".join("<tr>" + "".join(f'<td class="{cls(i)}">{cell(r, i, c) if cell else html.escape(c)}</td>'
+                                   for i, c in enumerate(row)) + "</tr>" for r, row in enumerate(body))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
+
+
 def _png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
@@ -551,12 +565,8 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
     series = curve(all_runs or runs)
     if "data_efficiency" in by_name:
         header, body = curve_table(series)
-        table = ("<table><thead><tr>" + "".join(f'<th class="{"l" if i < 2 else ""}">{html.escape(h)}</th>'
-                                                for i, h in enumerate(header)) + "</tr></thead><tbody>"
-                 + "".join("<tr>" + "".join(f'<td class="{"l" if i < 2 else ""}">'
-                                            f'{_fam_badge(c) if i == 1 else html.escape(c)}</td>'
-                                            for i, c in enumerate(row)) + "</tr>" for row in body)
-                 + "</tbody></table>")
+        table = plain_table_html(header, body, {0, 1},
+                                 lambda _r, i, c: _fam_badge(c) if i == 1 else html.escape(c))
         parts += ["<h2>Data efficiency</h2>", _figure_html(by_name["data_efficiency"]), table]
     if skipped:
         parts.append('<p class="note">Points that could not run: ' + "; ".join(
@@ -571,12 +581,8 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
     if learnt:
         parts += ["<h2>What the soft prompts learned</h2>", f'<p class="note">{html.escape(INSPECT_NOTE)}</p>']
         for name, line, header, body in learnt:
-            parts.append(f"<p><b>{html.escape(name)}</b> — {html.escape(line)}</p><table><thead><tr>"
-                         + "".join(f'<th class="{"l" if i == 1 else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
-                         + "</tr></thead><tbody>" + "".join(
-                             "<tr>" + "".join(f'<td class="{"l" if i == 1 else ""}">{html.escape(c)}</td>'
-                                              for i, c in enumerate(row)) + "</tr>" for row in body)
-                         + "</tbody></table>")
+            parts.append(f"<p><b>{html.escape(name)}</b> — {html.escape(line)}</p>"
+                         + plain_table_html(header, body, {1}))
     listed = all_runs or runs
     where = [os.path.relpath(r["run_dir"], out) if out else r["run_dir"] for r in listed]
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")

@@ -52,7 +52,7 @@ def lr_factor(schedule: str, step: int, planned: int, warmup: float) -> float:
     """The multiplier on the base lr for optimizer step `step` (0-based) of `planned`.
 
     Computed from the step count rather than kept in a torch LR scheduler, so a resumed run needs no scheduler
-    state: the count is in the checkpoint. 'linear' is transformers' get_linear_schedule_with_warmup.
+    state: the count is in the checkpoint. 'linear' has the shape of transformers' get_linear_schedule_with_warmup.
     """
     if schedule == "constant":
         return 1.0

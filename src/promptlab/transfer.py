@@ -55,6 +55,12 @@ def parse_pairs(values: list[str], flag: str, example: str) -> list[tuple[str, s
     return out
 
 
+def check_data_names(data: dict[str, str], task_names: list[str]) -> None:
+    unknown = sorted(set(data) - set(task_names))
+    if unknown:
+        raise ConfigError(f"--data names task '{unknown[0]}', which is not a --task; add --task {unknown[0]} or drop it")
+
+
 def read_sources(pairs: list[tuple[str, str]], backbone: Backbone) -> list[Source]:
     from .methods import get_method
     from .pipeline import artifact_dir, artifact_meta
@@ -167,9 +173,7 @@ def run(backbone: Backbone, pairs: list[tuple[str, str]], task_names: list[str],
     from .methods.readout import label_anchors
     from .pipeline import artifact_dir, fit_inputs
 
-    unknown = sorted(set(data) - set(task_names))
-    if unknown:
-        raise ConfigError(f"--data names task '{unknown[0]}', which is not a --task; give it with --task {unknown[0]}")
+    check_data_names(data, task_names)
     sources = read_sources(pairs, backbone)
     cols = columns(task_names, data, sources, limit, batch_size)
     anchors = {c.task.name: label_anchors(backbone, c.task) if backbone.kind == "encoder" and c.task.kind == "choices"
@@ -269,22 +273,21 @@ def heatmap(result: dict[str, Any]) -> bytes:
 def html_page(result: dict[str, Any], png: bytes) -> str:
     import html
 
-    from .report import CSS, _figure_html
+    from .report import CSS, _figure_html, plain_table_html
 
     header, body = table(result, mark_own=False)
     _, _, grid = matrix(result)
-    head = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    trs = "".join("<tr>" + "".join(
-        f'<td class="l">{html.escape(v)}</td>' if i == 0 else
-        (f"<td><b>{html.escape(v)}</b></td>" if grid[r][i - 1]["own"] else f"<td>{html.escape(v)}</td>")
-        for i, v in enumerate(row)) + "</tr>" for r, row in enumerate(body))
+
+    def own(r: int, i: int, v: str) -> str:  # the prompt's own task in bold
+        return f"<b>{html.escape(v)}</b>" if i and grid[r][i - 1]["own"] else html.escape(v)
+
     title = f"Soft-prompt transfer · {result['model']}"
     fig = _figure_html({"name": "transfer", "title": "transfer matrix", "png": png,
                         "caption": "Score (%) of each prompt on each task; outlined: the prompt's own task."})
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes(result))
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-            f"<h1>{html.escape(title)}</h1>\n<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>\n"
+            f"<h1>{html.escape(title)}</h1>\n{plain_table_html(header, body, {0}, own)}\n"
             f"{fig}\n<ul class=\"findings\">{items}</ul>\n</main></body></html>\n")
 
 

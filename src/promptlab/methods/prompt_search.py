@@ -164,11 +164,10 @@ class PromptSearch(Method):
             examples, _ = fit_inputs(task, ctx.backbone, tmpl, cfg, examples)
             pred = self._predictor(ctx, tmpl, demos, new_tokens)
             score = score_candidate(pred, task, examples, cfg.batch_size)
+            key = selection_key(task, score, len(examples))
             record.append({"index": i, "name": c.name(), "template": c.template.name, "instruction": c.instruction,
                            "demo_set": c.demo_set, "demo_ids": [d.id for d in demos], "text": c.text(),
-                           "n_scored": len(examples), "score": round(score, 6)})
-            key = selection_key(task, score, len(examples))
-            record[-1]["selection_key"] = round(key, 6)
+                           "n_scored": len(examples), "score": round(score, 6), "selection_key": round(key, 6)})
             if best is None or key > best[0]:  # ties keep the earlier, simpler candidate
                 best = (key, i)
         assert best is not None, "the candidate list always holds the bare input"

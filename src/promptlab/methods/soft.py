@@ -29,10 +29,10 @@ def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> tor
 
     from safetensors.torch import load_file
 
+    from ..pipeline import artifact_dir  # pipeline imports the method registry: import at call time
     from .base import read_meta
 
-    p = Path(path)
-    adir = p / "artifact" if (p / "artifact").is_dir() else p
+    adir = artifact_dir(path)
     if not adir.is_dir():
         raise ConfigError(f"--init prompt:{path}: no such directory; pass the run (or artifact) directory of a "
                           "trained soft prompt")
@@ -42,11 +42,11 @@ def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> tor
                           "the encoder that makes them; use it with prompt-tuning, hybrid or prefix-tuning")
     cfg_file = adir / "adapter_config.json"
     try:
-        peft_type = json.loads(cfg_file.read_text()).get("peft_type")
+        adapter = json.loads(cfg_file.read_text())
     except (OSError, ValueError):
         raise ConfigError(f"--init prompt:{path} is not a soft-prompt artifact (no readable {cfg_file.name}); "
                           "pass a prompt-tuning, hybrid or prefix-tuning run") from None
-    want = method.peft_config_type()
+    peft_type, want = adapter.get("peft_type"), method.peft_config_type()
     if peft_type != want:
         raise ConfigError(f"--init prompt:{path} is a {meta.get('method', peft_type)} prompt ({peft_type}) but "
                           f"{method.name} needs a {want} one; start from a run of the same kind")
@@ -61,7 +61,7 @@ def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> tor
                           "on this model")
     try:
         weights = load_file(str(adir / "adapter_model.safetensors"))["prompt_embeddings"]
-        n = int(json.loads(cfg_file.read_text())["num_virtual_tokens"])
+        n = int(adapter["num_virtual_tokens"])
     except Exception as e:  # noqa: BLE001 — safetensors raises several types for missing, truncated or corrupt files
         raise ConfigError(f"--init prompt:{path}: cannot read its prompt ({type(e).__name__}); retrain or restore "
                           "it") from None
