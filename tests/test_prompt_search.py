@@ -146,3 +146,28 @@ def test_eval_prompt_reproduces_the_chosen_prompt_without_searching(tiny_models,
         assert code == 0, err
         md = (tmp_path / "report" / "report.md").read_text()
         assert f"prompt-search chose `{chosen['name']}`" in md and f"best of 6 candidates): {json.dumps(chosen['text'])}" in md
+
+
+def test_embedding_cache_embeds_each_text_once_and_changes_no_score(encoder, monkeypatch):
+    calls: list[int] = []
+    real = type(encoder).encode
+
+    def counting(self, texts, model=None):
+        calls.append(len(texts))
+        return real(self, texts, model)
+
+    plain = encoder.embed(["a b", "c d e", "a b"])
+    monkeypatch.setattr(type(encoder), "encode", counting)
+    with encoder.embedding_cache():
+        first = encoder.embed(["a b", "c d e", "a b"])
+        again = encoder.embed(["c d e", "f"])
+    assert sum(calls) == 3  # "a b", "c d e", then only "f"
+    assert (first - plain).abs().max() < 1e-6 and (again[0] - plain[1]).abs().max() < 1e-6
+    assert encoder._memo is None  # the scope ends with the cache
+    monkeypatch.setattr(type(encoder), "encode", real)
+    # the search with the cache chooses and records exactly what it does without one
+    cached = _run(encoder, _cfg(encoder.name, candidates=12)).metrics["method_info"]["candidates"]
+    from contextlib import nullcontext
+    monkeypatch.setattr(type(encoder), "embedding_cache", lambda self: nullcontext())
+    uncached = _run(encoder, _cfg(encoder.name, candidates=12)).metrics["method_info"]["candidates"]
+    assert [r["score"] for r in cached] == [r["score"] for r in uncached]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ class Backbone:
     normalize: bool = False
     max_length: int = 512
     extras: dict[str, Any] = field(default_factory=dict)
+    _memo: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     # -- identity -------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -163,11 +165,31 @@ class Backbone:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
+    @contextmanager
+    def embedding_cache(self) -> Iterator[None]:
+        """Within the scope, the frozen encoder embeds each distinct text once: a prompt search scores dozens of
+        candidates whose inputs differ only in their demonstrations, which an encoder never sees in the input."""
+        outer = self._memo
+        self._memo = {} if outer is None else outer
+        try:
+            yield
+        finally:
+            self._memo = outer
+
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], model: Any = None, batch_size: int = 64) -> torch.Tensor:
         """Pooled embeddings for any number of texts, in input order. [N, H]"""
         if self.kind != "encoder":
             return self._mean_hidden(texts, model, batch_size)
+        memo = self._memo if model is None or model is self.model else None
+        if memo is not None:
+            todo = [t for t in dict.fromkeys(texts) if t not in memo]
+            if todo:
+                memo.update(zip(todo, self._embed(todo, model, batch_size)))
+            return torch.stack([memo[t] for t in texts]) if texts else torch.empty(0, self.hidden_size)
+        return self._embed(texts, model, batch_size)
+
+    def _embed(self, texts: Sequence[str], model: Any, batch_size: int) -> torch.Tensor:
         out = torch.empty(len(texts), self.hidden_size)
         for idx in self._batches(texts, batch_size):
             out[idx] = self.encode([texts[i] for i in idx], model).float()

@@ -37,7 +37,7 @@ FLAG_MAP = {  # flag dest -> (section, field)
     "candidates": ("hard", "candidates"), "dev_size": ("hard", "search_size"), "search_on": ("hard", "search_on"),
     "checkpoint_every": ("train", "checkpoint_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
     "schedule": ("train", "schedule"), "warmup": ("train", "warmup"), "dtype": (None, "dtype"),
-    "train_anchors": ("train", "train_anchors"),
+    "train_anchors": ("train", "train_anchors"), "prefix_projection": ("train", "prefix_projection"),
 }
 
 
@@ -95,6 +95,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-anchors", action="store_true", default=None,
                    help="encoders, choice tasks: train the label anchors too (a classes x hidden head, initialised "
                         "from the label descriptions)")
+    p.add_argument("--prefix-projection", type=int, metavar="H",
+                   help="prefix-tuning: train the prefix through an H-wide MLP (Li & Liang); the artifact keeps "
+                        "only the computed prefix (default 0: train it directly)")
     p.add_argument("--schedule", help="learning-rate schedule: constant (default) or linear (warm-up, then decay to 0)")
     p.add_argument("--warmup", type=float, help="with --schedule linear: fraction of the planned steps warming up (0.06)")
     p.add_argument("--train-batch-size", type=int, help="training batch size (default 16)")

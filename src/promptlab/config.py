@@ -30,12 +30,17 @@ class TrainConfig:
     train_size: int | None = _f(None, "use this many training examples (seeded sample); default all")
     dev_size: int = _f(200, "examples held out of the training split for model selection (at most 20% of it)")
     virtual_tokens: int = _f(20, "soft tokens for prompt/prefix/p-tuning")
-    init: str = _f("text", "soft prompt init: random, vocab, text, labels, or prompt:DIR (another run's trained "
-                           "prompt of the same method and model, SPoT)")
+    init: str | None = _f(None, "soft prompt init: random, vocab, text, labels, or prompt:DIR (another run's "
+                                "trained prompt of the same method and model, SPoT); default text for input-level "
+                                "prompts, random for prefix-tuning (whose text init, the words' keys and values at "
+                                "every layer, measured no better: bench/quality.md)")
     init_text: str | None = _f(None, "text for --init text; default the task's first template, fields removed")
     patience: int = _f(2, "stop after this many epochs without a better dev score")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)")
     weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)")
+    prefix_projection: int = _f(0, "prefix-tuning: train the prefix through a two-layer MLP this wide (Li & Liang's "
+                                   "reparameterisation; 0 = train it directly); the artifact stores the computed "
+                                   "prefix, so it loads and serves like any prefix")
     train_anchors: bool = _f(False, "encoders, choice tasks: train the label anchors too (classes x hidden "
                                     "parameters, initialised from the label descriptions)")
     schedule: str = _f("constant", "learning-rate schedule: constant, or linear (warm up, then decay to 0 at the last planned step)")
@@ -84,6 +89,7 @@ class RunConfig:
 POSITIVE = {"epochs", "batch_size", "train_size", "dev_size", "virtual_tokens", "eval_size", "max_input_tokens",
             "max_new_tokens", "shots", "max_steps", "checkpoint_every", "keep_checkpoints",
             "candidates", "search_size"}
+NON_NEGATIVE = {"prefix_projection"}
 CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest"),
            "schedule": ("constant", "linear"), "search_on": ("train", "dev"), "dtype": ("float32", "bfloat16")}
 
@@ -138,7 +144,9 @@ def check_value(name: str, value: Any, label: str) -> None:
         if not value[len("prompt:"):].strip():
             raise ConfigError(f"{label} prompt: needs a directory, e.g. prompt:runs/tweeteval-prefix")
         return  # another run's trained prompt (SPoT); the method checks it when it loads it
-    if name in CHOICES and value not in CHOICES[name]:
+    if name in NON_NEGATIVE and value is not None and value < 0:
+        raise ConfigError(f"{label} must be 0 or more, got {value}; use 0 to switch it off")
+    if name in CHOICES and value is not None and value not in CHOICES[name]:
         raise unknown(f"value of {label}", str(value), list(CHOICES[name]))
     if name == "lr" and value is not None and not (0 < value < 100):
         raise ConfigError(f"{label} must be between 0 and 100, got {value}; e.g. 0.3 for prompt tuning")

@@ -120,7 +120,7 @@ class Pez(PromptTuning):
         # The continuous copy, scored without projection beside the hard prompt it yields.
         soft.model.requires_grad_(False)
         ids = projection.nearest_ids(embedding.weight).tolist()
-        extras = {**soft.extras, "virtual_tokens": n, "init": ctx.config.train.init, "ids": ids,
+        extras = {**soft.extras, "virtual_tokens": n, "init": self.init_of(ctx.config), "ids": ids,
                   "text": describe_ids(ctx.backbone, ids)["text"]}
         return PezPredictor(self.name, ctx.backbone, ctx.task, ctx.template, history=soft.history, extras=extras,
                             model=prompt_model(ctx.backbone, self, ids), anchors=soft.anchors,

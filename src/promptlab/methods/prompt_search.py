@@ -155,21 +155,23 @@ class PromptSearch(Method):
         new_tokens = _new_tokens(ctx)
         record: list[dict[str, Any]] = []
         best: tuple[float, int] | None = None
-        for i, c in enumerate(cands):
-            demos = sets[c.demo_set] if c.demo_set is not None else []
-            ids = {d.id for d in demos}
-            # Never score a candidate on its own demonstrations.
-            examples = [ex for ex in scoring if ex.id not in ids][: hard.search_size]
-            tmpl = Template(c.name(), c.text())
-            examples, _ = fit_inputs(task, ctx.backbone, tmpl, cfg, examples)
-            pred = self._predictor(ctx, tmpl, demos, new_tokens)
-            score = score_candidate(pred, task, examples, cfg.batch_size)
-            key = selection_key(task, score, len(examples))
-            record.append({"index": i, "name": c.name(), "template": c.template.name, "instruction": c.instruction,
-                           "demo_set": c.demo_set, "demo_ids": [d.id for d in demos], "text": c.text(),
-                           "n_scored": len(examples), "score": round(score, 6), "selection_key": round(key, 6)})
-            if best is None or key > best[0]:  # ties keep the earlier, simpler candidate
-                best = (key, i)
+        with ctx.backbone.embedding_cache():  # candidates differing only in demos share an encoder's inputs
+            for i, c in enumerate(cands):
+                demos = sets[c.demo_set] if c.demo_set is not None else []
+                ids = {d.id for d in demos}
+                # Never score a candidate on its own demonstrations.
+                examples = [ex for ex in scoring if ex.id not in ids][: hard.search_size]
+                tmpl = Template(c.name(), c.text())
+                examples, _ = fit_inputs(task, ctx.backbone, tmpl, cfg, examples)
+                pred = self._predictor(ctx, tmpl, demos, new_tokens)
+                score = score_candidate(pred, task, examples, cfg.batch_size)
+                key = selection_key(task, score, len(examples))
+                record.append({"index": i, "name": c.name(), "template": c.template.name,
+                               "instruction": c.instruction, "demo_set": c.demo_set,
+                               "demo_ids": [d.id for d in demos], "text": c.text(), "n_scored": len(examples),
+                               "score": round(score, 6), "selection_key": round(key, 6)})
+                if best is None or key > best[0]:  # ties keep the earlier, simpler candidate
+                    best = (key, i)
         assert best is not None, "the candidate list always holds the bare input"
         chosen = cands[best[1]]
         demos = sets[chosen.demo_set] if chosen.demo_set is not None else []

@@ -49,11 +49,13 @@ class Readout:
     # [B, C] logits for choice tasks, with gradients when the caller allows them
     def choice_logits(self, model: Any, inputs: list[str]) -> torch.Tensor:
         if self.backbone.kind == "encoder":
-            emb = F.normalize(self.backbone.encode(inputs, model).float(), dim=-1)
-            # Trained anchors (--train-anchors) drift off the unit sphere; frozen ones are unit-norm already.
-            anchors = F.normalize(self.anchors, dim=-1) if self.anchors.requires_grad else self.anchors
-            return ANCHOR_SCALE * emb @ anchors.T
+            return self._anchor_logits(self.backbone.encode(inputs, model))
         return self.backbone.score_choices(inputs, self.task.verbalizers, model)
+
+    def _anchor_logits(self, emb: torch.Tensor) -> torch.Tensor:
+        # Trained anchors (--train-anchors) drift off the unit sphere; frozen ones are unit-norm already.
+        anchors = F.normalize(self.anchors, dim=-1) if self.anchors.requires_grad else self.anchors
+        return ANCHOR_SCALE * F.normalize(emb.float(), dim=-1) @ anchors.T
 
     def loss(self, model: Any, inputs: list[str], examples: list[Example]) -> torch.Tensor:
         if self.task.kind == "choices" and self.backbone.kind == "encoder":
@@ -68,10 +70,8 @@ class Readout:
         if self.task.kind == "text":
             texts = self.backbone.generate(inputs, self.max_new_tokens, model, batch_size=batch_size)
             return [Prediction(input=i, prediction=t) for i, t in zip(inputs, texts)]
-        if self.backbone.kind == "encoder":
-            logits = torch.cat([
-                self.choice_logits(model, inputs[s : s + batch_size]) for s in range(0, len(inputs), batch_size)
-            ]) if inputs else torch.empty(0, len(self.task.labels))
+        if self.backbone.kind == "encoder":  # embed sorts by length, and reuses an embedding_cache's texts
+            logits = self._anchor_logits(self.backbone.embed(inputs, model, batch_size))
         else:
             logits = self.backbone.score_choices(inputs, self.task.verbalizers, model, batch_size=batch_size)
         return predictions_from_scores(self.task, inputs, logits)

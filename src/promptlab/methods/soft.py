@@ -76,9 +76,10 @@ def init_text(task: Task, config: RunConfig) -> str:
     return " ".join(t.render(Example("init", {f: "" for f in task.input_fields}), task.verbalizers or None).split())
 
 
-def init_token_ids(backbone: Backbone, task: Task, config: RunConfig, n: int) -> list[int] | None:
-    """Token ids whose embeddings start the soft prompt (None = PEFT's random init)."""
-    how = config.train.init
+def init_token_ids(backbone: Backbone, task: Task, config: RunConfig, n: int,
+                   how: str | None = None) -> list[int] | None:
+    """Token ids whose embeddings start the soft prompt (None = PEFT's random init); `how` defaults to --init."""
+    how = how or config.train.init or "text"
     tok = backbone.tokenizer
     if how == "random":
         return None
@@ -98,6 +99,40 @@ def init_token_ids(backbone: Backbone, task: Task, config: RunConfig, n: int) ->
     return (ids * (n // len(ids) + 1))[:n]  # repeat to fill, as PEFT's TEXT init does
 
 
+@torch.no_grad()
+def word_keys_values(backbone: Backbone, ids: list[int]) -> torch.Tensor | None:
+    """Every layer's attention keys and values for the tokens `ids`, in PEFT's prefix layout:
+    row t = [K_0(t), V_0(t), K_1(t), V_1(t), ...], each as the projection's [heads * head_dim] output. [n, L*2*d]
+
+    Encoders (BERT family) are read with hooks on the key/value projections, decoder-only models from their
+    cache; None for other layouts (seq2seq prefixes feed T5's decoder cache, whose words would have to be
+    decoder states, not encoder ones)."""
+    model = backbone.model
+    x = torch.tensor([ids])
+    if backbone.kind == "causal":
+        cache = model(input_ids=x, use_cache=True).past_key_values
+        per_layer = [(layer.keys, layer.values) for layer in cache.layers]
+        flat = [t[0].transpose(0, 1).reshape(len(ids), -1) for kv in per_layer for t in kv]  # [n, heads*hd]
+        return torch.cat(flat, dim=-1).float()
+    if backbone.kind != "encoder":
+        return None
+    mods = [(name, m) for name, m in model.named_modules() if name.endswith(("attention.self.key", "attention.self.value"))]
+    if not mods:
+        return None
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out[0]))
+             for name, m in mods]
+    try:
+        was = model.training
+        model.eval()
+        model(input_ids=x, attention_mask=torch.ones_like(x))
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat([seen[name] for name, _ in mods], dim=-1).float()  # modules come key, value per layer
+
+
 class SoftMethod(Method):
     """A PEFT prompt-learning method. Subclasses give the PEFT config; the rest is shared."""
 
@@ -105,8 +140,13 @@ class SoftMethod(Method):
     trains = True
     uses_template: ClassVar[bool] = False
     token_init: ClassVar[bool] = False  # prompts that live in the word-embedding space start from words
+    activation_init: ClassVar[bool] = False  # per-layer prompts start from words' keys and values
+    default_init: ClassVar[str] = "text"
 
-    def peft_config(self, backbone: Backbone, n: int) -> Any:
+    def init_of(self, config: RunConfig) -> str:
+        return config.train.init or self.default_init
+
+    def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         raise NotImplementedError
 
     def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
@@ -117,13 +157,13 @@ class SoftMethod(Method):
 
         self.check(ctx.backbone, ctx.task)
         n = ctx.config.train.virtual_tokens
-        model = get_peft_model(ctx.backbone.model, self.peft_config(ctx.backbone, n))
+        model = get_peft_model(ctx.backbone.model, self.peft_config(ctx.backbone, n, ctx.config))
         source = self._init(model, ctx, n)
         # The starting point, as PEFT would save it: `promptlab inspect` measures how far training moved it.
         init = model.get_prompt_embedding_to_save("default").clone()
         pred = fit_adapted(ctx, self.name, model)
         pred.prompt_init = init
-        pred.extras.update({"virtual_tokens": n, "init": ctx.config.train.init})
+        pred.extras.update({"virtual_tokens": n, "init": self.init_of(ctx.config)})
         if source:
             pred.extras["init_from"] = source
             pred.train_info["init_from"] = source
@@ -133,17 +173,35 @@ class SoftMethod(Method):
         """Initialise input prompts from token embeddings ourselves: PEFT's TEXT init reloads the tokenizer
         by name (fails for local or in-memory models offline) and has no label-word init.
         `--init prompt:DIR` starts from another run's trained prompt (SPoT); returns what it copied."""
-        if ctx.config.train.init.startswith(PROMPT_INIT):
-            return self._init_from_prompt(model, ctx, n, ctx.config.train.init[len(PROMPT_INIT):])
+        how = self.init_of(ctx.config)
+        if how.startswith(PROMPT_INIT):
+            return self._init_from_prompt(model, ctx, n, how[len(PROMPT_INIT):])
+        if self.activation_init and how != "random":
+            return self._init_from_activations(model, ctx, n, how)
         if not self.token_init:
             return None
-        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n)
+        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how)
         if ids is None:
             return
         words = ctx.backbone.model.get_input_embeddings().weight
         with torch.no_grad():
             model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids)].clone()
         return None
+
+    def _init_from_activations(self, model: Any, ctx: FitContext, n: int, how: str) -> dict[str, Any] | None:
+        """Li & Liang: a prefix that starts as real words' keys and values at every layer trains better than
+        a random one. The words are the --init choice's tokens (text, labels or vocab), run through the frozen
+        model; returns what was done, or why not (the prefix then keeps PEFT's random start)."""
+        if ctx.config.train.prefix_projection:
+            return {"init": "random", "why": "--prefix-projection trains an MLP's input, not the prefix itself"}
+        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how)
+        rows = word_keys_values(ctx.backbone, ids) if ids else None
+        if rows is None:
+            return {"init": "random", "why": f"no key/value capture for {ctx.backbone.kind} models"}
+        weight = model.prompt_encoder["default"].embedding.weight
+        with torch.no_grad():
+            weight[:n] = rows.to(weight.dtype)
+        return {"init": "activations", "tokens": n}
 
     def _init_from_prompt(self, model: Any, ctx: FitContext, n: int, path: str) -> dict[str, Any]:
         """SPoT (Vu et al.): the new prompt starts as a copy of a prompt trained on another task."""
@@ -201,7 +259,7 @@ class PromptTuning(SoftMethod):
     summary = "soft tokens before the input (Lester et al.); init random, vocab, text or labels"
     token_init = True
 
-    def peft_config(self, backbone: Backbone, n: int) -> Any:
+    def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         from peft import PromptTuningConfig
 
         # One set of rows: PEFT would allocate 2x for seq2seq and use only the encoder half.
@@ -217,12 +275,17 @@ class Hybrid(PromptTuning):
 
 class PrefixTuning(SoftMethod):
     name = "prefix-tuning"
-    summary = "trainable key/value prefixes at every layer (Li & Liang)"
+    summary = "trainable key/value prefixes at every layer (Li & Liang); --init text/labels: words' keys and values"
+    activation_init = True
+    default_init = "random"
 
-    def peft_config(self, backbone: Backbone, n: int) -> Any:
+    def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         from peft import PrefixTuningConfig
 
+        # The MLP exists only while training: PEFT saves its output, and loads the artifact as a plain prefix.
+        hidden = config.train.prefix_projection if config else 0
         return PrefixTuningConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
+                                  prefix_projection=hidden > 0, encoder_hidden_size=hidden or None,
                                   base_model_name_or_path=backbone.name)
 
 
@@ -230,7 +293,7 @@ class PTuning(SoftMethod):
     name = "p-tuning"
     summary = "soft tokens produced by a small MLP prompt encoder (Liu et al.)"
 
-    def peft_config(self, backbone: Backbone, n: int) -> Any:
+    def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         from peft import PromptEncoderConfig
 
         return PromptEncoderConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
