@@ -386,7 +386,8 @@ def test_eval_writes_a_complete_run_directory(zs_run, tiny_models):
     assert RUN_KEYS <= set(metrics)
     assert (metrics["task"], metrics["method"], metrics["split"]) == ("sentiment", "zero-shot", "test")
     assert metrics["model"] == str(tiny_models["encoder"])
-    assert metrics["n_examples"] == 8 and metrics["trainable_params"] == 0 and metrics["train_seconds"] == 0
+    assert metrics["n_examples"] == 8 and metrics["trainable_params"] == 0
+    assert 0 <= metrics["train_seconds"] < 5  # zero-shot's fit only embeds the label descriptions
     assert metrics["total_params"] > 0 and metrics["artifact_bytes"] > 0
 
     records = [json.loads(x) for x in (zs_run / "predictions.jsonl").read_text().splitlines()]

@@ -104,7 +104,8 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
                if method.trains and checkpoint is not None else FitContext(backbone, task, train, dev, cfg, template))
         predictor = method.fit(ctx)
         template = predictor.template  # a search method chooses its template while fitting
-        train_seconds = time.perf_counter() - t0 if method.trains else 0.0
+        # A search (prompt-search) trains nothing but costs time: every fit is timed, so its cost shows.
+        train_seconds = time.perf_counter() - t0
         method_name = cfg.method
     examples, input_stats = fit_inputs(task, backbone, template, cfg, data.eval)
     result = evaluate(predictor, task, examples, batch_size=cfg.batch_size)
