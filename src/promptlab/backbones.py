@@ -296,9 +296,18 @@ class Backbone:
         # (it looks for `past_key_values`, now `cache`); so a decoder-only model's prompt goes in once, as
         # embeddings, and the base model generates after it — what the serving engine does per row.
         prompt = input_prompt(model) if self.kind == "causal" else None
-        prefix = self.kind == "causal" and prompt is None and virtual_tokens(model) > 0  # prefix tuning
+        prefix = virtual_tokens(model) > 0 and input_prompt(model) is None  # prefix tuning
         for idx in self._batches(prompts, batch_size):
-            if prefix:
+            if prefix and self.kind == "seq2seq":
+                # PEFT injects the decoder's prefix cache after generate() has set the decoder's positions from
+                # an empty cache, so its steps sit n positions before where training's forward put them (T5's
+                # relative bias sees the difference). Handed to generate() up front, the positions follow it.
+                enc = self._tok([prompts[i] for i in idx], max_length=budget)
+                gen = model.get_base_model().generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                                      past_key_values=model.get_prompt(batch_size=len(idx)),
+                                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                                      pad_token_id=self.tokenizer.pad_token_id)
+            elif prefix:
                 # The same PEFT bug drops prefix tuning's keys/values after the first step: they go in as the
                 # base model's starting cache instead, the input's positions following them as in training.
                 enc = self._tok([prompts[i] for i in idx], side="left", max_length=budget)
