@@ -348,3 +348,19 @@ def test_real_survival_with_t5_sentencepiece_at_512(tmp_path):
     assert stats["input_tokens"]["max"] <= 512
     assert stats["answer_survival"] >= 0.90, stats
     assert stats["support_survival"] >= 0.90, stats
+
+
+def test_word_sums_and_direct_counts_equal_the_tokenizers_own(examples, tokenizer):
+    """Costs are counted word by word through the Rust tokenizer with its truncation and padding switched off
+    for the call — and left as they were: a tokenizer file that truncates (MiniLM's cuts at 128) once made every
+    context 'fit'."""
+    texts = [s for e in examples for _, sents in e.meta["paragraphs"] for s in sents if s.strip()]
+    want = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    backend = tokenizer.backend_tokenizer
+    backend.enable_truncation(max_length=3)
+    backend.enable_padding(length=40, pad_id=0, pad_token="<pad>")
+    memo: dict[str, int] = {}
+    assert H._count_words(tokenizer, texts, memo) == want
+    assert max(want) > 3 and len(memo) == len({w for t in texts for w in t.split()})
+    assert H._count(tokenizer, texts, special=True) == [n + 1 for n in want]  # + the EOS
+    assert backend.truncation["max_length"] == 3 and backend.padding["length"] == 40
