@@ -6,6 +6,7 @@ import random
 import re
 import sys
 import types
+import unittest.mock as mock
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,9 @@ def test_word_sums_and_direct_counts_equal_the_tokenizers_own(examples, tokenize
     assert max(want) > 3 and len(memo) == len({w for t in texts for w in t.split()})
     assert H._count(tokenizer, texts, special=True) == [n + 1 for n in want]  # + the EOS
     assert backend.truncation["max_length"] == 3 and backend.padding["length"] == 40
+    # words counted inside long joined texts (the fast path) = each word encoded alone
+    assert H._splits_at_spaces(tokenizer)
+    alone: dict[str, int] = {}
+    with mock.patch.object(H, "_splits_at_spaces", return_value=False):
+        assert H._count_words(tokenizer, texts, alone) == want
+    assert alone == memo
