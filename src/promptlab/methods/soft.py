@@ -109,27 +109,28 @@ def word_keys_values(backbone: Backbone, ids: list[int]) -> torch.Tensor | None:
     decoder states, not encoder ones)."""
     model = backbone.model
     x = torch.tensor([ids])
-    if backbone.kind == "causal":
-        cache = model(input_ids=x, use_cache=True).past_key_values
-        per_layer = [(layer.keys, layer.values) for layer in cache.layers]
-        flat = [t[0].transpose(0, 1).reshape(len(ids), -1) for kv in per_layer for t in kv]  # [n, heads*hd]
-        return torch.cat(flat, dim=-1).float()
-    if backbone.kind != "encoder":
-        return None
-    mods = [(name, m) for name, m in model.named_modules() if name.endswith(("attention.self.key", "attention.self.value"))]
-    if not mods:
-        return None
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out[0]))
-             for name, m in mods]
+    was = model.training
+    model.eval()  # the words' activations without dropout noise
     try:
-        was = model.training
-        model.eval()
-        model(input_ids=x, attention_mask=torch.ones_like(x))
-        model.train(was)
+        if backbone.kind == "causal":
+            cache = model(input_ids=x, use_cache=True).past_key_values
+            per_layer = [(layer.keys, layer.values) for layer in cache.layers]
+            flat = [t[0].transpose(0, 1).reshape(len(ids), -1) for kv in per_layer for t in kv]  # [n, heads*hd]
+            return torch.cat(flat, dim=-1).float()
+        names = ("attention.self.key", "attention.self.value")
+        mods = [(name, m) for name, m in model.named_modules() if name.endswith(names)] if backbone.kind == "encoder" else []
+        if not mods:
+            return None
+        seen: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, out[0]))
+                 for name, m in mods]
+        try:
+            model(input_ids=x, attention_mask=torch.ones_like(x))
+        finally:
+            for h in hooks:
+                h.remove()
     finally:
-        for h in hooks:
-            h.remove()
+        model.train(was)
     return torch.cat([seen[name] for name, _ in mods], dim=-1).float()  # modules come key, value per layer
 
 
@@ -189,9 +190,10 @@ class SoftMethod(Method):
         return None
 
     def _init_from_activations(self, model: Any, ctx: FitContext, n: int, how: str) -> dict[str, Any] | None:
-        """Li & Liang: a prefix that starts as real words' keys and values at every layer trains better than
-        a random one. The words are the --init choice's tokens (text, labels or vocab), run through the frozen
-        model; returns what was done, or why not (the prefix then keeps PEFT's random start)."""
+        """Li & Liang report that a prefix starting as real words' keys and values at every layer trains better
+        than a random one (on SST-2 with MiniLM it measured no better, so it is opt-in). The words are the --init
+        choice's tokens (text, labels or vocab), run through the frozen model; returns what was done, or why not
+        (the prefix then keeps PEFT's random start)."""
         if ctx.config.train.prefix_projection:
             return {"init": "random", "why": "--prefix-projection trains an MLP's input, not the prefix itself"}
         ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how)
