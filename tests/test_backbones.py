@@ -2,6 +2,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from promptlab.backbones import BIAS_ATTENTION, load_backbone
 
@@ -76,6 +77,26 @@ def test_fast_attention_matches_sdpa_at_inference(tiny_models):
                           atol=1e-4)
     assert stock.generate(PROMPTS, max_new_tokens=12) == fast.generate(PROMPTS, max_new_tokens=12)
     assert torch.allclose(stock.embed(PROMPTS), fast.embed(PROMPTS), atol=1e-5)
+
+
+def test_fast_attention_in_bf16_decodes_through_sdpa_like_transformers(tiny_models, monkeypatch):
+    """In bf16 a decoding step's attention goes to SDPA (the fused kernel), and agrees with transformers' path."""
+    path = str(tiny_models["seq2seq"])
+    stock = load_backbone(path, attention="sdpa", dtype="bfloat16")
+    fast = load_backbone(path, dtype="bfloat16")
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda q, *a, **k: calls.append(q.shape[2]) or real(q, *a, **k))
+    enc = stock._tok(PROMPTS)
+    dec = torch.tensor([[0, 5, 9, 12], [0, 7, 1, 0], [0, 3, 3, 3]])
+    with torch.inference_mode():
+        a = stock.model(**enc, decoder_input_ids=dec).logits.float()
+        calls.clear()
+        b = fast.model(**enc, decoder_input_ids=dec).logits.float()
+        assert 4 in calls  # the decoder's 4 query rows went to SDPA
+    assert (a - b).abs().max() < 0.05 * a.abs().max()
+    assert stock.generate(PROMPTS, max_new_tokens=12) == fast.generate(PROMPTS, max_new_tokens=12)
 
 
 def test_fast_attention_matches_sdpa_under_prompt_tuning(tiny_models):
