@@ -6,8 +6,8 @@ import random
 import re
 import sys
 import types
-import unittest.mock as mock
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
