@@ -384,8 +384,8 @@ def _count_words(tokenizer: Any, texts: list[str], memo: dict[str, int]) -> list
 
     SentencePiece (Metaspace) and WordPiece tokenizers split on whitespace before their model runs, so the sum
     is the text's own count: on the 300 HotpotQA dev examples with the T5 tokenizer the packed contexts are
-    byte-identical to costing whole sentences, in two thirds of the time (the 10 paragraphs of an example, and
-    the examples of a split, share most of their words). Byte-level BPE (GPT-2) marks a word's leading space,
+    byte-identical to costing whole sentences (T5 and MiniLM tokenizers), and selection takes 0.8 s instead of
+    1.7 s (the 10 paragraphs of an example, and the examples of a split, share most of their words). Byte-level BPE (GPT-2) marks a word's leading space,
     so there the sum is an estimate; the exact count of every final input corrects an overshoot either way."""
     split = [t.split() for t in texts]
     todo = list({w for ws in split for w in ws if w not in memo})
