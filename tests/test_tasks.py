@@ -77,6 +77,9 @@ def test_registry_lists_every_builtin_with_one_line():
 @pytest.mark.parametrize("name", BUILTINS)
 def test_builtin_specs_are_complete(name):
     task = get_task(name)
+    if "labels_from" in task.extras:  # the names come with the data; the spec describes each of them
+        assert task.labels == [] and len(task.extras["label_words"]) >= 2
+        task.use_labels(sorted(task.extras["label_words"]), "test")
     assert task.name == name and task.kind == "choices"
     assert len(task.templates) >= 3
     assert len(task.labels) == len(task.verbalizers) == len(task.descriptions) >= 2
@@ -146,6 +149,34 @@ def test_tweeteval_folder_uses_mapping(tmp_path):
     assert list(splits) == ["val"]
     assert [task.labels[e.label] for e in splits["val"]] == ["positive", "neutral", "negative"]
     assert splits["val"][1].fields["text"] == "meh\u2028still one line" and splits["val"][1].id == "val-1"
+
+
+def test_tweeteval_label_names_and_order_come_from_the_datas_mapping(tmp_path):
+    write(tmp_path / "val_text.txt", "a\nb\n")
+    write(tmp_path / "val_labels.txt", "0\n2\n")
+    write(tmp_path / "mapping.txt", "2\tnegative\n0\tpositive\n1\tneutral\n")  # another order than usual
+    task = get_task("tweeteval-sentiment")
+    splits = task.splits(str(tmp_path))
+    assert task.labels == ["positive", "neutral", "negative"]  # id order, names as the data writes them
+    assert task.descriptions[0].startswith("A positive tweet") and task.verbalizers == task.labels
+    assert [task.labels[e.label] for e in splits["val"]] == ["positive", "negative"]
+    write(tmp_path / "mapping.txt", "0\tnegative\n1\tmixed\n")
+    with pytest.raises(DataError, match=r"mapping\.txt names labels .*mixed.* add the missing ones"):
+        get_task("tweeteval-sentiment").splits(str(tmp_path))
+    (tmp_path / "mapping.txt").unlink()
+    with pytest.raises(DataError, match=r"mapping\.txt is missing; task 'tweeteval-sentiment' reads its label names"):
+        get_task("tweeteval-sentiment").splits(str(tmp_path))
+
+
+def test_a_labels_from_task_without_data_says_to_pass_it():
+    from promptlab.methods.readout import Readout
+    from promptlab.tasks import artifact_task
+
+    with pytest.raises(ConfigError, match=r"reads its label names from its data \(mapping\.txt\); pass --data"):
+        Readout(backbone=None, task=get_task("tweeteval-sentiment"))
+    # an artifact records its labels: that is enough to use it without the data
+    task = artifact_task({"task": "tweeteval-sentiment", "labels": ["negative", "neutral", "positive"]})
+    assert task.labels == ["negative", "neutral", "positive"] and len(task.descriptions) == 3
 
 
 def test_superglue_folder_splits_and_boolean_labels(tmp_path):
@@ -367,6 +398,7 @@ def test_invalid_utf8_names_the_line(reviews, tmp_path):
 def test_tweeteval_line_count_mismatch_names_both_files(tmp_path):
     write(tmp_path / "val_text.txt", "a\nb\nc\n")
     write(tmp_path / "val_labels.txt", "0\n1\n")
+    write(tmp_path / "mapping.txt", "0\tnegative\n1\tneutral\n")
     fails(get_task("tweeteval-sentiment"), tmp_path, r"val_text\.txt has 3 lines but .*val_labels\.txt has 2")
 
 

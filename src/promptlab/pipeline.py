@@ -24,7 +24,7 @@ from .methods import FitContext, Predictor, get_method, read_meta
 from .methods.adapted import CheckpointedFit
 from .runs import write_run
 from .splits import Data, resolve
-from .tasks import get_task
+from .tasks import artifact_task
 from .tasks.base import Example, Task, Template
 from .tasks.loaders import recording
 from .training import is_main_process, seed_everything
@@ -72,7 +72,7 @@ def load_predictor(path: str, backbone: Backbone, task: Task | None = None) -> P
     adir = artifact_dir(path)
     meta = artifact_meta(path)
     backbone.check_fingerprint(meta.get("backbone", {}), f"artifact '{path}'")
-    task = task or get_task(meta["task"])
+    task = artifact_task(meta, task)
     if task.kind == "choices" and meta.get("labels") and meta["labels"] != task.labels:
         raise ConfigError(f"artifact '{path}' predicts labels {meta['labels']} but task '{task.name}' has "
                           f"{task.labels}; evaluate it on the task it was trained for")

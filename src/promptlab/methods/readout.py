@@ -38,6 +38,9 @@ class Readout:
     max_new_tokens: int = 16
 
     def __post_init__(self) -> None:
+        if self.task.kind == "choices" and not self.task.labels:
+            raise ConfigError(f"task '{self.task.name}' reads its label names from its data "
+                              f"({self.task.extras.get('labels_from')}); pass --data with that file")
         if self.task.kind == "text" and self.backbone.kind == "encoder":
             raise ConfigError(
                 f"task '{self.task.name}' needs generated answers but '{self.backbone.name}' is an encoder; "

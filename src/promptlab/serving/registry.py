@@ -28,7 +28,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, ModelError
 from ..methods import FitContext, Predictor, get_method, method_names, read_meta
 from ..pipeline import artifact_dir, fit_inputs
-from ..tasks import get_task
+from ..tasks import artifact_task, get_task
 from ..tasks.base import Example, Task, Template
 
 # Methods whose artifact is a tensor of input embeddings placed before the input (PEFT peft_type).
@@ -170,7 +170,7 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     meta = read_meta(adir)
     refuse_pickles(adir)
     check_backbone(backbone, meta.get("backbone", {}), f"artifact '{value}'")
-    task = task or get_task(meta["task"])
+    task = artifact_task(meta, task)
     if task.kind == "choices" and meta.get("labels") and meta["labels"] != task.labels:
         raise ConfigError(f"artifact '{value}' predicts labels {meta['labels']} but task '{task.name}' has "
                           f"{task.labels}; serve it with the task it was trained for")

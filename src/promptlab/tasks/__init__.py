@@ -7,12 +7,13 @@ no datasets) and a broken user spec cannot stop the built-ins from listing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import unknown
 from .base import Example, Task, Template
 from .spec import load_spec
 
-__all__ = ["Example", "Task", "Template", "describe", "get_task", "task_names"]
+__all__ = ["Example", "Task", "Template", "artifact_task", "describe", "get_task", "task_names"]
 
 SPECS = Path(__file__).resolve().parent / "specs"
 
@@ -34,6 +35,15 @@ def get_task(name_or_path: str) -> Task:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return load_spec(path)
     raise unknown("task", name_or_path, names)
+
+
+def artifact_task(meta: dict[str, Any], task: Task | None = None) -> Task:
+    """The task an artifact answers (`task`, else the one its promptlab.json names). A spec that reads its label
+    names from the data (`labels_from`) takes them from the artifact's record, so no data is needed to use it."""
+    task = task or get_task(meta["task"])
+    if task.kind == "choices" and not task.labels and meta.get("labels"):
+        task.use_labels(list(meta["labels"]), "the artifact's promptlab.json")
+    return task
 
 
 def describe() -> list[tuple[str, str]]:

@@ -125,8 +125,25 @@ class Task:
             "fix the row or choose the task whose labels match"
         )
 
+    def use_labels(self, names: list[str], where: str) -> None:
+        """A spec with `labels_from` names no labels itself: the data's own label file does (TweetEval's
+        mapping.txt), or the hub's label feature, or an artifact's record of them. The spec describes each label
+        by name (`verbalizers`, `descriptions`); the order is the data's."""
+        words = self.extras.get("label_words")
+        if words is None:
+            return
+        missing = [n for n in names if n not in words]
+        if missing or not names:
+            raise DataError(f"{where} names labels {names}, but task '{self.name}' describes only {sorted(words)}; "
+                            "add the missing ones to its spec's verbalizers and descriptions")
+        self.labels = list(names)
+        self.verbalizers = [words[n][0] for n in names]
+        self.descriptions = [words[n][1] for n in names]
+
     def check(self) -> None:
         """Internal consistency of a spec; raised at registration so a broken spec fails early."""
+        if self.kind == "choices" and not self.labels and "label_words" in self.extras:
+            return  # the labels come with the data (`labels_from`)
         sizes = {len(self.labels), len(self.verbalizers), len(self.descriptions)}
         if self.kind == "choices" and (not self.labels or len(sizes) != 1):
             raise ConfigError(f"task '{self.name}': labels, verbalizers and descriptions must have equal length")

@@ -327,11 +327,18 @@ def _tweeteval(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[E
     if not texts:
         raise DataError(f"{path}: no *_text.txt files; expected {EXPECTS['tweeteval']}")
     mapping = {}
-    if (folder / "mapping.txt").is_file():
-        for line in _lines(folder / "mapping.txt"):
+    label_file_name = task.extras.get("labels_from", "mapping.txt")
+    if (folder / label_file_name).is_file():
+        for line in _lines(folder / label_file_name):
             if line.strip():
                 key, _, name = line.strip().partition("\t")
                 mapping[key.strip()] = name.strip()
+        if "labels_from" in task.extras:  # the data names the labels, in the order of their ids
+            ids = sorted(mapping, key=lambda k: int(k) if k.lstrip("-").isdigit() else k)
+            task.use_labels([mapping[k] for k in ids], str(folder / label_file_name))
+    elif "labels_from" in task.extras:
+        raise DataError(f"{folder}: {label_file_name} is missing; task '{task.name}' reads its label names from "
+                        "it (lines '<id><TAB><name>', as TweetEval ships them)")
     out = {}
     for text_file in texts:
         prefix = text_file.name.removesuffix("_text.txt")
@@ -437,6 +444,8 @@ def _hotpotqa(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Ex
 
 # Formats whose reader loads from the hub itself when given no path (their rows need more than a column map).
 HUB_NATIVE = {"hotpotqa"}
+# Formats whose folders carry a file naming the labels, which a spec may read them from (`labels_from`).
+LABEL_FILE_FORMATS = ("tweeteval",)
 
 FORMATS: dict[str, Loader] = {
     "glue-tsv": _glue_tsv,
@@ -464,6 +473,9 @@ def from_hub(spec: TaskSpec, task: Task) -> dict[str, list[Example]]:
             f"pass --data PATH (e.g. {EXPECTS.get(spec.format, 'a local copy')})"
         ) from None
     name = "/".join(str(v) for v in (hub.get("path"), hub.get("name")) if v)
+    if "labels_from" in task.extras:  # on the hub, the label feature names the labels
+        feature = next(iter(dataset.values())).features.get(spec.label_column)
+        task.use_labels(list(getattr(feature, "names", None) or []), f"hub {name} column '{spec.label_column}'")
     out = {}
     for hub_split, rows in dataset.items():
         split = split_of(hub_split, task.eval_split)

@@ -18,7 +18,7 @@ import yaml
 
 from ..errors import ConfigError, DataError, unknown
 from .base import ContextHook, Example, Task, Template
-from .loaders import FORMATS, HUB_NATIVE, from_hub
+from .loaders import FORMATS, HUB_NATIVE, LABEL_FILE_FORMATS, from_hub
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data"
 
@@ -36,6 +36,7 @@ _SCHEMA = {
     "label_map": "labelmap",
     "answer_column": "str",
     "labels": "strlist",
+    "labels_from": "str",  # a file in the data folder that names the labels (TweetEval's mapping.txt)
     "verbalizers": "strlist",
     "descriptions": "strlist",
     "metrics": "strlist",
@@ -118,15 +119,26 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
     for key in _REQUIRED:
         if key not in raw:
             raise ConfigError(f"{where}: missing required key '{key}'")
+    from_data = "labels_from" in raw
     for key, value in raw.items():
-        _check_value(key, _SCHEMA[key], value, where)
+        # With labels_from, labels are described by name: {label: verbalizer}, {label: description}.
+        kind = "strmap" if from_data and key in ("verbalizers", "descriptions") else _SCHEMA[key]
+        _check_value(key, kind, value, where)
     if "\n" in raw["description"].strip():
         raise ConfigError(f"{where}: 'description' must be one line (it is what `promptlab tasks` prints)")
     if raw["kind"] not in ("choices", "text"):
         raise ConfigError(f"{where}: {unknown('kind', raw['kind'], ['choices', 'text'])}")
     if raw["format"] not in FORMATS:
         raise ConfigError(f"{where}: {unknown('format', raw['format'], list(FORMATS))}")
-    if raw["kind"] == "choices":
+    if from_data:
+        if raw["kind"] != "choices" or raw["format"] not in LABEL_FILE_FORMATS or "labels" in raw:
+            raise ConfigError(f"{where}: 'labels_from' replaces 'labels' in a choices task of format "
+                              f"{' or '.join(LABEL_FILE_FORMATS)}")
+        named = [set(raw.get(k, {})) for k in ("verbalizers", "descriptions")]
+        if not named[0] or named[0] != named[1]:
+            raise ConfigError(f"{where}: with 'labels_from', 'verbalizers' and 'descriptions' map the same label "
+                              "names to their words and sentences")
+    elif raw["kind"] == "choices":
         for key in _CHOICE_KEYS:
             if key not in raw:
                 raise ConfigError(f"{where}: a 'choices' task needs '{key}' (one per label)")
@@ -296,6 +308,9 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         extras["max_input_tokens"] = raw["max_input_tokens"]
     if "instructions" in raw:
         extras["instructions"] = list(raw["instructions"])
+    if "labels_from" in raw:  # filled by the loader (Task.use_labels)
+        extras["labels_from"] = raw["labels_from"]
+        extras["label_words"] = {n: (raw["verbalizers"][n], raw["descriptions"][n]) for n in raw["verbalizers"]}
     task = Task(
         name=raw["name"],
         description=raw["description"].strip(),
@@ -306,8 +321,8 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         eval_split=raw["eval_split"],
         loader=load,
         labels=list(raw.get("labels", [])),
-        verbalizers=list(raw.get("verbalizers", [])),
-        descriptions=list(raw.get("descriptions", [])),
+        verbalizers=[] if "labels_from" in raw else list(raw.get("verbalizers", [])),
+        descriptions=[] if "labels_from" in raw else list(raw.get("descriptions", [])),
         fit_context=_context_hook(raw["context"]) if "context" in raw else None,
         max_new_tokens=raw.get("max_new_tokens", 16),
         extras=extras,
