@@ -296,39 +296,25 @@ class Backbone:
         # (it looks for `past_key_values`, now `cache`); so a decoder-only model's prompt goes in once, as
         # embeddings, and the base model generates after it — what the serving engine does per row.
         prompt = input_prompt(model) if self.kind == "causal" else None
-        prefix = virtual_tokens(model) > 0 and input_prompt(model) is None  # prefix tuning
+        # Prefix tuning: PEFT's generate() drops a decoder-only model's prefix keys/values after the first step,
+        # and injects a seq2seq decoder's prefix cache after generate() has set the decoder's positions from an
+        # empty cache (n positions before where training's forward put them; T5's relative bias sees it). So the
+        # prefix goes to the base model's generate() as its starting cache, and positions follow it as in training.
+        prefix = virtual_tokens(model) > 0 and input_prompt(model) is None
+        greedy = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
         for idx in self._batches(prompts, batch_size):
-            if prefix and self.kind == "seq2seq":
-                # PEFT injects the decoder's prefix cache after generate() has set the decoder's positions from
-                # an empty cache, so its steps sit n positions before where training's forward put them (T5's
-                # relative bias sees the difference). Handed to generate() up front, the positions follow it.
-                enc = self._tok([prompts[i] for i in idx], max_length=budget)
-                gen = model.get_base_model().generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                                      past_key_values=model.get_prompt(batch_size=len(idx)),
-                                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                                      pad_token_id=self.tokenizer.pad_token_id)
-            elif prefix:
-                # The same PEFT bug drops prefix tuning's keys/values after the first step: they go in as the
-                # base model's starting cache instead, the input's positions following them as in training.
-                enc = self._tok([prompts[i] for i in idx], side="left", max_length=budget)
-                ids = enc["input_ids"]
-                mask = torch.cat([enc["attention_mask"].new_ones(len(idx), virtual_tokens(model)),
-                                  enc["attention_mask"]], dim=1)
-                gen = model.get_base_model().generate(input_ids=ids, attention_mask=mask,
-                                                      past_key_values=model.get_prompt(batch_size=len(idx)),
-                                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                                      pad_token_id=self.tokenizer.pad_token_id)[:, ids.shape[1] :]
-            elif prompt is not None:
+            if prompt is not None:
                 ids = self.tokenizer([prompts[i] for i in idx], truncation=True, max_length=budget)["input_ids"]
                 emb, mask = left_padded_embeds(model, [prompt] * len(idx), ids)
-                gen = model.get_base_model().generate(inputs_embeds=emb, attention_mask=mask,
-                                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                                      pad_token_id=self.tokenizer.pad_token_id)  # new tokens only
+                gen = model.get_base_model().generate(inputs_embeds=emb, attention_mask=mask, **greedy)  # new only
             else:
                 enc = self._tok([prompts[i] for i in idx], side=side, max_length=budget)
-                gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                     max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+                mask, runner, extra = enc["attention_mask"], model, {}
+                if prefix:
+                    runner, extra = model.get_base_model(), {"past_key_values": model.get_prompt(batch_size=len(idx))}
+                    if self.kind == "causal":  # the cache's prefix positions come first in the mask
+                        mask = torch.cat([mask.new_ones(len(idx), virtual_tokens(model)), mask], dim=1)
+                gen = runner.generate(input_ids=enc["input_ids"], attention_mask=mask, **extra, **greedy)
                 if self.kind == "causal":  # decoder-only models echo the prompt first
                     gen = gen[:, enc["input_ids"].shape[1] :]
             for i, text in zip(idx, self.tokenizer.batch_decode(gen, skip_special_tokens=True)):
