@@ -594,10 +594,15 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
                  + ", ".join(f"<code>{html.escape(w)}</code>" for w in where)
                  + f". Written by <code>promptlab report</code> on {stamp}; rebuild with "
                  "<code>promptlab report RUN_DIR...</code>.</footer>")
+    return page_html(title, "\n".join(parts))
+
+
+def page_html(title: str, body: str) -> str:
+    """One self-contained page in the report's style (CSS inline, no script): the report's and transfer's."""
     return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-            + "\n".join(parts) + "\n</main></body></html>\n")
+            + body + "\n</main></body></html>\n")
 
 
 # -- writing -------------------------------------------------------------------------------------------------------

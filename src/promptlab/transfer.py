@@ -250,13 +250,15 @@ def notes(result: dict[str, Any]) -> list[str]:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    from .report import _md_table
+
     header, body = table(result)
     metric = ", ".join(sorted({t["metric"] for t in result["tasks"]}))
     lines = [f"# Soft-prompt transfer · {result['model']}", "",
              f"{metric} (%) of each prompt (rows) on each task's evaluation examples (columns; "
              + ", ".join(f"`{t['name']}` n={t['n']}" for t in result["tasks"])
              + "). **Bold**: the prompt's own task. n/a: the prompt cannot answer that task.", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+    lines += _md_table(header, body)
     lines += ["", "![transfer matrix](transfer.png)", "", "Label mapping by name and n/a reasons:", ""]
     lines += [f"- {n}" for n in notes(result)]
     return "\n".join(lines) + "\n"
@@ -273,7 +275,7 @@ def heatmap(result: dict[str, Any]) -> bytes:
 def html_page(result: dict[str, Any], png: bytes) -> str:
     import html
 
-    from .report import CSS, _figure_html, plain_table_html
+    from .report import _figure_html, page_html, plain_table_html
 
     header, body = table(result, mark_own=False)
     _, _, grid = matrix(result)
@@ -285,10 +287,8 @@ def html_page(result: dict[str, Any], png: bytes) -> str:
     fig = _figure_html({"name": "transfer", "title": "transfer matrix", "png": png,
                         "caption": "Score (%) of each prompt on each task; outlined: the prompt's own task."})
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes(result))
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-            f"<h1>{html.escape(title)}</h1>\n{plain_table_html(header, body, {0}, own)}\n"
-            f"{fig}\n<ul class=\"findings\">{items}</ul>\n</main></body></html>\n")
+    return page_html(title, f"<h1>{html.escape(title)}</h1>\n{plain_table_html(header, body, {0}, own)}\n"
+                            f"{fig}\n<ul class=\"findings\">{items}</ul>")
 
 
 def check_out(out: Path) -> None:

@@ -37,8 +37,8 @@ class VocabProjection:
         weight = backbone.model.get_input_embeddings().weight.detach()  # [V, H], frozen
         special = set(tok.all_special_ids)
         self.allowed = torch.tensor([i for i in range(min(len(tok), weight.shape[0])) if i not in special])
-        self.rows = weight[self.allowed]  # [A, H]
-        self.unit = F.normalize(self.rows.float(), dim=-1)
+        self.weight = weight  # [V, H]: projected rows are read by token id, no second copy of the vocabulary
+        self.unit = F.normalize(weight[self.allowed].float(), dim=-1)  # [A, H]
 
     def nearest_ids(self, prompt: torch.Tensor) -> torch.Tensor:
         """Token ids nearest to each row of `prompt` [..., H] -> [...]."""
@@ -51,7 +51,7 @@ class VocabProjection:
         Written as v + (w - w.detach()) rather than w + (v - w).detach(): the two have the same gradient, but
         only this one is bit-exact in the forward (x - x is exactly 0; w + (v - w) can round off v).
         """
-        proj = self.rows[torch.searchsorted(self.allowed, self.nearest_ids(prompt))].to(prompt.dtype)
+        proj = self.weight[self.nearest_ids(prompt)].to(prompt.dtype)
         return proj + (prompt - prompt.detach())
 
 

@@ -140,16 +140,12 @@ class PromptSearch(Method):
         self.check(ctx.backbone, ctx.task)
         cfg, task, hard = ctx.config, ctx.task, ctx.config.hard
         order = random.Random(f"promptlab-search-sample:{cfg.seed}")
-        if hard.search_on == "train":
-            if not ctx.train:
-                raise ConfigError(f"prompt-search --search-on train needs training examples, but task '{task.name}' "
-                                  "has none here; use --search-on dev")
-            scoring, demo_pool = order.sample(ctx.train, len(ctx.train)), ctx.train
-        else:
-            if not ctx.dev:
-                raise ConfigError(f"prompt-search --search-on dev needs a dev slice, but task '{task.name}' has "
-                                  "none here; use --search-on train")
-            scoring, demo_pool = order.sample(ctx.dev, len(ctx.dev)), ctx.train
+        pool, what, other = ((ctx.train, "training examples", "dev") if hard.search_on == "train"
+                             else (ctx.dev, "a dev slice", "train"))
+        if not pool:
+            raise ConfigError(f"prompt-search --search-on {hard.search_on} needs {what}, but task '{task.name}' has "
+                              f"none here; use --search-on {other}")
+        scoring, demo_pool = order.sample(pool, len(pool)), ctx.train
         sets = demo_sets(demo_pool, task, cfg, DEMO_SETS) if hard.shots and demo_pool else []
         cands = candidates(task, ctx.template, len(sets), hard.candidates, cfg.seed)
         new_tokens = _new_tokens(ctx)
