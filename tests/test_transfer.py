@@ -143,6 +143,14 @@ def _prompt(run: Path, name: str = "adapter_model.safetensors") -> torch.Tensor:
     return load_file(str(run / "artifact" / name))["prompt_embeddings"]
 
 
+def test_pez_starts_from_a_prompt_and_records_it(tiny_models, runs, run_cli, tmp_path):
+    out = tmp_path / "pez-spot"
+    code, _, err = run_cli("train", "--task", "sst2", "--data", runs["sst2"], "--model", tiny_models["encoder"],
+                           "--method", "pez", "--init", f"prompt:{runs['pt-sentiment']}", *TRAIN, "--out", out)
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["training"]["init_from"]["note"] == "copied"
+
+
 @pytest.mark.parametrize("source, method", [("pt-sentiment", "prompt-tuning"), ("prefix-sst2", "prefix-tuning")])
 def test_init_from_prompt_starts_exactly_from_the_source(tiny_models, runs, run_cli, tmp_path, source, method):
     out = tmp_path / "spot"

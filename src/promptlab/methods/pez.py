@@ -109,7 +109,7 @@ class Pez(PromptTuning):
         self.check(ctx.backbone, ctx.task)
         n = ctx.config.train.virtual_tokens
         model = get_peft_model(ctx.backbone.model, self.peft_config(ctx.backbone, n))
-        self._init(model, ctx, n)
+        source = self._init(model, ctx, n)
         projection = VocabProjection(ctx.backbone)
         embedding = model.prompt_encoder["default"].embedding
         handle = embedding.register_forward_hook(project_hook(projection))
@@ -122,6 +122,8 @@ class Pez(PromptTuning):
         ids = projection.nearest_ids(embedding.weight).tolist()
         extras = {**soft.extras, "virtual_tokens": n, "init": self.init_of(ctx.config), "ids": ids,
                   "text": describe_ids(ctx.backbone, ids)["text"]}
+        if source:  # --init prompt:DIR, recorded as SoftMethod.fit records it
+            extras["init_from"] = soft.train_info["init_from"] = source
         return PezPredictor(self.name, ctx.backbone, ctx.task, ctx.template, history=soft.history, extras=extras,
                             model=prompt_model(ctx.backbone, self, ids), anchors=soft.anchors,
                             max_new_tokens=soft.max_new_tokens, train_info=soft.train_info, ids=ids, continuous=soft)

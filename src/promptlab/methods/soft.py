@@ -252,8 +252,8 @@ class SoftMethod(Method):
                              f"artifact needs {want!r}")
 
     def peft_config_type(self) -> str:
-        return {"prompt-tuning": "PROMPT_TUNING", "hybrid": "PROMPT_TUNING", "prefix-tuning": "PREFIX_TUNING",
-                "p-tuning": "P_TUNING"}[self.name]
+        return {"prompt-tuning": "PROMPT_TUNING", "hybrid": "PROMPT_TUNING", "pez": "PROMPT_TUNING",
+                "prefix-tuning": "PREFIX_TUNING", "p-tuning": "P_TUNING"}[self.name]
 
 
 class PromptTuning(SoftMethod):
