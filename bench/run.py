@@ -166,7 +166,10 @@ def _seed_inprocess(args: list[str]) -> dict[str, Any]:
 def _threads(spec: dict[str, Any]) -> None:
     import torch
 
+    from promptlab.allocator import keep_freed_memory
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as promptlab.cli.main does
+    keep_freed_memory()
     torch.set_num_threads(int(spec.get("threads") or os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()))
 
 
