@@ -65,9 +65,11 @@ def test_fast_attention_only_for_position_bias_models(tiny_models):
 
 def test_fast_attention_matches_sdpa_at_inference(tiny_models):
     stock, fast = _stock_and_fast(tiny_models["seq2seq"])
-    enc = stock._tok(PROMPTS)
-    assert (enc["attention_mask"] == 0).any()  # right padding: the per-row path is exercised
-    dec = torch.tensor([[0, 5, 9, 12], [0, 7, 1, 0], [0, 3, 3, 3]])
+    enc = stock._tok([*PROMPTS, PROMPTS[2]])
+    lengths = enc["attention_mask"].sum(-1).tolist()
+    # right padding, and two adjacent rows of one length: the per-length path runs groups of one and of two rows
+    assert (enc["attention_mask"] == 0).any() and lengths[2] == lengths[3] != lengths[1]
+    dec = torch.tensor([[0, 5, 9, 12], [0, 7, 1, 0], [0, 3, 3, 3], [0, 3, 3, 3]])
     with torch.inference_mode():
         a = stock.model(**enc, decoder_input_ids=dec)
         b = fast.model(**enc, decoder_input_ids=dec)

@@ -390,10 +390,17 @@ def position_bias_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
         lengths = _key_lengths(mask, bsz, kv_len)
         if lengths is not None:
             out = torch.empty_like(query)
-            for b, n in enumerate(lengths):
-                out[b : b + 1] = F.scaled_dot_product_attention(
-                    query[b : b + 1], key[b : b + 1, :, :n], value[b : b + 1, :, :n],
-                    attn_mask=position_bias[..., :n], scale=scaling)
+            # Rows of one length share one call and one contiguous copy of the bias slice (batches are sorted by
+            # length, so equal lengths sit together): each (row, head) is computed as in a call of its own.
+            start = 0
+            while start < bsz:
+                n, stop = lengths[start], start + 1
+                while stop < bsz and lengths[stop] == n:
+                    stop += 1
+                out[start:stop] = F.scaled_dot_product_attention(
+                    query[start:stop], key[start:stop, :, :n], value[start:stop, :, :n],
+                    attn_mask=position_bias[..., :n].contiguous(), scale=scaling)
+                start = stop
             return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   is_causal=is_causal, position_bias=position_bias, **kwargs)
