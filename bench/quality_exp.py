@@ -3,8 +3,12 @@
 TRAIN_SIZE 0 means all; keys set TrainConfig fields (epochs, lr, virtual_tokens, patience, schedule, train_anchors=1),
 seed and dtype the run's, shots/selection/template/candidates the hard settings; opt=adamw switches an
 input-prompt method from Adafactor to AdamW. Prints one JSON line per method (accuracy on the evaluation split).
+With QUALITY_OUT=DIR set, each run's directory (predictions.jsonl, metrics.json, artifact) is kept as DIR/METHOD-SEED.
 """
-import sys, json, time
+import os, sys, json, time
+from pathlib import Path
+from promptlab.allocator import keep_freed_memory
+keep_freed_memory()  # as the promptlab CLI does
 from promptlab.backbones import load_backbone
 from promptlab.config import RunConfig
 from promptlab.pipeline import load_data, run_one
@@ -26,7 +30,8 @@ for spec in sys.argv[4:]:
         cur = getattr(cfg.train, k)
         setattr(cfg.train, k, type(cur)(v) if cur is not None else float(v))
     t = time.time()
-    r = run_one(cfg, bb, task, load_data(task, cfg), out=None, progress=False)
+    out = Path(os.environ["QUALITY_OUT"]) / f"{method}-{cfg.seed}" if os.environ.get("QUALITY_OUT") else None
+    r = run_one(cfg, bb, task, load_data(task, cfg), out=out, progress=False)
     m = r.metrics
     print(json.dumps({"spec": spec, "seed": cfg.seed, "acc": round(m["metrics"]["accuracy"], 4), "params": m["trainable_params"],
                       "pct": m["trainable_percent"], "train_s": m["train_seconds"], "best_epoch": r.predictor.extras.get("best_epoch"),
