@@ -125,10 +125,10 @@ def test_report_shows_what_soft_prompts_learned(trained, tmp_path):
 
     res = build([trained["encoder"], trained["prefix-tuning"]], tmp_path / "rep")
     md = res["md"].read_text()
-    assert "## What the soft prompts learned" in md
+    assert "## What the trained prompts learned" in md
     first = json.loads((trained["encoder"] / "inspect.json").read_text())["tokens"][0]["nearest"][0]["token"]
     assert first in md and "key norm" in md
-    assert "What the soft prompts learned" in res["html"].read_text()
+    assert "What the trained prompts learned" in res["html"].read_text()
 
 
 def test_init_file_does_not_count_as_artifact_bytes(trained):

@@ -449,7 +449,7 @@ def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
         lines += [f"## {f['title']}", "", f"![{f['title']}]({PLOTS_DIR}/{f['name']}.png)", "", f["caption"], ""]
     learnt = soft_prompt_tables(runs)
     if learnt:
-        lines += ["## What the soft prompts learned", "", INSPECT_NOTE, ""]
+        lines += ["## What the trained prompts learned", "", INSPECT_NOTE, ""]
         for name, line, header, body in learnt:
             lines += [f"**{name}** — {line}", ""]
             lines += _md_table(header, [[c.replace("|", "\\|") for c in r] for r in body]) + [""]
@@ -458,7 +458,8 @@ def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
 
 INSPECT_NOTE = ("Input-level prompts, per soft token: its 3 nearest vocabulary tokens by cosine, its L2 norm and "
                 "percentile among the vocabulary's norms, and how far training moved it from its initialisation; "
-                "prefix tuning, per layer: key/value norms and movement (`promptlab inspect RUN` prints the table).")
+                "prefix tuning, per layer: key/value norms and movement; pez (a hard method), the continuous prompt "
+                "whose nearest tokens are its hard prompt (`promptlab inspect RUN` prints the table).")
 
 
 def soft_prompt_tables(runs: list[dict[str, Any]]) -> list[tuple[str, str, list[str], list[list[str]]]]:
@@ -583,7 +584,7 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
             parts += [f"<h2>{html.escape(by_name[name]['title'])}</h2>", _figure_html(by_name[name])]
     learnt = soft_prompt_tables(runs)
     if learnt:
-        parts += ["<h2>What the soft prompts learned</h2>", f'<p class="note">{html.escape(INSPECT_NOTE)}</p>']
+        parts += ["<h2>What the trained prompts learned</h2>", f'<p class="note">{html.escape(INSPECT_NOTE)}</p>']
         for name, line, header, body in learnt:
             parts.append(f"<p><b>{html.escape(name)}</b> — {html.escape(line)}</p>"
                          + plain_table_html(header, body, {1}))
