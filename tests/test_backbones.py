@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptlab.backbones import BIAS_ATTENTION, load_backbone
+from promptlab.backbones import BIAS_ATTENTION, load_backbone, position_bias_attention
 
 
 def test_kind_detected_from_config(tiny_models):
@@ -295,3 +295,23 @@ def test_damaged_weights_give_one_line_model_error(tiny_models, tmp_path, damage
         load_backbone(str(d))
     msg = str(e.value)
     assert "\n" not in msg and "weights are damaged" in msg and "re-download or re-save" in msg, msg
+
+
+def test_encoder_attention_rows_grouped_by_length_keep_the_bits_of_one_call_per_row():
+    """The inference path groups equal-length rows and hands SDPA a float32 copy of the bias: same bits as one
+    call per row with the model's own bf16 bias slice."""
+    from promptlab.backbones import position_bias_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(4, 2, 6, 8).bfloat16() for _ in range(3))
+    bias = torch.randn(1, 2, 6, 6).bfloat16()
+    lengths = [6, 4, 4, 3]
+    mask = (torch.arange(6)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :].expand(4, 1, 6, 6)
+    module = torch.nn.Module()
+    module.is_causal = False
+    with torch.inference_mode():
+        out, _ = position_bias_attention(module, q, k, v, mask, scaling=1.0, position_bias=bias)
+        for b, n in enumerate(lengths):
+            row = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
+                                                 attn_mask=bias[..., :n], scale=1.0)
+            assert torch.equal(out[b], row[0].transpose(0, 1))

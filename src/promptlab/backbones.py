@@ -391,7 +391,9 @@ def position_bias_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
         if lengths is not None:
             out = torch.empty_like(query)
             # Rows of one length share one call and one contiguous copy of the bias slice (batches are sorted by
-            # length, so equal lengths sit together): each (row, head) is computed as in a call of its own.
+            # length, so equal lengths sit together): each (row, head) is computed as in a call of its own. The
+            # copy is float32: SDPA's CPU kernel adds the mask in float32 anyway, and converts a bf16 one more
+            # slowly (9.7 vs 13.1 ms for 4 rows x 8 heads x 528^2 in bf16, same output bits).
             start = 0
             while start < bsz:
                 n, stop = lengths[start], start + 1
@@ -399,7 +401,7 @@ def position_bias_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
                     stop += 1
                 out[start:stop] = F.scaled_dot_product_attention(
                     query[start:stop], key[start:stop, :, :n], value[start:stop, :, :n],
-                    attn_mask=position_bias[..., :n].contiguous(), scale=scaling)
+                    attn_mask=position_bias[..., :n].float().contiguous(), scale=scaling)
                 start = stop
             return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
