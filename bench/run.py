@@ -187,6 +187,10 @@ def _setup(cfg: Any, attention: str | None = None) -> tuple[Any, Any, Any]:
     from promptlab.tasks import get_task
 
     task = get_task(cfg.task)
+    # The seed's script imports peft at its top, before its timers start; promptlab imports it on first use, inside
+    # run_one. Import it here too, so neither side's timed region pays for loading a library (0.17 s).
+    import peft  # noqa: F401
+
     return task, load_data(task, cfg), load_backbone(cfg.model, attention=attention, dtype=cfg.dtype)
 
 
