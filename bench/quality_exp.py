@@ -8,7 +8,7 @@ With QUALITY_OUT=DIR set, each run's directory (predictions.jsonl, metrics.json,
 import os, sys, json, time
 from pathlib import Path
 from promptlab.allocator import keep_freed_memory
-keep_freed_memory()  # as the promptlab CLI does
+keep_freed_memory()  # ~20% faster training; these runs measure accuracy, not peak memory
 from promptlab.backbones import load_backbone
 from promptlab.config import RunConfig
 from promptlab.pipeline import load_data, run_one

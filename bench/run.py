@@ -163,13 +163,14 @@ def _seed_inprocess(args: list[str]) -> dict[str, Any]:
     return json.loads(buf.getvalue().strip().splitlines()[-1])
 
 
-def _threads(spec: dict[str, Any]) -> None:
+def _threads(spec: dict[str, Any], inference: bool = False) -> None:
     import torch
 
     from promptlab.allocator import keep_freed_memory
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # as promptlab.cli.main does
-    keep_freed_memory()
+    if inference:  # as promptlab.cli.main does for eval/predict/serve/transfer; training keeps glibc's defaults
+        keep_freed_memory()
     torch.set_num_threads(int(spec.get("threads") or os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads()))
 
 
@@ -199,7 +200,7 @@ def job_eval(spec: dict[str, Any]) -> dict[str, Any]:
     generation, metrics, run directory) is timed whole, so promptlab pays for everything the seed's loop does."""
     from promptlab.pipeline import run_one
 
-    _threads(spec)
+    _threads(spec, inference=True)
     cfg = _cli_config(spec["argv"])
     task, data, backbone = _setup(cfg, spec.get("attention"))
     with tempfile.TemporaryDirectory(dir=spec.get("tmp")) as tmp:
@@ -334,7 +335,7 @@ def job_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
     from promptlab.methods import get_method
     from promptlab.pipeline import fit_inputs
 
-    _threads(spec)
+    _threads(spec, inference=True)
     cfg = _cli_config(spec["argv"])
     task, _, backbone = _setup(cfg)
     examples = task.splits(cfg.data)["dev"][: spec["examples"]]

@@ -44,3 +44,16 @@ def test_user_allocator_choice_is_respected():
     assert user_chose_allocator({"MALLOC_ARENA_MAX": "2"})
     assert user_chose_allocator({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
     assert not user_chose_allocator({"PATH": "/usr/bin"})
+
+
+def test_only_inference_commands_keep_freed_memory(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    import promptlab.cli as cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1))
+    assert cli.main(["eval", "--task", "sentiment"]) == 2  # parsed, then refused: neither --method nor --prompt
+    assert calls == [1]
+    assert cli.main(["tasks"]) == 0  # neither these nor training (peak memory) change the allocator
+    assert cli.main(["train", "--task", "sentiment", "--method", "zero-shot", "--out", "unused"]) == 2  # refused
+    assert calls == [1]

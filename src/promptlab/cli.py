@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .allocator import keep_freed_memory
+from .allocator import INFERENCE_COMMANDS, keep_freed_memory
 from .config import RunConfig, check_value, from_dict, load_yaml, validate
 from .errors import ConfigError, DataError, PromptlabError
 
@@ -574,9 +574,10 @@ COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "eval": cmd_eval, "train
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    keep_freed_memory()
     _quiet_libraries()
     args = parser().parse_args(argv)
+    if args.command in INFERENCE_COMMANDS:
+        keep_freed_memory()
     try:
         COMMANDS[args.command](args)
     except PromptlabError as e:
