@@ -133,8 +133,6 @@ def mapped_readout(predictor: Any, src: Source, task: Task, backbone: Backbone,
                    target_anchors: torch.Tensor | None, own: torch.Tensor | None) -> list[str]:
     """Point the predictor's readout at `task`: same-named labels keep the prompt's anchor or verbalizer.
     Returns the target labels that kept the prompt's own."""
-    from .methods.readout import Readout
-
     labels, verbs = _source_labels(src.meta)
     index = {lb.lower(): j for j, lb in enumerate(labels)}
     kept = [lb for lb in task.labels if lb.lower() in index]
@@ -145,9 +143,7 @@ def mapped_readout(predictor: Any, src: Source, task: Task, backbone: Backbone,
     if backbone.kind == "encoder" and task.kind == "choices":
         anchors = torch.stack([own[index[lb.lower()]] if own is not None and lb.lower() in index else target_anchors[i]
                                for i, lb in enumerate(task.labels)])
-    predictor.task = mapped
-    predictor.anchors = anchors
-    predictor.readout = Readout(backbone, mapped, anchors=anchors, max_new_tokens=predictor.readout.max_new_tokens)
+    predictor.retarget(mapped, anchors)
     return kept
 
 

@@ -39,9 +39,16 @@ class AdaptedPredictor(Predictor):
     prompt_init: torch.Tensor | None = None  # what a soft prompt started from, as PEFT saves the trained one
 
     def __post_init__(self) -> None:
-        self.readout = Readout(self.backbone, self.task, anchors=self.anchors, max_new_tokens=self.max_new_tokens)
-        self.anchors = self.readout.anchors
+        self.retarget(self.task, self.anchors)
         self.extras.setdefault("max_new_tokens", self.max_new_tokens)
+
+    def retarget(self, task: Task, anchors: torch.Tensor | None) -> None:
+        """Read out `task`'s labels (with these anchors, for encoders) through the same model and prompt."""
+        current = getattr(self, "readout", None)  # eval's --max-new-tokens may have set it past the artifact's
+        new_tokens = current.max_new_tokens if current is not None else self.max_new_tokens
+        self.task, self.anchors = task, anchors
+        self.readout = Readout(self.backbone, task, anchors=anchors, max_new_tokens=new_tokens)
+        self.anchors = self.readout.anchors
 
     def inputs(self, examples: list[Example]) -> list[str]:
         return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
