@@ -28,7 +28,12 @@ for spec in sys.argv[4:]:
         if k in ("shots", "selection", "template", "candidates"):
             setattr(cfg.hard, k, type(getattr(cfg.hard, k))(v) if getattr(cfg.hard, k) is not None else v); continue
         cur = getattr(cfg.train, k)
-        setattr(cfg.train, k, type(cur)(v) if cur is not None else float(v))
+        if cur is None:  # optional fields: numbers (lr, prefix_projection) or words (init)
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        setattr(cfg.train, k, type(cur)(v) if cur is not None else v)
     t = time.time()
     out = Path(os.environ["QUALITY_OUT"]) / f"{method}-{cfg.seed}" if os.environ.get("QUALITY_OUT") else None
     r = run_one(cfg, bb, task, load_data(task, cfg), out=out, progress=False)
