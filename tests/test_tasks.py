@@ -77,9 +77,9 @@ def test_registry_lists_every_builtin_with_one_line():
 @pytest.mark.parametrize("name", BUILTINS)
 def test_builtin_specs_are_complete(name):
     task = get_task(name)
-    if "labels_from" in task.extras:  # the names come with the data; the spec describes each of them
-        assert task.labels == [] and len(task.extras["label_words"]) >= 2
-        task.use_labels(sorted(task.extras["label_words"]), "test")
+    if "labels_from" in task.extras:  # the names come with the data; the spec only says how to describe one
+        assert task.labels == [] and "{label}" in task.extras["label_description"]
+        task.use_labels(["negative", "neutral", "positive"], "test")
     assert task.name == name and task.kind == "choices"
     assert len(task.templates) >= 3
     assert len(task.labels) == len(task.verbalizers) == len(task.descriptions) >= 2
@@ -159,9 +159,14 @@ def test_tweeteval_label_names_and_order_come_from_the_datas_mapping(tmp_path):
     splits = task.splits(str(tmp_path))
     assert task.labels == ["positive", "neutral", "negative"]  # id order, names as the data writes them
     assert task.descriptions[0].startswith("A positive tweet") and task.verbalizers == task.labels
+    assert task.descriptions == [f"A {n} tweet: the feeling the writer expresses is {n}." for n in task.labels]
     assert [task.labels[e.label] for e in splits["val"]] == ["positive", "negative"]
-    write(tmp_path / "mapping.txt", "0\tnegative\n1\tmixed\n")
-    with pytest.raises(DataError, match=r"mapping\.txt names labels .*mixed.* add the missing ones"):
+    write(tmp_path / "mapping.txt", "0\tnegative\n1\tmixed\n2\tpositive\n")  # names are used as the data gives them
+    task = get_task("tweeteval-sentiment")
+    task.splits(str(tmp_path))
+    assert task.labels == ["negative", "mixed", "positive"] and task.descriptions[1].startswith("A mixed tweet")
+    write(tmp_path / "mapping.txt", "0\tnegative\n")
+    with pytest.raises(DataError, match=r"mapping\.txt names 1 label\(s\) .* needs at least two"):
         get_task("tweeteval-sentiment").splits(str(tmp_path))
     (tmp_path / "mapping.txt").unlink()
     with pytest.raises(DataError, match=r"mapping\.txt is missing; task 'tweeteval-sentiment' reads its label names"):

@@ -127,22 +127,20 @@ class Task:
 
     def use_labels(self, names: list[str], where: str) -> None:
         """A spec with `labels_from` names no labels itself: the data's own label file does (TweetEval's
-        mapping.txt), or the hub's label feature, or an artifact's record of them. The spec describes each label
-        by name (`verbalizers`, `descriptions`); the order is the data's."""
-        words = self.extras.get("label_words")
-        if words is None:
+        mapping.txt), or the hub's label feature, or an artifact's record of them, in the data's order. Each
+        label is answered with its name and described by the spec's `label_description` with the name in it."""
+        sentence = self.extras.get("label_description")
+        if sentence is None:
             return
-        missing = [n for n in names if n not in words]
-        if missing or not names:
-            raise DataError(f"{where} names labels {names}, but task '{self.name}' describes only {sorted(words)}; "
-                            "add the missing ones to its spec's verbalizers and descriptions")
+        if len(names) < 2:
+            raise DataError(f"{where} names {len(names)} label(s) {names}; a choice task needs at least two")
         self.labels = list(names)
-        self.verbalizers = [words[n][0] for n in names]
-        self.descriptions = [words[n][1] for n in names]
+        self.verbalizers = list(names)
+        self.descriptions = [sentence.format(label=n) for n in names]
 
     def check(self) -> None:
         """Internal consistency of a spec; raised at registration so a broken spec fails early."""
-        if self.kind == "choices" and not self.labels and "label_words" in self.extras:
+        if self.kind == "choices" and not self.labels and "label_description" in self.extras:
             return  # the labels come with the data (`labels_from`)
         sizes = {len(self.labels), len(self.verbalizers), len(self.descriptions)}
         if self.kind == "choices" and (not self.labels or len(sizes) != 1):

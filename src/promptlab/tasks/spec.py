@@ -37,6 +37,7 @@ _SCHEMA = {
     "answer_column": "str",
     "labels": "strlist",
     "labels_from": "str",  # a file in the data folder that names the labels (TweetEval's mapping.txt)
+    "label_description": "str",  # with labels_from: the sentence describing any label, with {label} in it
     "verbalizers": "strlist",
     "descriptions": "strlist",
     "metrics": "strlist",
@@ -121,9 +122,7 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
             raise ConfigError(f"{where}: missing required key '{key}'")
     from_data = "labels_from" in raw
     for key, value in raw.items():
-        # With labels_from, labels are described by name: {label: verbalizer}, {label: description}.
-        kind = "strmap" if from_data and key in ("verbalizers", "descriptions") else _SCHEMA[key]
-        _check_value(key, kind, value, where)
+        _check_value(key, _SCHEMA[key], value, where)
     if "\n" in raw["description"].strip():
         raise ConfigError(f"{where}: 'description' must be one line (it is what `promptlab tasks` prints)")
     if raw["kind"] not in ("choices", "text"):
@@ -134,10 +133,11 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
         if raw["kind"] != "choices" or raw["format"] not in LABEL_FILE_FORMATS or "labels" in raw:
             raise ConfigError(f"{where}: 'labels_from' replaces 'labels' in a choices task of format "
                               f"{' or '.join(LABEL_FILE_FORMATS)}")
-        named = [set(raw.get(k, {})) for k in ("verbalizers", "descriptions")]
-        if not named[0] or named[0] != named[1]:
-            raise ConfigError(f"{where}: with 'labels_from', 'verbalizers' and 'descriptions' map the same label "
-                              "names to their words and sentences")
+        # The data names the labels; the spec names none, so a label is answered with its own name and
+        # described by one sentence with the name filled in.
+        if any(k in raw for k in ("verbalizers", "descriptions")) or "{label}" not in raw.get("label_description", ""):
+            raise ConfigError(f"{where}: with 'labels_from', give 'label_description' (a sentence with {{label}} in "
+                              "it) instead of 'verbalizers' and 'descriptions'")
     elif raw["kind"] == "choices":
         for key in _CHOICE_KEYS:
             if key not in raw:
@@ -310,7 +310,7 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         extras["instructions"] = list(raw["instructions"])
     if "labels_from" in raw:  # filled by the loader (Task.use_labels)
         extras["labels_from"] = raw["labels_from"]
-        extras["label_words"] = {n: (raw["verbalizers"][n], raw["descriptions"][n]) for n in raw["verbalizers"]}
+        extras["label_description"] = raw["label_description"]
     task = Task(
         name=raw["name"],
         description=raw["description"].strip(),
