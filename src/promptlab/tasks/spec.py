@@ -138,7 +138,9 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
         if any(k in raw for k in ("verbalizers", "descriptions")) or "{label}" not in raw.get("label_description", ""):
             raise ConfigError(f"{where}: with 'labels_from', give 'label_description' (a sentence with {{label}} in "
                               "it) instead of 'verbalizers' and 'descriptions'")
-    elif raw["kind"] == "choices":
+    elif "label_description" in raw:
+        raise ConfigError(f"{where}: 'label_description' describes labels the data names; it needs 'labels_from'")
+    if not from_data and raw["kind"] == "choices":
         for key in _CHOICE_KEYS:
             if key not in raw:
                 raise ConfigError(f"{where}: a 'choices' task needs '{key}' (one per label)")
