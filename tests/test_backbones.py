@@ -303,10 +303,11 @@ def test_encoder_attention_rows_grouped_by_length_keep_the_bits_of_one_call_per_
     from promptlab.backbones import position_bias_attention
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(4, 2, 6, 8).bfloat16() for _ in range(3))
-    bias = torch.randn(1, 2, 6, 6).bfloat16()
-    lengths = [6, 4, 4, 3]
-    mask = (torch.arange(6)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :].expand(4, 1, 6, 6)
+    L = 24  # more queries than the decoding branch takes (<= 16)
+    q, k, v = (torch.randn(4, 2, L, 8).bfloat16() for _ in range(3))
+    bias = torch.randn(1, 2, L, L).bfloat16()
+    lengths = [L, 20, 20, 17]
+    mask = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None])[:, None, None, :].expand(4, 1, L, L)
     module = torch.nn.Module()
     module.is_causal = False
     with torch.inference_mode():
@@ -315,3 +316,24 @@ def test_encoder_attention_rows_grouped_by_length_keep_the_bits_of_one_call_per_
             row = F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n],
                                                  attn_mask=bias[..., :n], scale=1.0)
             assert torch.equal(out[b], row[0].transpose(0, 1))
+        copy = bias._promptlab_float[1]  # T5 passes one bias to every layer: its float32 copy is made once
+        again, _ = position_bias_attention(module, q, k, v, mask, scaling=1.0, position_bias=bias)
+        assert bias._promptlab_float[1] is copy and torch.equal(again, out)
+
+
+def test_encoder_attention_bias_copy_follows_an_edited_bias():
+    """The float32 copy is tied to the bias's version: an in-place edit (outside inference mode) makes a new one."""
+    from promptlab.backbones import position_bias_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 20, 8) for _ in range(3))
+    bias = torch.randn(1, 2, 20, 20).bfloat16()
+    mask = torch.ones(2, 1, 20, 20, dtype=torch.bool)
+    module = torch.nn.Module()
+    module.is_causal = False
+    with torch.no_grad():
+        first, _ = position_bias_attention(module, q, k, v, mask, scaling=1.0, position_bias=bias)
+        bias.mul_(2)
+        second, _ = position_bias_attention(module, q, k, v, mask, scaling=1.0, position_bias=bias)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.float(), scale=1.0)
+    assert torch.equal(second, want.transpose(1, 2)) and not torch.equal(first, second)
