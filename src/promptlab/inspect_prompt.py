@@ -145,24 +145,20 @@ def analyse_dir(path: str, backbone: Backbone, top: int = 5) -> dict[str, Any]:
 
     from .methods.adapted import PROMPT_INIT_FILE
     from .methods.base import read_meta
+    from .methods.soft import read_prompt_artifact
 
     adir = artifact_of(path)
     meta = read_meta(adir)
     backbone.check_fingerprint(meta.get("backbone") or {}, f"artifact '{path}'")
-    cfg_file, weights = adir / "adapter_config.json", adir / "adapter_model.safetensors"
-    if not cfg_file.is_file() or not weights.is_file():
-        raise ConfigError(f"'{path}' holds a {meta.get('method', 'non-soft')} artifact, not a soft prompt; inspect "
-                          "reads prompt-tuning, hybrid, p-tuning and prefix-tuning runs")
-    try:
-        adapter = json.loads(cfg_file.read_text())
-        prompt = load_file(str(weights))["prompt_embeddings"]
-        init_file = adir / PROMPT_INIT_FILE
-        init = load_file(str(init_file))["prompt_embeddings"] if init_file.is_file() else None
-    except KeyError:
-        raise ConfigError(f"'{weights}' holds no prompt_embeddings: {meta.get('method')} is not a soft prompt; "
-                          "inspect reads prompt-tuning, hybrid, p-tuning and prefix-tuning runs") from None
-    except Exception as e:  # noqa: BLE001 — safetensors and json raise several types for truncated or corrupt files
-        raise ModelError(f"cannot read the soft prompt in '{adir}' ({type(e).__name__}); retrain or restore it") from None
+    adapter, prompt = read_prompt_artifact(adir, meta, f"'{path}'", "a prompt-tuning, hybrid, p-tuning or "
+                                           "prefix-tuning run (inspect reads soft prompts)")
+    init_file, init = adir / PROMPT_INIT_FILE, None
+    if init_file.is_file():  # the starting point is optional: without it the table shows no movement
+        try:
+            init = load_file(str(init_file))["prompt_embeddings"]
+        except Exception as e:  # noqa: BLE001 — as above
+            raise ModelError(f"'{path}': cannot read the prompt's starting point {init_file} ({type(e).__name__}); "
+                             "delete it to inspect without movement, or retrain") from None
     return analyse(prompt, init, adapter, backbone, top, str(meta.get("method", "")))
 
 

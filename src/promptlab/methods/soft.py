@@ -23,12 +23,30 @@ TASK_TYPES = {"encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM", "causa
 PROMPT_INIT = "prompt:"  # --init prompt:DIR
 
 
-def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> torch.Tensor:
-    """The trained prompt rows of artifact (or run) DIR, checked to fit `method` on `backbone`. [n, W]"""
+def read_prompt_artifact(adir: Path, meta: dict[str, Any], who: str, accepts: str) -> tuple[dict[str, Any], torch.Tensor]:
+    """PEFT's config and saved prompt rows of the soft-prompt artifact in `adir` — read here for `inspect` and for
+    `--init prompt:DIR` alike. `who` opens the error messages; `accepts` names the runs the caller takes."""
     import json
 
     from safetensors.torch import load_file
 
+    cfg_file, weights = adir / "adapter_config.json", adir / "adapter_model.safetensors"
+    not_soft = f"{who} holds a {meta.get('method', 'non-soft')} artifact, not a soft prompt; pass {accepts}"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise ConfigError(not_soft)
+    try:
+        adapter = json.loads(cfg_file.read_text())
+        prompt = load_file(str(weights))["prompt_embeddings"]
+    except KeyError:  # a LoRA artifact: PEFT's files without prompt rows
+        raise ConfigError(not_soft) from None
+    except Exception as e:  # noqa: BLE001 — safetensors and json raise several types for truncated or corrupt files
+        raise ModelError(f"{who}: cannot read the soft prompt in '{adir}' ({type(e).__name__}); retrain or restore "
+                         "it") from None
+    return adapter, prompt
+
+
+def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> torch.Tensor:
+    """The trained prompt rows of artifact (or run) DIR, checked to fit `method` on `backbone`. [n, W]"""
     from ..pipeline import artifact_dir  # pipeline imports the method registry: import at call time
     from .base import read_meta
 
@@ -40,12 +58,8 @@ def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> tor
     if method.name == "p-tuning":
         raise ConfigError("--init prompt: cannot start p-tuning: PEFT saves only P-tuning's output embeddings, not "
                           "the encoder that makes them; use it with prompt-tuning, hybrid or prefix-tuning")
-    cfg_file = adir / "adapter_config.json"
-    try:
-        adapter = json.loads(cfg_file.read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"--init prompt:{path} is not a soft-prompt artifact (no readable {cfg_file.name}); "
-                          "pass a prompt-tuning, hybrid or prefix-tuning run") from None
+    adapter, weights = read_prompt_artifact(adir, meta, f"--init prompt:{path}",
+                                            "a prompt-tuning, hybrid or prefix-tuning run")
     peft_type, want = adapter.get("peft_type"), method.peft_config_type()
     if peft_type != want:
         raise ConfigError(f"--init prompt:{path} is a {meta.get('method', peft_type)} prompt ({peft_type}) but "
@@ -59,12 +73,10 @@ def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> tor
         raise ConfigError(f"--init prompt:{path} was trained on '{theirs.get('name')}' "
                           f"(model_type={theirs['model_type']}), not '{backbone.name}'; start from a prompt trained "
                           "on this model")
-    try:
-        weights = load_file(str(adir / "adapter_model.safetensors"))["prompt_embeddings"]
-        n = int(adapter["num_virtual_tokens"])
-    except Exception as e:  # noqa: BLE001 — safetensors raises several types for missing, truncated or corrupt files
-        raise ConfigError(f"--init prompt:{path}: cannot read its prompt ({type(e).__name__}); retrain or restore "
-                          "it") from None
+    n = adapter.get("num_virtual_tokens")
+    if not isinstance(n, int) or n < 1:
+        raise ModelError(f"--init prompt:{path}: its adapter_config.json gives no num_virtual_tokens; retrain or "
+                         "restore it")
     return weights[:n].float()
 
 
