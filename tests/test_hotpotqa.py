@@ -371,3 +371,45 @@ def test_word_sums_and_direct_counts_equal_the_tokenizers_own(examples, tokenize
     with mock.patch.object(H, "_splits_at_spaces", return_value=False):
         assert H._count_words(tokenizer, texts, alone) == want
     assert alone == memo
+
+
+def test_selection_leaves_room_for_a_soft_prompt_and_the_answer_on_absolute_positions(examples):
+    """On GPT-2 (absolute positions) the soft prompt's virtual tokens and the answer take positions too: the
+    context is chosen for what is left, so generation does not cut the input's end (the question's cue) again.
+    T5's relative positions reserve nothing."""
+    import torch
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+    from promptlab.backbones import from_pretrained_objects
+    from promptlab.config import RunConfig
+    from promptlab.pipeline import fit_inputs, reserved
+    from promptlab.tasks import get_task
+
+    torch.manual_seed(0)
+    task, cfg = get_task("hotpotqa"), RunConfig(task="hotpotqa", method="prompt-tuning")
+    tok = ByT5Tokenizer()
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=384, n_embd=16, n_layer=1, n_head=2, n_positions=300,
+                                     bos_token_id=1, eos_token_id=1, pad_token_id=0))
+    bb = from_pretrained_objects("gpt2-300", gpt, tok)
+    template = H.TEMPLATES[1]  # the instruct template ends with "Answer:", which a cut would drop
+    room = 300 - 20 - task.max_new_tokens
+    assert bb.max_length == 300 and room < 300 < task.extras["max_input_tokens"]
+
+    unreserved, _ = H.fit_context(examples, tok, task.extras["max_input_tokens"], template)
+    assert max(_length(tok, template.render(e)) for e in unreserved) > room  # what was selected before: cut later
+    fitted, stats = fit_inputs(task, bb, template, cfg, examples, virtual=20)  # before training: from the config
+    assert stats["budget"] == room
+    assert all(_length(tok, template.render(e)) <= room and template.render(e).endswith("Answer:") for e in fitted)
+    prompted = get_peft_model(bb.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20))
+    predictor = types.SimpleNamespace(model=prompted, readout=types.SimpleNamespace(max_new_tokens=task.max_new_tokens))
+    assert reserved(predictor) == {"virtual": 20, "new_tokens": task.max_new_tokens}
+    again, stats = fit_inputs(task, bb, template, cfg, examples, **reserved(predictor))  # after: from the model
+    assert stats["budget"] == room == bb.input_budget(prompted, new_tokens=task.max_new_tokens)
+    assert [e.fields["context"] for e in again] == [e.fields["context"] for e in fitted]
+
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=384, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2,
+                                             decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    _, stats = fit_inputs(task, from_pretrained_objects("t5", t5, tok, max_length=512), template, cfg, examples,
+                          virtual=20)
+    assert stats["budget"] == 512

@@ -123,14 +123,16 @@ class Backbone:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
-    def input_budget(self, model: Any = None, new_tokens: int = 0) -> int:
+    def input_budget(self, model: Any = None, new_tokens: int = 0, virtual: int | None = None) -> int:
         """Tokens an input may keep: `max_length`, and room left in an absolute-position model (BERT, GPT-2)
-        for the virtual tokens a PEFT prompt puts in front and the `new_tokens` generated after it."""
+        for the virtual tokens a PEFT prompt puts in front (`model`'s, or `virtual` of a prompt not built yet)
+        and the `new_tokens` generated after it."""
         cfg = self.model.config
         positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
         if not positions:  # relative positions (T5): nothing to reserve
             return self.max_length
-        return max(1, min(self.max_length, int(positions) - virtual_tokens(model) - new_tokens))
+        taken = virtual_tokens(model) if virtual is None else virtual
+        return max(1, min(self.max_length, int(positions) - taken - new_tokens))
 
     # -- batching -------------------------------------------------------------------------------
     def _batches(self, texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backbones import Backbone
+from .backbones import Backbone, virtual_tokens
 from .checkpoints import CheckpointPlan
 from .config import RunConfig
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
 from .methods import FitContext, Predictor, get_method, read_meta
 from .methods.adapted import CheckpointedFit
+from .methods.soft import SoftMethod
 from .runs import write_run
 from .splits import Data, resolve
 from .tasks import artifact_task
@@ -48,13 +49,25 @@ def load_data(task: Task, cfg: RunConfig) -> Data:
     return data
 
 
-def fit_inputs(task: Task, backbone: Backbone, template: Template, cfg: RunConfig,
-               examples: list[Example]) -> tuple[list[Example], dict[str, Any]]:
-    """Long-context tasks choose what fits the token budget around this template."""
+def fit_inputs(task: Task, backbone: Backbone, template: Template, cfg: RunConfig, examples: list[Example],
+               virtual: int = 0, new_tokens: int | None = None) -> tuple[list[Example], dict[str, Any]]:
+    """Long-context tasks choose what fits the token budget around this template. The budget is also what the
+    model will keep: on an absolute-position model (GPT-2) the positions left after the `virtual` tokens of a
+    soft prompt in front and, for a causal model, the `new_tokens` of its answer after (default the run's), so
+    that nothing chosen is cut off again when the input is tokenised."""
     if task.fit_context is None or not examples:
         return examples, {}
     budget = cfg.max_input_tokens or task.extras.get("max_input_tokens") or backbone.max_length
-    return task.fit_context(examples, backbone.tokenizer, int(budget), template)
+    answer = (new_tokens or cfg.max_new_tokens or task.max_new_tokens) if backbone.kind == "causal" else 0
+    room = backbone.input_budget(virtual=virtual, new_tokens=answer)
+    return task.fit_context(examples, backbone.tokenizer, int(min(budget, room)), template)
+
+
+def reserved(predictor: Predictor) -> dict[str, int | None]:
+    """fit_inputs' reservations for a trained or loaded predictor: its soft prompt's positions, its answer length."""
+    readout = getattr(predictor, "readout", None)
+    return {"virtual": virtual_tokens(getattr(predictor, "model", None)),
+            "new_tokens": readout.max_new_tokens if readout is not None else None}
 
 
 def artifact_dir(path: str) -> Path:
@@ -96,8 +109,10 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         if method.trains:
             if not train:
                 raise ConfigError(f"method '{cfg.method}' trains but task '{task.name}' has no training examples")
-            train, _ = fit_inputs(task, backbone, template, cfg, train)
-            dev, _ = fit_inputs(task, backbone, template, cfg, dev)
+            # a soft prompt (pez's too) takes positions in front of the input on absolute-position models
+            virtual = cfg.train.virtual_tokens if isinstance(method, SoftMethod) else 0
+            train, _ = fit_inputs(task, backbone, template, cfg, train, virtual=virtual)
+            dev, _ = fit_inputs(task, backbone, template, cfg, dev, virtual=virtual)
         t0 = time.perf_counter()
         seed_everything(cfg.seed)  # random inits depend on the seed alone, not on what ran before in a compare
         ctx = (CheckpointedFit(backbone, task, train, dev, cfg, template, checkpoint=checkpoint)
@@ -107,7 +122,7 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         # A search (prompt-search) trains nothing but costs time: every fit is timed, so its cost shows.
         train_seconds = time.perf_counter() - t0
         method_name = cfg.method
-    examples, input_stats = fit_inputs(task, backbone, template, cfg, data.eval)
+    examples, input_stats = fit_inputs(task, backbone, template, cfg, data.eval, **reserved(predictor))
     result = evaluate(predictor, task, examples, batch_size=cfg.batch_size)
     total = backbone.total_params
     trainable = predictor.n_trainable()

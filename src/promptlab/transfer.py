@@ -167,7 +167,7 @@ def run(backbone: Backbone, pairs: list[tuple[str, str]], task_names: list[str],
     from .methods import get_method
     from .methods.adapted import load_anchors
     from .methods.readout import label_anchors
-    from .pipeline import artifact_dir, fit_inputs
+    from .pipeline import artifact_dir, fit_inputs, reserved
 
     check_data_names(data, task_names)
     sources = read_sources(pairs, backbone)
@@ -189,7 +189,8 @@ def run(backbone: Backbone, pairs: list[tuple[str, str]], task_names: list[str],
                 predictor = get_method(src.meta["method"]).load(artifact_dir(src.path), backbone, task, src.meta)
                 own = load_anchors(artifact_dir(src.path))
             kept = mapped_readout(predictor, src, task, backbone, anchors[task.name], own)
-            examples, _ = fit_inputs(task, backbone, predictor.template, RunConfig(task=task.name), col.examples)
+            examples, _ = fit_inputs(task, backbone, predictor.template, RunConfig(task=task.name), col.examples,
+                                     **reserved(predictor))
             res = evaluate(predictor, task, examples, batch_size=batch_size)
             cell.update({"score": res.metrics[task.metrics[0]], "metrics": res.metrics, "labels_from_prompt": kept})
             if log:

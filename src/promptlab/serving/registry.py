@@ -73,7 +73,8 @@ class Servable:
         are taken as given (and truncated to the model's length like any input)."""
         if not any(ex.meta for ex in examples):
             return examples
-        return fit_inputs(self.task, backbone, self.template, self.config, examples)[0]
+        return fit_inputs(self.task, backbone, self.template, self.config, examples, virtual=self.virtual_tokens,
+                          new_tokens=self.max_new_tokens)[0]
 
     def render(self, examples: list[Example]) -> list[str]:
         if self.predictor is not None and hasattr(self.predictor, "inputs"):
