@@ -177,7 +177,7 @@ def test_a_labels_from_task_without_data_says_to_pass_it():
     from promptlab.methods.readout import Readout
     from promptlab.tasks import artifact_task
 
-    with pytest.raises(ConfigError, match=r"reads its label names from its data \(mapping\.txt\); pass --data"):
+    with pytest.raises(ConfigError, match=r"reads its label names from its data; pass --data"):
         Readout(backbone=None, task=get_task("tweeteval-sentiment"))
     # an artifact records its labels: that is enough to use it without the data
     task = artifact_task({"task": "tweeteval-sentiment", "labels": ["negative", "neutral", "positive"]})
@@ -430,6 +430,8 @@ def test_unknown_yaml_key_is_rejected_naming_key_and_file(tmp_path):
         ({"eval_split": None}, r"missing required key 'eval_split'"),
         ({"context": "no_such_hook"}, r"'context' names no module"),
         ({"max_new_tokens": 0}, r"'max_new_tokens' must be a positive integer"),
+        ({"labels_from": "mapping.txt"}, r"'labels_from' takes 'data' \(the format's reader finds the names\)"),
+        ({"labels_from": "data"}, r"'labels_from' replaces 'labels' in a choices task of format tweeteval"),
     ],
 )
 def test_invalid_specs_fail_at_load(tmp_path, overrides, pattern):

@@ -39,8 +39,8 @@ class Readout:
 
     def __post_init__(self) -> None:
         if self.task.kind == "choices" and not self.task.labels:
-            raise ConfigError(f"task '{self.task.name}' reads its label names from its data "
-                              f"({self.task.extras.get('labels_from')}); pass --data with that file")
+            raise ConfigError(f"task '{self.task.name}' reads its label names from its data; pass --data with "
+                              "its files")
         if self.task.kind == "text" and self.backbone.kind == "encoder":
             raise ConfigError(
                 f"task '{self.task.name}' needs generated answers but '{self.backbone.name}' is an encoder; "

@@ -327,7 +327,7 @@ def _tweeteval(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[E
     if not texts:
         raise DataError(f"{path}: no *_text.txt files; expected {EXPECTS['tweeteval']}")
     mapping = {}
-    label_file_name = task.extras.get("labels_from", "mapping.txt")
+    label_file_name = LABEL_FILES["tweeteval"]
     if (folder / label_file_name).is_file():
         for line in _lines(folder / label_file_name):
             if line.strip():
@@ -444,8 +444,9 @@ def _hotpotqa(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[Ex
 
 # Formats whose reader loads from the hub itself when given no path (their rows need more than a column map).
 HUB_NATIVE = {"hotpotqa"}
-# Formats whose folders carry a file naming the labels, which a spec may read them from (`labels_from`).
-LABEL_FILE_FORMATS = ("tweeteval",)
+# Formats whose folders carry a file naming the labels ('<id><TAB><name>' lines), which a spec may take its
+# label names from (`labels_from: data`): the file belongs to the format, so no spec names it.
+LABEL_FILES = {"tweeteval": "mapping.txt"}
 
 FORMATS: dict[str, Loader] = {
     "glue-tsv": _glue_tsv,

@@ -18,7 +18,7 @@ import yaml
 
 from ..errors import ConfigError, DataError, unknown
 from .base import ContextHook, Example, Task, Template
-from .loaders import FORMATS, HUB_NATIVE, LABEL_FILE_FORMATS, from_hub
+from .loaders import FORMATS, HUB_NATIVE, LABEL_FILES, from_hub
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data"
 
@@ -36,7 +36,7 @@ _SCHEMA = {
     "label_map": "labelmap",
     "answer_column": "str",
     "labels": "strlist",
-    "labels_from": "str",  # a file in the data folder that names the labels (TweetEval's mapping.txt)
+    "labels_from": "str",  # "data": the label names come with the data (the format's label file, the hub's feature)
     "label_description": "str",  # with labels_from: the sentence describing any label, with {label} in it
     "verbalizers": "strlist",
     "descriptions": "strlist",
@@ -130,9 +130,12 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
     if raw["format"] not in FORMATS:
         raise ConfigError(f"{where}: {unknown('format', raw['format'], list(FORMATS))}")
     if from_data:
-        if raw["kind"] != "choices" or raw["format"] not in LABEL_FILE_FORMATS or "labels" in raw:
+        if raw["labels_from"] != "data":
+            raise ConfigError(f"{where}: 'labels_from' takes 'data' (the format's reader finds the names), not "
+                              f"{raw['labels_from']!r}")
+        if raw["kind"] != "choices" or raw["format"] not in LABEL_FILES or "labels" in raw:
             raise ConfigError(f"{where}: 'labels_from' replaces 'labels' in a choices task of format "
-                              f"{' or '.join(LABEL_FILE_FORMATS)}")
+                              f"{' or '.join(LABEL_FILES)}")
         # The data names the labels; the spec names none, so a label is answered with its own name and
         # described by one sentence with the name filled in.
         if any(k in raw for k in ("verbalizers", "descriptions")) or "{label}" not in raw.get("label_description", ""):
