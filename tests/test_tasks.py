@@ -77,7 +77,7 @@ def test_registry_lists_every_builtin_with_one_line():
 @pytest.mark.parametrize("name", BUILTINS)
 def test_builtin_specs_are_complete(name):
     task = get_task(name)
-    if "labels_from" in task.extras:  # the names come with the data; the spec only says how to describe one
+    if task.labels_from_data:  # the names come with the data; the spec only says how to describe one
         assert task.labels == [] and "{label}" in task.extras["label_description"]
         task.use_labels(["negative", "neutral", "positive"], "test")
     assert task.name == name and task.kind == "choices"

@@ -125,13 +125,18 @@ class Task:
             "fix the row or choose the task whose labels match"
         )
 
+    @property
+    def labels_from_data(self) -> bool:
+        """The spec said `labels_from: data`: it names no label and describes any one by `label_description`."""
+        return "label_description" in self.extras
+
     def use_labels(self, names: list[str], where: str) -> None:
         """A spec with `labels_from` names no labels itself: the data's own label file does (TweetEval's
         mapping.txt), or the hub's label feature, or an artifact's record of them, in the data's order. Each
         label is answered with its name and described by the spec's `label_description` with the name in it."""
-        sentence = self.extras.get("label_description")
-        if sentence is None:
+        if not self.labels_from_data:
             return
+        sentence = self.extras["label_description"]
         if len(names) < 2:
             raise DataError(f"{where} names {len(names)} label(s) {names}; a choice task needs at least two")
         self.labels = list(names)
@@ -140,8 +145,8 @@ class Task:
 
     def check(self) -> None:
         """Internal consistency of a spec; raised at registration so a broken spec fails early."""
-        if self.kind == "choices" and not self.labels and "label_description" in self.extras:
-            return  # the labels come with the data (`labels_from`)
+        if self.kind == "choices" and not self.labels and self.labels_from_data:
+            return  # the labels come with the data
         sizes = {len(self.labels), len(self.verbalizers), len(self.descriptions)}
         if self.kind == "choices" and (not self.labels or len(sizes) != 1):
             raise ConfigError(f"task '{self.name}': labels, verbalizers and descriptions must have equal length")

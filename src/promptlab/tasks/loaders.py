@@ -333,10 +333,10 @@ def _tweeteval(spec: TaskSpec, task: Task, path: str | None) -> dict[str, list[E
             if line.strip():
                 key, _, name = line.strip().partition("\t")
                 mapping[key.strip()] = name.strip()
-        if "labels_from" in task.extras:  # the data names the labels, in the order of their ids
+        if task.labels_from_data:  # the data names the labels, in the order of their ids
             ids = sorted(mapping, key=lambda k: int(k) if k.lstrip("-").isdigit() else k)
             task.use_labels([mapping[k] for k in ids], str(folder / label_file_name))
-    elif "labels_from" in task.extras:
+    elif task.labels_from_data:
         raise DataError(f"{folder}: {label_file_name} is missing; task '{task.name}' reads its label names from "
                         "it (lines '<id><TAB><name>', as TweetEval ships them)")
     out = {}
@@ -474,7 +474,7 @@ def from_hub(spec: TaskSpec, task: Task) -> dict[str, list[Example]]:
             f"pass --data PATH (e.g. {EXPECTS.get(spec.format, 'a local copy')})"
         ) from None
     name = "/".join(str(v) for v in (hub.get("path"), hub.get("name")) if v)
-    if "labels_from" in task.extras:  # on the hub, the label feature names the labels
+    if task.labels_from_data:  # on the hub, the label feature names the labels
         feature = next(iter(dataset.values())).features.get(spec.label_column)
         task.use_labels(list(getattr(feature, "names", None) or []), f"hub {name} column '{spec.label_column}'")
     out = {}

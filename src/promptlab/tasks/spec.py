@@ -313,8 +313,7 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         extras["max_input_tokens"] = raw["max_input_tokens"]
     if "instructions" in raw:
         extras["instructions"] = list(raw["instructions"])
-    if "labels_from" in raw:  # filled by the loader (Task.use_labels)
-        extras["labels_from"] = raw["labels_from"]
+    if "labels_from" in raw:  # the labels are filled by the loader (Task.use_labels)
         extras["label_description"] = raw["label_description"]
     task = Task(
         name=raw["name"],
