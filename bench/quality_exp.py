@@ -33,6 +33,8 @@ for spec in sys.argv[4:]:
                 v = float(v)
             except ValueError:
                 pass
+        if isinstance(cur, bool):  # bool("0") would be True
+            v = v.lower() in ("1", "true", "yes")
         setattr(cfg.train, k, type(cur)(v) if cur is not None else v)
     t = time.time()
     out = Path(os.environ["QUALITY_OUT"]) / f"{method}-{cfg.seed}" if os.environ.get("QUALITY_OUT") else None
