@@ -12,49 +12,28 @@ from promptlab.methods.adapted import fit_adapted
 from promptlab.methods.soft import init_token_ids
 
 class DeepModel(nn.Module):
+    """The frozen BERT-family encoder run layer by layer: before layer l the first k positions are set to P_l
+    (P_0 stands in for the embedding layer's output, so the words keep positions 0..n-1)."""
+
     def __init__(self, base, prompts, pool):
         super().__init__()
         self.base = base
-        self.prompts = nn.Parameter(prompts)
+        self.prompts = nn.Parameter(prompts)  # [L, k, H]
         self.k = prompts.shape[1]
         self.pool = pool
-        self._on = False
-        for l, layer in enumerate(base.encoder.layer):
-            if l:
-                layer.register_forward_pre_hook(self._hook(l), with_kwargs=True)
-    def _hook(self, l):
-        def hook(mod, args, kwargs):
-            if not self._on:
-                return None
-            if args:
-                h = args[0]; rest = args[1:]
-            else:
-                h = kwargs["hidden_states"]
-            h = torch.cat([self.prompts[l].to(h.dtype).expand(h.shape[0], -1, -1), h[:, self.k:]], 1)
-            if args:
-                return (h,) + tuple(rest), kwargs
-            kwargs["hidden_states"] = h
-            return args, kwargs
-        return hook
+
     def forward(self, input_ids, attention_mask, **kw):
-        word = self.base.embeddings.word_embeddings(input_ids)
-        B = word.shape[0]
-        # prompts skip the embedding layer's position/LayerNorm: replace after embeddings via a hook-free trick:
         emb = self.base.embeddings(input_ids=input_ids)
-        h0 = torch.cat([self.prompts[0].to(emb.dtype).expand(B, -1, -1), emb], 1)
+        B = emb.shape[0]
         mask = torch.cat([attention_mask.new_ones(B, self.k), attention_mask], 1)
         ext = (1.0 - mask[:, None, None, :].to(emb.dtype)) * torch.finfo(emb.dtype).min
-        self._on = True
-        try:
-            h = h0
-            for l, layer in enumerate(self.base.encoder.layer):
-                h = layer(h, ext)
-                if isinstance(h, tuple): h = h[0]
-        finally:
-            self._on = False
-        if not self.pool:
-            return BaseModelOutput(last_hidden_state=h[:, self.k:])
-        return BaseModelOutput(last_hidden_state=h)
+        h = emb
+        for l, layer in enumerate(self.base.encoder.layer):
+            h = torch.cat([self.prompts[l].to(h.dtype).expand(B, -1, -1), h if l == 0 else h[:, self.k:]], 1)
+            h = layer(h, ext)
+            h = h[0] if isinstance(h, tuple) else h
+        return BaseModelOutput(last_hidden_state=h if self.pool else h[:, self.k:])
+
 
 @torch.no_grad()
 def init_states(backbone, ids):
