@@ -239,7 +239,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: Case, ctx, zs_run
     assert not fresh.exists() and not fresh.parent.exists()
 
     earlier = tmp_path / "earlier"
-    shutil.copytree(zs_run, earlier)
+    shutil.copytree(zs_run, earlier / "zero-shot" if argv[0] == "compare" else earlier)  # the --out it would reuse
     before = snapshot(earlier)
     code, _, err = run_cli(*argv, "--out", earlier)
     assert_clean_error(code, err, *needles)
@@ -282,6 +282,57 @@ def test_out_that_is_a_foreign_directory_is_refused(ctx, run_cli, tmp_path):
     assert snapshot(target) == before
 
 
+def test_rerun_into_a_run_directory_holding_user_files_is_refused(ctx, zs_run, run_cli, tmp_path):
+    """A rerun replaces the run directory whole: a file promptlab did not write there would be deleted."""
+    target = tmp_path / "run"
+    shutil.copytree(zs_run, target)
+    (target / "notes.md").write_text("my notes\n")
+    before = snapshot(target)
+    code, _, err = run_cli(*_enc_eval(ctx, "--limit", "4"), "--out", target)
+    assert_clean_error(code, err, "--out", "notes.md", "would delete", "choose another path")
+    assert snapshot(target) == before
+
+
+def test_project_folder_with_a_config_yaml_is_not_taken_for_a_run(ctx, run_cli, tmp_path):
+    target = tmp_path / "project"
+    (target / "src").mkdir(parents=True)
+    (target / "config.yaml").write_text("lr: 0.1\n")
+    (target / "src" / "main.py").write_text("print('mine')\n")
+    before = snapshot(target)
+    code, _, err = run_cli(*_enc_eval(ctx, "--limit", "4"), "--out", target)
+    assert_clean_error(code, err, "--out", "src", "would delete")
+    assert snapshot(target) == before
+
+
+def test_single_run_into_a_comparison_is_refused_and_compare_into_a_run(ctx, zs_run, run_cli, tmp_path):
+    comparison = tmp_path / "cmp"
+    shutil.copytree(zs_run, comparison / "zero-shot")
+    (comparison / "report.md").write_text("# report\n")
+    before = snapshot(comparison)
+    code, _, err = run_cli(*_enc_eval(ctx, "--limit", "4"), "--out", comparison)
+    assert_clean_error(code, err, "--out", "holds a comparison", "choose another path")
+    assert snapshot(comparison) == before
+    run = tmp_path / "run"
+    shutil.copytree(zs_run, run)
+    before = snapshot(run)
+    code, _, err = run_cli("compare", "--task", "sentiment", "--model", ctx.models["encoder"], "--methods",
+                           "zero-shot", "--eval-size", "4", "--out", run)
+    assert_clean_error(code, err, "--out", "is a single run, not a comparison")
+    assert snapshot(run) == before
+
+
+def test_out_that_is_the_current_directory_is_refused(ctx, zs_run, run_cli, tmp_path, monkeypatch):
+    """`--out .` (or a parent of the working directory) would replace the directory the user is in."""
+    work = tmp_path / "work"
+    shutil.copytree(zs_run, work)  # even a run directory: writing it would delete the process's own cwd
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    for out in (".", "artifact/..", ".."):
+        code, _, err = run_cli(*_enc_eval(ctx, "--limit", "4"), "--out", out)
+        assert_clean_error(code, err, "--out", "current directory", "runs/NAME")
+    assert snapshot(work) == before
+
+
 def test_out_under_a_read_only_directory_is_refused(ctx, run_cli, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -294,6 +345,14 @@ def test_out_under_a_read_only_directory_is_refused(ctx, run_cli, tmp_path):
         assert list(ro.iterdir()) == []
     finally:
         ro.chmod(0o755)
+
+
+def test_out_where_nothing_can_be_made_is_refused_before_any_work(ctx, run_cli):
+    """Permission bits do not tell (root ignores them; /proc refuses everyone): the check makes a directory."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc")
+    code, _, err = run_cli(*_enc_eval(ctx, "--limit", "4"), "--out", "/proc/promptlab-run")
+    assert_clean_error(code, err, "--out", "not writable", "choose another path")
 
 
 # -- config files -------------------------------------------------------------------------------------------

@@ -162,6 +162,25 @@ def test_report_on_a_directory_without_runs_is_one_clean_error(run_cli, tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("foreign", ['{"accuracy": 0.9}', '[1, 2]'])
+def test_report_names_a_metrics_json_that_promptlab_did_not_write(run_cli, tmp_path, foreign):
+    fake_run(tmp_path / "mixed", "zero-shot", "hard", [1, 0, 1, 1])
+    (tmp_path / "mixed" / "other").mkdir()
+    (tmp_path / "mixed" / "other" / "metrics.json").write_text(foreign)
+    code, _, err = run_cli("report", tmp_path / "mixed")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "other/metrics.json" in err and "not a promptlab run's metrics" in err
+    assert not (tmp_path / "mixed" / "report.md").exists()
+
+
+def test_report_out_that_is_a_file_is_one_clean_error(run_cli, tmp_path):
+    run = fake_run(tmp_path, "zero-shot", "hard", [1, 0])
+    (tmp_path / "notes.txt").write_text("keep\n")
+    code, _, err = run_cli("report", run, "--out", tmp_path / "notes.txt")
+    assert code == 2 and "Traceback" not in err and "is a file" in err, err
+    assert (tmp_path / "notes.txt").read_text() == "keep\n"
+
+
 # -- model-free: the numbers a report derives ----------------------------------------------------------------
 def test_confusion_matrix_and_ci_come_from_the_records(tmp_path):
     d = fake_run(tmp_path, "zero-shot", "hard", [1, 1, 0, 1, 0, 1, 1, 1], labels=("a", "b"))

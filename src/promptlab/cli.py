@@ -345,7 +345,7 @@ def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, titl
     out = Path(args.out)
     if getattr(args, "train_sizes", None):
         return _compare_sizes(args, cfg, names, out, title)
-    check_out_dir(out)
+    check_out_dir(out, compare=True)
     plan = _checkpoint_plan(args, cfg, out, compare=True)
     task, data, backbone = _setup(cfg)
     for n in names:
@@ -411,6 +411,7 @@ def _print_rows(header: list[str], body: list[list[str]], title: str) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from .report import build, headline
+    from .runs import check_writable
 
     dirs = [Path(d) for d in args.run_dirs]
     for d in dirs:
@@ -418,6 +419,9 @@ def cmd_report(args: argparse.Namespace) -> None:
             raise DataError(f"'{d}' is not a directory; pass run directories or a compare --out directory")
     out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(
         [str(d.resolve()) for d in dirs])))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; choose a directory for report.md, report.html and plots/")
+    check_writable(out, inside=True)
     res = build(dirs, out, args.title or "promptlab comparison")
     _print_table(headline(res["runs"]), args.title or "promptlab comparison")
     print(f"report written to {res['md']} and {res['html']}")

@@ -22,25 +22,56 @@ from .methods.base import Predictor
 RUN_FILES = ("config.yaml", "metrics.json", "predictions.jsonl")
 
 
-def check_out_dir(out: Path) -> None:
-    """Fail before any work if --out cannot become a run directory."""
+# What write_run puts in a run directory, and what `promptlab report` adds to it: a rerun replaces the
+# directory whole, so anything else in it is a user's file and the rerun is refused.
+RUN_ENTRIES = frozenset({*RUN_FILES, "artifact", "inspect.json", "report.md", "report.html", "plots"})
+
+
+def check_out_dir(out: Path, compare: bool = False) -> None:
+    """Fail before any work if --out cannot become a run directory (`compare`: a comparison's), or if writing
+    it would delete anything promptlab did not write."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out '{out}' is a file; choose a directory path")
-    if out.is_dir() and any(out.iterdir()) and not (out / "metrics.json").exists() and not (out / "config.yaml").exists():
-        if not _is_compare_dir(out):
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ConfigError(f"--out '{out}' is the current directory or holds it; name a directory for the run, "
+                          "e.g. --out runs/NAME")
+    if out.is_dir() and any(out.iterdir()):
+        run = (out / "metrics.json").exists() or (out / "config.yaml").exists()
+        if compare and run:
+            raise ConfigError(f"--out '{out}' is a single run, not a comparison; choose another path")
+        if not compare and _is_compare_dir(out):
+            raise ConfigError(f"--out '{out}' holds a comparison, which a single run would replace; choose "
+                              "another path")
+        if not run and not _is_compare_dir(out):
             raise ConfigError(f"--out '{out}' is a non-empty directory that is not a promptlab run; choose another path")
-    parent = out.parent if not out.exists() else out
+        strangers = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
+        if run and strangers:
+            raise ConfigError(f"--out '{out}' is a run directory that also holds '{strangers[0]}', which rerunning "
+                              "would delete; move it away or choose another path")
+    check_writable(out)
+
+
+def check_writable(out: Path, inside: bool = False) -> None:
+    """Whether `out` can be written: beside it (a run is built in a sibling and renamed into place) or, `inside`,
+    in it (a report or a sweep writes into an existing directory). Tried, not inferred from permission bits:
+    root ignores them, and a read-only file system does not show in them."""
+    parent = out if inside and out.is_dir() else out.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():  # e.g. --out notes.txt/run: no permission would make that a directory
         raise ConfigError(f"--out '{out}' cannot be created: '{parent}' is a file, not a directory; "
                           "choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out '{out}' is not writable (no write permission on '{parent}'); choose another path")
+    try:
+        Path(tempfile.mkdtemp(prefix=".promptlab-probe-", dir=parent)).rmdir()
+    except OSError as e:
+        raise ConfigError(f"--out '{out}' is not writable ({e.strerror or type(e).__name__} in '{parent}'); "
+                          "choose another path") from None
 
 
 def _is_compare_dir(out: Path) -> bool:
-    return (out / "report.md").exists() or any((p / "metrics.json").exists() for p in out.iterdir() if p.is_dir())
+    """A comparison holds runs one level down (and its report); a run's own report does not make it one."""
+    return any((p / "metrics.json").exists() for p in out.iterdir() if p.is_dir() and p.name != "artifact")
 
 
 def _temp_sibling(out: Path) -> Path:
@@ -118,6 +149,10 @@ def read_run(path: Path) -> dict[str, Any]:
     if not f.is_file():
         raise DataError(f"'{path}' is not a finished run (no metrics.json); pass a run directory")
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError:
+        run = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"'{f}' is not valid JSON; rerun that run") from None
+    if not isinstance(run, dict) or not isinstance(run.get("method"), str) or not isinstance(run.get("metrics"), dict):
+        raise DataError(f"'{f}' is not a promptlab run's metrics (no 'method' and 'metrics'); pass promptlab run "
+                        "directories")
+    return run

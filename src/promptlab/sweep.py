@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import RunConfig, from_dict
 from .errors import ConfigError, PromptlabError
+from .runs import check_writable
 
 SMALL_SIZE = 128
 DEFAULT_SEEDS = 3
@@ -63,6 +64,7 @@ def check_sweep_out(out: Path) -> None:
         if strangers:
             raise ConfigError(f"--out '{out}' holds '{strangers[0]}', so it is not a --train-sizes sweep; choose "
                               "another path")
+    check_writable(out, inside=True)
 
 
 def point_config(cfg: RunConfig, method: str, size: int, seed: int) -> RunConfig:

@@ -22,6 +22,7 @@ import torch
 from .backbones import Backbone
 from .config import RunConfig
 from .errors import ConfigError, PromptlabError
+from .runs import check_writable
 from .tasks.base import Task, Template
 
 RESULT_FILES = ("transfer.json", "transfer.md", "transfer.png", "transfer.html")
@@ -293,6 +294,7 @@ def check_out(out: Path) -> None:
         raise ConfigError(f"--out '{out}' is a file; choose a directory path")
     if out.is_dir() and any(out.iterdir()) and not (out / "transfer.json").exists():
         raise ConfigError(f"--out '{out}' is a non-empty directory that holds no transfer matrix; choose another path")
+    check_writable(out)
 
 
 def write(out: Path, result: dict[str, Any]) -> None:
