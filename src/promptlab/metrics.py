@@ -85,6 +85,8 @@ def _as_golds(gold: str | Sequence[str]) -> Sequence[str]:
 # Per-example scorers for text metrics; corpus value = mean, so predictions.jsonl can carry the score.
 _TEXT = {"em": exact_match, "f1": f1}
 METRICS = ("accuracy", "macro_f1", "em", "f1")
+# What each task kind can be scored with: label metrics need predicted labels, text metrics answers.
+KIND_METRICS = {"choices": ("accuracy", "macro_f1"), "text": ("em", "f1")}
 
 
 def score_one(name: str, pred: str, gold: str | Sequence[str]) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError, DataError, unknown
+from ..metrics import KIND_METRICS
 from .base import ContextHook, Example, Task, Template
 from .loaders import FORMATS, HUB_NATIVE, LABEL_FILES, from_hub
 
@@ -129,6 +130,10 @@ def _validate(raw: dict[str, Any], where: Path) -> None:
         raise ConfigError(f"{where}: {unknown('kind', raw['kind'], ['choices', 'text'])}")
     if raw["format"] not in FORMATS:
         raise ConfigError(f"{where}: {unknown('format', raw['format'], list(FORMATS))}")
+    kind, fits = raw["kind"], KIND_METRICS[raw["kind"]]  # here: an unknown metric would fail after training
+    for name in raw["metrics"]:
+        if name not in fits:
+            raise ConfigError(f"{where}: {unknown(f'metric for a {kind} task', name, list(fits))}")
     if from_data:
         if raw["labels_from"] != "data":
             raise ConfigError(f"{where}: 'labels_from' takes 'data' (the format's reader finds the names), not "
