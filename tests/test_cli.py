@@ -217,6 +217,13 @@ CASES: list[Case] = [
      ("exactly one of --method", "--prompt")),
     ("eval-neither", lambda c, t: ["eval", "--task", "sentiment", "--model", str(c.models["encoder"])],
      ("exactly one of --method", "--prompt")),
+    ("flag-not-a-number", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
+                                        "--method", "prompt-tuning", "--epochs", "x"],
+     ("--epochs", "invalid int value: 'x'", "see 'promptlab train --help'")),
+    ("patience-zero", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
+                                    "--method", "prompt-tuning", "--patience", "0"],
+     ("--patience", "positive", "got 0")),
+    ("seed-beyond-64-bits", lambda c, t: [*_enc_eval(c), "--seed", str(2**64)], ("--seed", "2**63 - 1")),
     ("compare-fails-part-way", lambda c, t: ["compare", "--task", "sentiment", "--model", str(c.models["encoder"]),
                                              "--methods", "zero-shot,prompt-tuning", "--init-text", "   ",
                                              "--train-size", "8", "--epochs", "1", "--eval-size", "4"],
@@ -353,6 +360,12 @@ def test_out_where_nothing_can_be_made_is_refused_before_any_work(ctx, run_cli):
         pytest.skip("needs Linux's /proc")
     code, _, err = run_cli(*_enc_eval(ctx, "--limit", "4"), "--out", "/proc/promptlab-run")
     assert_clean_error(code, err, "--out", "not writable", "choose another path")
+
+
+def test_serve_port_out_of_range_is_one_line(run_cli):
+    for port in ("99999", "-1", "http"):
+        code, _, err = run_cli("serve", "--model", "minilm", "--port", port)
+        assert_clean_error(code, err, "--port", "0 to 65535")
 
 
 # -- config files -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .allocator import INFERENCE_COMMANDS, keep_freed_memory
 from .config import RunConfig, check_value, from_dict, load_yaml, validate
@@ -109,8 +109,22 @@ def add_train(p: argparse.ArgumentParser) -> None:
                         "flags change them); rerunning the same command resumes too")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage (20 lines) above its error; a mistyped flag gets one line, like every
+    other user mistake, and points to --help for the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; see '{self.prog} --help'")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a TCP port; use a number from 0 to 65535, e.g. 8000")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="promptlab", description="Prompt engineering vs prompt tuning, measured.")
+    ap = _Parser(prog="promptlab", description="Prompt engineering vs prompt tuning, measured.")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks", help="list registered tasks")
     sub.add_parser("methods", help="list registered methods")
@@ -182,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="frozen weights' dtype (bfloat16: half the memory, faster on CPUs with AMX/AVX512-BF16)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 0-65535 (0: any free one)")
     p.add_argument("--token", help="bearer token for PUT/DELETE /v1/prompts (default $PROMPTLAB_TOKEN; "
                                    "without one they are off)")
     p.add_argument("--artifact-root", action="append", default=[], metavar="DIR",
@@ -579,10 +593,10 @@ COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "eval": cmd_eval, "train
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
-    args = parser().parse_args(argv)
-    if args.command in INFERENCE_COMMANDS:
-        keep_freed_memory()
     try:
+        args = parser().parse_args(argv)
+        if args.command in INFERENCE_COMMANDS:
+            keep_freed_memory()
         COMMANDS[args.command](args)
     except PromptlabError as e:
         print(f"promptlab: error: {e}", file=sys.stderr)

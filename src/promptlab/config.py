@@ -7,6 +7,7 @@ as `config.yaml` into every run directory so a run can be repeated from its own 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -88,7 +89,7 @@ class RunConfig:
 
 POSITIVE = {"epochs", "batch_size", "train_size", "dev_size", "virtual_tokens", "eval_size", "max_input_tokens",
             "max_new_tokens", "shots", "max_steps", "checkpoint_every", "keep_checkpoints",
-            "candidates", "search_size"}
+            "candidates", "search_size", "patience"}
 NON_NEGATIVE = {"prefix_projection"}
 CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest"),
            "schedule": ("constant", "linear"), "search_on": ("train", "dev"), "dtype": ("float32", "bfloat16")}
@@ -152,6 +153,10 @@ def check_value(name: str, value: Any, label: str) -> None:
         raise ConfigError(f"{label} must be between 0 and 100, got {value}; e.g. 0.3 for prompt tuning")
     if name == "warmup" and not (0 <= value < 1):
         raise ConfigError(f"{label} must be a fraction in [0, 1), got {value}; e.g. 0.06")
+    if name == "weight_decay" and not (0 <= value < math.inf):  # NaN too: AdamW refused it at the first step
+        raise ConfigError(f"{label} must be a finite number, 0 or more, got {value}; e.g. 0.01")
+    if name == "seed" and not (0 <= value < 2**63):  # torch's generator takes a 64-bit seed
+        raise ConfigError(f"{label} must be between 0 and 2**63 - 1, got {value}; e.g. 0")
 
 
 def load_yaml(path: str) -> dict[str, Any]:
