@@ -88,7 +88,12 @@ def models(tiny_models, tmp_path_factory) -> dict[str, Path]:
     corrupt = root / "encoder-corrupt-weights"
     shutil.copytree(tiny_models["encoder"], corrupt)
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
-    return {**tiny_models, "encoder-nan-weights": nan, "encoder-corrupt-weights": corrupt}
+    no_tok = root / "encoder-no-tokenizer"
+    shutil.copytree(tiny_models["encoder"], no_tok)
+    for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (no_tok / f).unlink(missing_ok=True)
+    return {**tiny_models, "encoder-nan-weights": nan, "encoder-corrupt-weights": corrupt,
+            "encoder-no-tokenizer": no_tok}
 
 
 @pytest.fixture(scope="module")

@@ -571,6 +571,11 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"cannot load model '{name}': {first[:200]}; pass a local save_pretrained directory or a hub id") from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        # transformers builds a tokenizer with an empty vocabulary when a directory has no tokenizer files:
+        # every word would read as the unknown token, and every prediction would be the same.
+        raise ModelError(f"model '{name}' has no tokenizer vocabulary (no tokenizer.json, vocab.txt or spiece.model "
+                         "beside its weights); copy the tokenizer files saved with the model into its directory")
     return from_pretrained_objects(name, model, tokenizer, path=path, max_length=max_length,
                                    fast_attention=attention is None)
 
