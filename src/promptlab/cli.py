@@ -63,7 +63,7 @@ def _config_method(args: argparse.Namespace) -> str | None:
     return method if isinstance(method, str) else None
 
 
-def add_common(p: argparse.ArgumentParser, out_required: bool = False) -> None:
+def add_common(p: argparse.ArgumentParser, out_required: bool = False, out: bool = True) -> None:
     p.add_argument("--task", help="task name (promptlab tasks) or a task spec YAML")
     p.add_argument("--data", help="data file or folder in the task's official format")
     p.add_argument("--model", help="model alias (minilm), hub id or local directory")
@@ -80,7 +80,8 @@ def add_common(p: argparse.ArgumentParser, out_required: bool = False) -> None:
     p.add_argument("--candidates", type=int, help="prompt-search: candidate prompts scored at most (default 30)")
     p.add_argument("--dev-size", type=int, help="prompt-search: labelled examples scoring each candidate (200)")
     p.add_argument("--search-on", help="prompt-search: score candidates on train (default) or dev")
-    p.add_argument("--out", required=out_required, help="run directory to write")
+    if out:  # predict writes JSON lines to stdout: an --out it ignored would lose them silently
+        p.add_argument("--out", required=out_required, help="run directory to write")
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
@@ -143,8 +144,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split")
     p.add_argument("--limit", type=int)
 
-    p = sub.add_parser("predict", help="predict for texts or a JSONL file")
-    add_common(p)
+    p = sub.add_parser("predict", help="predict for texts or a JSONL file (JSON lines on stdout)")
+    add_common(p, out=False)
     p.add_argument("--prompt", help="a saved artifact (or run) directory")
     p.add_argument("--method", help="a hard method, with --task")
     p.add_argument("--input", help="JSONL file with the task's fields per line")
@@ -356,6 +357,12 @@ def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, titl
         raise ConfigError("--methods is empty; name at least one method, e.g. zero-shot,prompt-tuning")
     for n in names:
         get_method(n)  # unknown names fail before any work
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # both would write the same run directory
+        raise ConfigError(f"--methods names '{twice[0]}' twice; list each method once")
+    if getattr(args, "seeds", None) is not None and not getattr(args, "train_sizes", None):
+        raise ConfigError("--seeds sets the seeds per size of a --train-sizes curve; add --train-sizes, or use "
+                          "--seed for one comparison")
     out = Path(args.out)
     if getattr(args, "train_sizes", None):
         return _compare_sizes(args, cfg, names, out, title)
@@ -469,6 +476,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def _predict_inputs(args: argparse.Namespace, task: Any) -> list[Any]:
     from .tasks.base import Example
 
+    if args.input and args.texts:
+        raise ConfigError("predict takes TEXT arguments or --input FILE.jsonl, not both")
     if args.input:
         path = Path(args.input)
         if not path.is_file():
@@ -488,6 +497,9 @@ def _predict_inputs(args: argparse.Namespace, task: Any) -> list[Any]:
             missing = [f for f in task.input_fields if not isinstance(row, dict) or f not in row]
             if missing:
                 raise DataError(f"{path}:{n}: missing field '{missing[0]}'; task '{task.name}' needs {task.input_fields}")
+            empty = [f for f in task.input_fields if row[f] is None]
+            if empty:  # str(None) would be predicted on as the text "None"
+                raise DataError(f"{path}:{n}: field '{empty[0]}' is null; give it text")
             out.append(Example(str(row.get("id", n)), {f: str(row[f]) for f in task.input_fields}))
         if not out:
             raise DataError(f"--input '{path}' has no rows; add one JSON object per line")
