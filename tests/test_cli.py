@@ -368,6 +368,13 @@ def test_out_where_nothing_can_be_made_is_refused_before_any_work(ctx, run_cli):
     assert_clean_error(code, err, "--out", "not writable", "choose another path")
 
 
+def test_a_mistyped_model_alias_is_named(run_cli, tmp_path):
+    code, _, err = run_cli("eval", "--task", "sentiment", "--model", "minlm", "--method", "zero-shot", "--out",
+                           tmp_path / "run")
+    line = assert_clean_error(code, err, "cannot load model 'minlm'", "did you mean 'minilm'?", "hub id")
+    assert ".;" not in line
+
+
 def test_serve_port_out_of_range_is_one_line(run_cli):
     for port in ("99999", "-1", "http"):
         code, _, err = run_cli("serve", "--model", "minilm", "--port", port)

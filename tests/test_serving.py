@@ -293,6 +293,22 @@ def test_serve_cli_errors_are_one_line(run_cli, tiny_models):
     assert code == 2 and "NAME=DIR" in err and "Traceback" not in err
 
 
+def test_serve_refuses_what_uvicorn_would_fail_on_after_loading(run_cli, tiny_models, tmp_path):
+    """A taken port, an unresolvable host, a negative timeout, a missing artifact root: one line, before the
+    model loads (uvicorn printed its own ERROR line with exit status 3; the others were accepted)."""
+    base = ["serve", "--model", tiny_models["causal"], "--prompt", "zs=zero-shot:sentiment"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for extra, needle in ((["--port", port], "cannot listen on 127.0.0.1:" + port),
+                              (["--host", "no-such-host.invalid"], "cannot be resolved"),
+                              (["--graceful-timeout", "-1"], "--graceful-timeout must be 0 or more"),
+                              (["--artifact-root", str(tmp_path / "missing")], "is not a directory")):
+            code, _, err = run_cli(*base, *extra)
+            assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
 # -- HTTP --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def causal_state(tiny_models, arts):

@@ -8,6 +8,7 @@ and soft methods is what makes their comparison fair.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -569,8 +570,11 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
                              f"{_first_line(e)[:120]}); re-download or re-save the model") from None
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"cannot load model '{name}': {first[:200]}; pass a local save_pretrained directory or a hub id") from None
+        first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:200].rstrip(". ")
+        close = difflib.get_close_matches(name, list(ALIASES), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? or " if close else ""
+        raise ModelError(f"cannot load model '{name}': {first}; {hint}pass a local save_pretrained directory, an alias "
+                         f"({', '.join(ALIASES)}) or a hub id") from None
     if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
         # transformers builds a tokenizer with an empty vocabulary when a directory has no tokenizer files:
         # every word would read as the unknown token, and every prediction would be the same.

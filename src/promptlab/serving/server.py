@@ -33,6 +33,25 @@ def build_state(backbone: Backbone, prompt_args: list[str], limits: Limits | Non
                        [Path(r).expanduser().resolve() for r in roots])
 
 
+def check_listen(host: str, port: int) -> None:
+    """Bind once before the model loads: uvicorn reports a taken port or an unknown host only after, in its
+    own format and exit status."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host '{host}' cannot be resolved ({e.strerror}); use an address such as 127.0.0.1 or "
+                          "0.0.0.0") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port or --host") from None
+
+
 def serve(args: Any) -> None:
     import uvicorn
 
@@ -45,6 +64,13 @@ def serve(args: Any) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.max_wait_ms < 0:
         raise ConfigError("--max-wait-ms must be 0 or more")
+    if not args.graceful_timeout >= 0:
+        raise ConfigError(f"--graceful-timeout must be 0 or more seconds, got {args.graceful_timeout}; e.g. 30")
+    for root in args.artifact_root:
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"--artifact-root '{root}' is not a directory; pass a directory PUT may load artifacts "
+                              "from")
+    check_listen(args.host, args.port)
     token = args.token or os.environ.get("PROMPTLAB_TOKEN") or None
     backbone = load_backbone(args.model, dtype=getattr(args, "dtype", None))
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
