@@ -375,6 +375,16 @@ def test_a_mistyped_model_alias_is_named(run_cli, tmp_path):
     assert ".;" not in line
 
 
+def test_out_of_memory_is_one_line_with_what_to_lower(ctx, run_cli, tmp_path):
+    """A prefix MLP of 10**12 hidden units asks torch for petabytes: its allocator's RuntimeError becomes one line."""
+    out = tmp_path / "run"
+    code, _, err = run_cli("train", "--task", "sentiment", "--model", ctx.models["encoder"], "--method",
+                           "prefix-tuning", "--prefix-projection", str(10**12), *FAST_TRAIN, "--out", out)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("promptlab: error: out of memory (") and "--batch-size" in err
+    assert list(tmp_path.iterdir()) == []  # no run directory, no staging or checkpoint directory beside it
+
+
 def test_serve_port_out_of_range_is_one_line(run_cli):
     for port in ("99999", "-1", "http"):
         code, _, err = run_cli("serve", "--model", "minilm", "--port", port)

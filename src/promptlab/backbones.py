@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 Kind = Literal["encoder", "seq2seq", "causal"]
 
@@ -536,10 +536,6 @@ def left_padded_embeds(model: Any, prompts: Sequence[torch.Tensor],
     return emb, mask
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def load_backbone(name: str, max_length: int | None = None, attention: str | None = None,
                   dtype: str | None = None) -> Backbone:
     """Load a model by alias, hub id or local directory; freeze it; detect its kind.
@@ -567,10 +563,10 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
             # A truncated or overwritten weights file: safetensors, torch.load's unpickler and its zip reader
             # raise these, not OSError (RuntimeError also covers weights whose shapes disagree with config.json).
             raise ModelError(f"cannot load model '{name}': its weights are damaged ({type(e).__name__}: "
-                             f"{_first_line(e)[:120]}); re-download or re-save the model") from None
+                             f"{first_line(e)[:120]}); re-download or re-save the model") from None
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:200].rstrip(". ")
+        first = first_line(e)[:200].rstrip(". ")
         close = difflib.get_close_matches(name, list(ALIASES), n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'? or " if close else ""
         raise ModelError(f"cannot load model '{name}': {first}; {hint}pass a local save_pretrained directory, an alias "

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from .allocator import INFERENCE_COMMANDS, keep_freed_memory
 from .config import RunConfig, check_value, from_dict, load_yaml, validate
-from .errors import ConfigError, DataError, PromptlabError
+from .errors import ConfigError, DataError, PromptlabError, first_line
 
 DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
                 "linear-probe", "lora", "full-finetune"]
@@ -480,6 +480,8 @@ def _predict_inputs(args: argparse.Namespace, task: Any) -> list[Any]:
         raise ConfigError("predict takes TEXT arguments or --input FILE.jsonl, not both")
     if args.input:
         path = Path(args.input)
+        if path.is_dir():
+            raise DataError(f"--input '{path}' is a directory; pass a JSONL file with fields {task.input_fields}")
         if not path.is_file():
             raise DataError(f"--input '{path}' does not exist; pass a JSONL file with fields {task.input_fields}")
         try:
@@ -602,6 +604,12 @@ COMMANDS = {"tasks": cmd_tasks, "methods": cmd_methods, "eval": cmd_eval, "train
             "serve": cmd_serve, "inspect": cmd_inspect, "transfer": cmd_transfer}
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """torch's allocators raise RuntimeError (CUDA's OutOfMemoryError is one) with these words."""
+    text = str(e)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
@@ -616,6 +624,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("promptlab: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if not (isinstance(e, MemoryError) or _out_of_memory(e)):
+            raise  # anything else is a bug and keeps its traceback
+        print("promptlab: error: out of memory (" + first_line(e)[:160] + "); lower --batch-size "
+              "or --train-batch-size, shorten inputs with --max-input-tokens, or use --dtype bfloat16", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -161,6 +161,8 @@ def check_value(name: str, value: Any, label: str) -> None:
 
 def load_yaml(path: str) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config '{path}' is a directory; pass a YAML file, e.g. {p / 'config.yaml'} of a run")
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist; pass a YAML file written by a run or by hand")
     try:

@@ -32,3 +32,8 @@ def unknown(kind: str, name: str, known: list[str]) -> PromptlabError:
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"unknown {kind} '{name}'{hint} (known: {', '.join(sorted(known))})")
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first message line (its type's name when it has none): for one-line errors that quote it."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
