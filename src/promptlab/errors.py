@@ -1,7 +1,7 @@
 """User-facing errors: one line that names the problem and says how to fix it.
 
-The CLI (and later the server) catches PromptlabError, prints its message and exits with status 2.
-Anything else is a bug and keeps its traceback.
+The CLI (and later the server) catches PromptlabError, prints its message and exits with status 2; running
+out of memory is one line too (status 1). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
