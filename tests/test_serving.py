@@ -291,6 +291,8 @@ def test_serve_cli_errors_are_one_line(run_cli, tiny_models):
     assert code == 2 and "at least one --prompt" in err
     code, _, err = run_cli("serve", "--model", tiny_models["causal"], "--prompt", "no equals sign")
     assert code == 2 and "NAME=DIR" in err and "Traceback" not in err
+    code, _, err = run_cli("serve", "--model", tiny_models["causal"], "--prompt", "b=zero-shto:sentiment")
+    assert code == 2 and "prompt 'b': unknown method 'zero-shto'; did you mean 'zero-shot'?" in err, err
 
 
 def test_serve_refuses_what_uvicorn_would_fail_on_after_loading(run_cli, tiny_models, tmp_path):

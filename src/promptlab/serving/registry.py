@@ -25,7 +25,7 @@ import torch
 
 from ..backbones import Backbone
 from ..config import RunConfig
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, unknown
 from ..methods import FitContext, Predictor, get_method, method_names, read_meta
 from ..pipeline import artifact_dir, fit_inputs
 from ..tasks import artifact_task, get_task
@@ -124,6 +124,9 @@ def load_servable(name: str, value: str, backbone: Backbone, config: RunConfig |
         if not task_name:
             raise ConfigError(f"prompt '{name}': '{value}' names no task; write METHOD:TASK, e.g. zero-shot:sentiment")
         return hard_servable(name, method, task or get_task(task_name), backbone, config, template or None)
+    method, sep, _ = value.partition(":")
+    if sep and "/" not in method and not Path(value).expanduser().exists():  # METHOD:TASK with a typo, not a path
+        raise ConfigError(f"prompt '{name}': {unknown('method', method, method_names())}")
     return _load_artifact(name, value, backbone, config, task)
 
 
