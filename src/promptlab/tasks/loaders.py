@@ -116,6 +116,9 @@ def to_example(
         if skip_unlabelled:
             return None
         what = "the label" if task.kind == "choices" else "the answer"
+        if raw == -1:  # GLUE's and the hub's mark for an unlabelled row (their test splits)
+            raise DataError(f"{where}: '{answer_column}' is -1, the mark of an unlabelled row (as in GLUE test "
+                            "files); pass a labelled split, or remove the row")
         if answer_column in row:  # present but empty: naming the column as missing would mislead
             raise DataError(f"{where}: '{answer_column}' is empty ({what} is missing, got {raw!r}); "
                             "fill it in or remove the row")
