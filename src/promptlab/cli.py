@@ -308,6 +308,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not method.trains:
         raise ConfigError(f"'{cfg.method}' is a {method.family} method and trains nothing; use promptlab eval "
                           f"--method {cfg.method}, or train a soft method (prompt-tuning, prefix-tuning, ...)")
+    if cfg.train.prefix_projection and cfg.method != "prefix-tuning":  # compare: it applies to its prefix member
+        raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
+                          "drop the flag")
     out = Path(args.out)
     check_out_dir(out)
     plan = _checkpoint_plan(args, cfg, out)
