@@ -389,6 +389,14 @@ def test_out_of_memory_is_one_line_with_what_to_lower(ctx, run_cli, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no run directory, no staging or checkpoint directory beside it
 
 
+def test_hub_retry_notices_do_not_bury_the_one_line_error(run_cli):
+    """A failed download logs a warning per retry from huggingface_hub (ten lines before promptlab's own)."""
+    import logging
+
+    run_cli("tasks")
+    assert logging.getLogger("huggingface_hub.utils._http").getEffectiveLevel() >= logging.ERROR
+
+
 def test_serve_port_out_of_range_is_one_line(run_cli):
     for port in ("99999", "-1", "http"):
         code, _, err = run_cli("serve", "--model", "minilm", "--port", port)
