@@ -151,6 +151,26 @@ def test_tweeteval_folder_uses_mapping(tmp_path):
     assert splits["val"][1].fields["text"] == "meh\u2028still one line" and splits["val"][1].id == "val-1"
 
 
+def test_tweeteval_follows_its_own_protocol_when_all_splits_are_there(tmp_path):
+    """Report on test, select on val, train on train; a folder with only val is carved (as ../shared/data's)."""
+    from promptlab.config import RunConfig
+    from promptlab.splits import resolve
+
+    write(tmp_path / "mapping.txt", "0\tnegative\n1\tneutral\n2\tpositive\n")
+    for split, n in (("train", 30), ("val", 10), ("test", 12)):
+        write(tmp_path / f"{split}_text.txt", "".join(f"{split} tweet {i}\n" for i in range(n)))
+        write(tmp_path / f"{split}_labels.txt", "".join(f"{i % 3}\n" for i in range(n)))
+    task = get_task("tweeteval-sentiment")
+    data = resolve(task, task.splits(str(tmp_path)), RunConfig(task=task.name))
+    assert data.info["eval_split"] == "test" and data.info["dev"]["from"] == "val" and "carve" not in data.info
+    assert len(data.eval) == 12 and len(data.train) == 30
+    for split in ("train", "test"):
+        for suffix in ("text", "labels"):
+            (tmp_path / f"{split}_{suffix}.txt").unlink()
+    data = resolve(task, task.splits(str(tmp_path)), RunConfig(task=task.name))
+    assert data.info["eval_split"] == "val" and data.info["carve"]["from"] == "val"
+
+
 def test_tweeteval_label_names_and_order_come_from_the_datas_mapping(tmp_path):
     write(tmp_path / "val_text.txt", "a\nb\n")
     write(tmp_path / "val_labels.txt", "0\n2\n")
