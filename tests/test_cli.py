@@ -139,6 +139,10 @@ def _enc_eval(c: Ctx, *extra: str) -> list[str]:
     return ["eval", "--task", "sentiment", "--model", str(c.models["encoder"]), "--method", "zero-shot", *extra]
 
 
+def _enc_train(c: Ctx, *extra: str) -> list[str]:
+    return ["train", "--task", "sentiment", "--model", str(c.models["encoder"]), "--method", "prompt-tuning", *extra]
+
+
 def _local(c: Ctx, fmt: str, data: str) -> list[str]:
     return ["eval", "--task", str(c.files / f"{fmt}.yaml"), "--data", str(c.files / data), "--model",
             str(c.models["encoder"]), "--method", "zero-shot"]
@@ -177,17 +181,13 @@ CASES: list[Case] = [
     ("unknown-method", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
                                      "--method", "promt-tuning"],
      ("unknown method 'promt-tuning'", "did you mean 'prompt-tuning'?")),
-    ("unknown-init", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
-                                   "--method", "prompt-tuning", "--init", "labes"],
+    ("unknown-init", lambda c, t: _enc_train(c, "--init", "labes"),
      ("--init", "'labes'", "did you mean 'labels'?")),
-    ("train-size-too-large", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
-                                           "--method", "prompt-tuning", "--train-size", "100000"],
+    ("train-size-too-large", lambda c, t: _enc_train(c, "--train-size", "100000"),
      ("--train-size 100000", "larger than", "use at most")),
-    ("train-size-zero", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
-                                      "--method", "prompt-tuning", "--train-size", "0"],
+    ("train-size-zero", lambda c, t: _enc_train(c, "--train-size", "0"),
      ("--train-size", "positive", "got 0", "1 or more")),
-    ("epochs-negative", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
-                                      "--method", "prompt-tuning", "--epochs", "-1"],
+    ("epochs-negative", lambda c, t: _enc_train(c, "--epochs", "-1"),
      ("--epochs", "positive", "got -1", "1 or more")),
     ("limit-zero", lambda c, t: _enc_eval(c, "--limit", "0"), ("--limit", "positive", "got 0", "1 or more")),
     ("model-without-weights", lambda c, t: ["eval", "--task", "sentiment", "--model",
@@ -217,16 +217,12 @@ CASES: list[Case] = [
      ("exactly one of --method", "--prompt")),
     ("eval-neither", lambda c, t: ["eval", "--task", "sentiment", "--model", str(c.models["encoder"])],
      ("exactly one of --method", "--prompt")),
-    ("flag-not-a-number", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
-                                        "--method", "prompt-tuning", "--epochs", "x"],
+    ("flag-not-a-number", lambda c, t: _enc_train(c, "--epochs", "x"),
      ("--epochs", "invalid int value: 'x'", "see 'promptlab train --help'")),
-    ("patience-zero", lambda c, t: ["train", "--task", "sentiment", "--model", str(c.models["encoder"]),
-                                    "--method", "prompt-tuning", "--patience", "0"],
+    ("patience-zero", lambda c, t: _enc_train(c, "--patience", "0"),
      ("--patience", "positive", "got 0")),
     ("seed-beyond-64-bits", lambda c, t: [*_enc_eval(c), "--seed", str(2**64)], ("--seed", "2**63 - 1")),
-    ("prefix-projection-without-prefix", lambda c, t: ["train", "--task", "sentiment", "--model",
-                                                      str(c.models["encoder"]), "--method", "prompt-tuning",
-                                                      "--prefix-projection", "16"],
+    ("prefix-projection-without-prefix", lambda c, t: _enc_train(c, "--prefix-projection", "16"),
      ("--prefix-projection", "prompt-tuning has none", "drop the flag")),
     ("compare-method-twice", lambda c, t: ["compare", "--task", "sentiment", "--model", str(c.models["encoder"]),
                                            "--methods", "zero-shot,few-shot,zero-shot"],
