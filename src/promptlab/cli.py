@@ -443,8 +443,6 @@ def cmd_report(args: argparse.Namespace) -> None:
             raise DataError(f"'{d}' is not a directory; pass run directories or a compare --out directory")
     out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(
         [str(d.resolve()) for d in dirs])))
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out '{out}' is a file; choose a directory for report.md, report.html and plots/")
     check_writable(out, inside=True)
     res = build(dirs, out, args.title or "promptlab comparison")
     _print_table(headline(res["runs"]), args.title or "promptlab comparison")

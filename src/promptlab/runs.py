@@ -30,32 +30,33 @@ RUN_ENTRIES = frozenset({*RUN_FILES, "artifact", "inspect.json", "report.md", "r
 def check_out_dir(out: Path, compare: bool = False) -> None:
     """Fail before any work if --out cannot become a run directory (`compare`: a comparison's), or if writing
     it would delete anything promptlab did not write."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out '{out}' is a file; choose a directory path")
+    check_writable(out)
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
         raise ConfigError(f"--out '{out}' is the current directory or holds it; name a directory for the run, "
                           "e.g. --out runs/NAME")
-    if out.is_dir() and any(out.iterdir()):
-        run = (out / "metrics.json").exists() or (out / "config.yaml").exists()
-        if compare and run:
-            raise ConfigError(f"--out '{out}' is a single run, not a comparison; choose another path")
-        if not compare and _is_compare_dir(out):
-            raise ConfigError(f"--out '{out}' holds a comparison, which a single run would replace; choose "
-                              "another path")
-        if not run and not _is_compare_dir(out):
-            raise ConfigError(f"--out '{out}' is a non-empty directory that is not a promptlab run; choose another path")
-        strangers = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
-        if run and strangers:
-            raise ConfigError(f"--out '{out}' is a run directory that also holds '{strangers[0]}', which rerunning "
-                              "would delete; move it away or choose another path")
-    check_writable(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    run = (out / "metrics.json").exists() or (out / "config.yaml").exists()
+    comparison = _is_compare_dir(out)
+    if compare and run:
+        raise ConfigError(f"--out '{out}' is a single run, not a comparison; choose another path")
+    if not compare and comparison:
+        raise ConfigError(f"--out '{out}' holds a comparison, which a single run would replace; choose another path")
+    if not run and not comparison:
+        raise ConfigError(f"--out '{out}' is a non-empty directory that is not a promptlab run; choose another path")
+    strangers = sorted(p.name for p in out.iterdir() if p.name not in RUN_ENTRIES)
+    if run and strangers:
+        raise ConfigError(f"--out '{out}' is a run directory that also holds '{strangers[0]}', which rerunning "
+                          "would delete; move it away or choose another path")
 
 
 def check_writable(out: Path, inside: bool = False) -> None:
-    """Whether `out` can be written: beside it (a run is built in a sibling and renamed into place) or, `inside`,
-    in it (a report or a sweep writes into an existing directory). Tried, not inferred from permission bits:
-    root ignores them, and a read-only file system does not show in them."""
+    """Whether `out` can be written as a directory: beside it (a run is built in a sibling and renamed into place)
+    or, `inside`, in it (a report or a sweep writes into an existing directory). Tried, not inferred from
+    permission bits: root ignores them, and a read-only file system does not show in them."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; choose a directory path")
     parent = out if inside and out.is_dir() else out.parent
     while not parent.exists():
         parent = parent.parent

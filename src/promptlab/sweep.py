@@ -56,15 +56,13 @@ def point_dir(out: Path, size: int, seed: int) -> Path:
 
 def check_sweep_out(out: Path) -> None:
     """--out must be new, empty, or an earlier sweep (which is then continued)."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out '{out}' is a file; choose a directory path")
+    check_writable(out, inside=True)
     if out.is_dir():
         strangers = [p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in _SWEEP_FILES
                      and not (p.is_dir() and p.name.startswith("n") and "-s" in p.name)]
         if strangers:
             raise ConfigError(f"--out '{out}' holds '{strangers[0]}', so it is not a --train-sizes sweep; choose "
                               "another path")
-    check_writable(out, inside=True)
 
 
 def point_config(cfg: RunConfig, method: str, size: int, seed: int) -> RunConfig:

@@ -290,11 +290,9 @@ def html_page(result: dict[str, Any], png: bytes) -> str:
 
 
 def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out '{out}' is a file; choose a directory path")
+    check_writable(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "transfer.json").exists():
         raise ConfigError(f"--out '{out}' is a non-empty directory that holds no transfer matrix; choose another path")
-    check_writable(out)
 
 
 def write(out: Path, result: dict[str, Any]) -> None:
