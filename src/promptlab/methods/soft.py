@@ -14,7 +14,7 @@ import torch
 
 from ..backbones import Backbone
 from ..config import RunConfig
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from ..tasks.base import Example, Task, Template
 from .adapted import AdaptedPredictor, fit_adapted, load_anchors
 from .base import FitContext, Method, Predictor
@@ -241,7 +241,7 @@ class SoftMethod(Method):
             model = PeftModel.from_pretrained(backbone.model, str(path))
         except Exception as e:  # PEFT/safetensors raise many types for missing or corrupt files
             raise ModelError(f"cannot load the soft prompt in '{path}' ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:120] if str(e) else ''}); retrain or restore it") from None
+                             f"{first_line(e)[:120]}); retrain or restore it") from None
         model.eval()
         t = meta["template"]
         extras = meta.get("extras", {})

@@ -21,7 +21,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .base import Example, Task
 
 if TYPE_CHECKING:
@@ -471,7 +471,7 @@ def from_hub(spec: TaskSpec, task: Task) -> dict[str, list[Example]]:
 
         dataset = datasets.load_dataset(**hub)
     except Exception as e:  # noqa: BLE001 -- offline, unknown dataset, bad cache: all mean "use --data"
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = first_line(e)[:160]
         raise DataError(
             f"task '{task.name}' has no local data and the hub is unreachable ({reason}); "
             f"pass --data PATH (e.g. {EXPECTS.get(spec.format, 'a local copy')})"
