@@ -300,7 +300,6 @@ def test_damaged_weights_give_one_line_model_error(tiny_models, tmp_path, damage
 def test_encoder_attention_rows_grouped_by_length_keep_the_bits_of_one_call_per_row():
     """The inference path groups equal-length rows and hands SDPA a float32 copy of the bias: same bits as one
     call per row with the model's own bf16 bias slice."""
-    from promptlab.backbones import position_bias_attention
 
     torch.manual_seed(0)
     L = 24  # more queries than the decoding branch takes (<= 16)
@@ -323,7 +322,6 @@ def test_encoder_attention_rows_grouped_by_length_keep_the_bits_of_one_call_per_
 
 def test_encoder_attention_bias_copy_follows_an_edited_bias():
     """The float32 copy is tied to the bias's version: an in-place edit (outside inference mode) makes a new one."""
-    from promptlab.backbones import position_bias_attention
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 20, 8) for _ in range(3))
