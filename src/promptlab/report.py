@@ -27,13 +27,12 @@ import yaml
 
 from .errors import DataError
 from .metrics import bootstrap_ci
-from .runs import read_run
+from .runs import PLOTS_DIR, REPORT_HTML, REPORT_MD, read_run
 
 # metric name -> field of a predictions.jsonl record holding that metric per example
 PER_EXAMPLE = {"accuracy": "correct", "em": "em", "f1": "score"}
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "em": "EM", "f1": "F1"}
 FAMILY_ORDER = {"hard": 0, "soft": 1, "baseline": 2}
-PLOTS_DIR = "plots"
 
 
 # -- reading runs back ---------------------------------------------------------------------------------
@@ -633,9 +632,9 @@ def build(run_dirs: list[Path], out: Path, title: str = "promptlab comparison") 
     (out / PLOTS_DIR).mkdir(exist_ok=True)
     for f in figs:
         (out / PLOTS_DIR / f"{f['name']}.png").write_bytes(f["png"])
-    md = out / "report.md"
+    md = out / REPORT_MD
     md.write_text(markdown(head, title, figs, all_runs, skipped))
-    page = out / "report.html"
+    page = out / REPORT_HTML
     page.write_text(render_html(head, title, figs, all_runs, out, skipped), encoding="utf-8")
     return {"md": md, "html": page, "plots": out / PLOTS_DIR, "runs": all_runs}
 

@@ -17,14 +17,18 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import ConfigError, DataError
+from .inspect_prompt import INSPECT_FILE
 from .methods.base import Predictor
 
 RUN_FILES = ("config.yaml", "metrics.json", "predictions.jsonl")
 
 
-# What write_run puts in a run directory, and what `promptlab report` adds to it: a rerun replaces the
-# directory whole, so anything else in it is a user's file and the rerun is refused.
-RUN_ENTRIES = frozenset({*RUN_FILES, "artifact", "inspect.json", "report.md", "report.html", "plots"})
+# What `promptlab report` writes into a directory (report.build), and so what run and sweep directories may hold.
+REPORT_MD, REPORT_HTML, PLOTS_DIR = "report.md", "report.html", "plots"
+REPORT_FILES = (REPORT_MD, REPORT_HTML, PLOTS_DIR)
+# What write_run puts in a run directory, and what a report adds to it: a rerun replaces the directory whole, so
+# anything else in it is a user's file and the rerun is refused.
+RUN_ENTRIES = frozenset({*RUN_FILES, "artifact", INSPECT_FILE, *REPORT_FILES})
 
 
 def check_out_dir(out: Path, compare: bool = False) -> None:

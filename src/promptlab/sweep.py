@@ -21,12 +21,12 @@ from typing import Any
 
 from .config import RunConfig, from_dict
 from .errors import ConfigError, PromptlabError
-from .runs import check_writable
+from .runs import REPORT_FILES, check_writable
 
 SMALL_SIZE = 128
 DEFAULT_SEEDS = 3
 SKIPPED_FILE = "skipped.json"
-_SWEEP_FILES = {"report.md", "report.html", "plots", SKIPPED_FILE}
+_SWEEP_FILES = {*REPORT_FILES, SKIPPED_FILE}
 
 
 def parse_sizes(text: str) -> list[int]:
