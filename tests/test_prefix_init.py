@@ -64,3 +64,14 @@ def test_runs_record_how_the_prefix_started(tiny_models, run_cli, tmp_path):
         assert code == 0, err
         info = json.loads((out / "metrics.json").read_text()).get("training", {}).get("init_from")
         assert (info or {}).get("init") == want, (kind, init, info)
+
+
+def test_init_text_alone_asks_for_a_text_start():
+    """--init-text without --init starts from that text, also for prefix tuning (whose default is random); p-tuning,
+    whose prompt PEFT's encoder makes, records the random start it gets."""
+    prefix, ptuning = get_method("prefix-tuning"), get_method("p-tuning")
+    with_text = RunConfig()
+    with_text.train.init_text = "a great movie"
+    assert (prefix.init_of(RunConfig()), prefix.init_of(with_text)) == ("random", "text")
+    assert get_method("prompt-tuning").init_of(RunConfig()) == "text"
+    assert (ptuning.init_of(RunConfig()), ptuning.takes_init(), prefix.takes_init()) == ("random", False, True)

@@ -311,6 +311,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if cfg.train.prefix_projection and cfg.method != "prefix-tuning":  # compare: it applies to its prefix member
         raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
                           "drop the flag")
+    _check_prompt_flags(args, cfg, method)
     out = Path(args.out)
     check_out_dir(out)
     plan = _checkpoint_plan(args, cfg, out)
@@ -320,6 +321,27 @@ def cmd_train(args: argparse.Namespace) -> None:
         discard(plan.dir)  # the run directory is complete: its checkpoints have served
         _print_table([res.metrics], f"{task.name} · {backbone.name}")
         print(f"run written to {out}; artifact in {out / 'artifact'}")
+
+
+def _check_prompt_flags(args: argparse.Namespace, cfg: RunConfig, method: Any) -> None:
+    """Flags that shape a soft prompt are refused where nothing would read them, instead of being ignored (and,
+    for --init, recorded in the run as if they had been)."""
+    from .methods.soft import PROMPT_INIT, SoftMethod
+
+    given = [flag for flag, key in (("--virtual-tokens", "virtual_tokens"), ("--init", "init"),
+                                    ("--init-text", "init_text")) if getattr(args, key, None) is not None]
+    if not isinstance(method, SoftMethod):
+        if given:
+            raise ConfigError(f"{given[0]} shapes a soft prompt; {cfg.method} trains none, drop the flag")
+        return
+    how = method.init_of(cfg)
+    if cfg.train.init_text and how != "text":
+        raise ConfigError(f"--init-text is the text that --init text starts from; this run starts from {how}, "
+                          "drop one of the two")
+    if not method.takes_init() and how != "random" and not how.startswith(PROMPT_INIT):
+        flags = [f"--init {cfg.train.init}"] * bool(cfg.train.init) + ["--init-text"] * bool(cfg.train.init_text)
+        raise ConfigError(f"{method.name}'s prompt comes from its MLP encoder, which PEFT initialises; drop "
+                          f"{' and '.join(flags)}")
 
 
 def _resume_config(args: argparse.Namespace) -> None:

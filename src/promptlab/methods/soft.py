@@ -157,7 +157,12 @@ class SoftMethod(Method):
     default_init: ClassVar[str] = "text"
 
     def init_of(self, config: RunConfig) -> str:
-        return config.train.init or self.default_init
+        # --init-text alone asks for a text start, also where the default is another (prefix-tuning's random)
+        return config.train.init or ("text" if config.train.init_text else self.default_init)
+
+    def takes_init(self) -> bool:
+        """Whether --init chooses this method's starting prompt (p-tuning's comes from PEFT's MLP encoder)."""
+        return self.token_init or self.activation_init
 
     def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         raise NotImplementedError
@@ -306,6 +311,7 @@ class PrefixTuning(SoftMethod):
 class PTuning(SoftMethod):
     name = "p-tuning"
     summary = "soft tokens produced by a small MLP prompt encoder (Liu et al.)"
+    default_init = "random"  # PEFT initialises the encoder; no word start to choose
 
     def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         from peft import PromptEncoderConfig
