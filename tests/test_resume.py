@@ -145,6 +145,22 @@ def test_checkpoints_are_atomic_pickle_free_and_only_the_last_k_kept(tmp_path):
     assert (plan.dir / "config.yaml").read_text() == "seed: 3\n"
 
 
+def test_a_state_without_its_loop_falls_back_to_the_previous(tmp_path, capsys):
+    """A hand-edited state.json without its 'loop' gave a KeyError traceback; it is skipped like damaged tensors."""
+    ref, _ = run(None)
+    plan = CheckpointPlan(tmp_path / "ck")
+    with pytest.raises(Crash):
+        run(plan, crash_at=8, keep_checkpoints=3)
+    newest = checkpoints.CheckpointStore(plan, 3).complete()[-1]
+    state = json.loads((newest / "state.json").read_text())
+    del state["loop"]
+    (newest / "state.json").write_text(json.dumps(state))
+    resumed, result = run(plan)
+    assert result.resumed_from == 6
+    assert "skipping unreadable checkpoint" in capsys.readouterr().err
+    assert torch.equal(resumed.prompt, ref.prompt)
+
+
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
     ref, _ = run(None)
     plan = CheckpointPlan(tmp_path / "ck")

@@ -279,6 +279,11 @@ def load_checkpoint(path: Path) -> Checkpoint:
     state = json.loads((path / STATE_FILE).read_text())
     if state.get("format") != FORMAT:
         raise ValueError(f"checkpoint format {state.get('format')} (this promptlab reads {FORMAT})")
+    try:  # a hand-edited or damaged state.json is unreadable like a damaged tensor file: latest() skips it
+        int(state["loop"]["steps"]), float(state["loop"]["seconds"]), list(state["history"])
+        int(state["best_epoch"]), float(state["best_score"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{STATE_FILE} lacks or garbles {e}") from None
     tensors = load_file(str(path / TENSOR_FILE))
     trainable = {k: tensors[f"trainable.{k}"] for k in state["trainable"]}
     best = {k: tensors[f"best.{k}"] for k in state["best"]}

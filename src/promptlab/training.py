@@ -257,6 +257,9 @@ def _resume(ck: Checkpoint, core: torch.nn.Module, optimizer: Any, result: Train
             group["weight_decay"] = weight_decay
     restore_rng(ck.rng["meta"], ck.rng["tensors"])
     loop = state["loop"]
+    if missing := [k for k in pos.__dict__ if k not in loop]:
+        raise ConfigError(f"checkpoint '{ck.path}' has no loop position ({', '.join(missing)}) in its state.json; "
+                          f"delete '{ck.path.parent}' to start over")
     for k in pos.__dict__:
         setattr(pos, k, loop[k])
     result.steps = int(loop["steps"])
