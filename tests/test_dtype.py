@@ -14,7 +14,8 @@ import torch
 
 from promptlab.backbones import load_backbone
 
-FAST = ["--train-size", "16", "--epochs", "1", "--virtual-tokens", "4", "--limit", "12"]
+FAST_ANY = ["--train-size", "16", "--epochs", "1", "--limit", "12"]  # for any trained method
+FAST = [*FAST_ANY, "--virtual-tokens", "4"]  # for soft prompts
 
 
 def records(run_dir) -> list[dict]:
@@ -59,7 +60,7 @@ def test_bf16_scores_are_within_tolerance_of_fp32(tiny_models, run_cli, tmp_path
 
 def test_full_finetune_in_bf16_is_refused(tiny_models, run_cli, tmp_path):
     code, _, err = run_cli("train", "--task", "sentiment", "--model", str(tiny_models["encoder"]), "--method",
-                           "full-finetune", "--dtype", "bfloat16", "--out", str(tmp_path / "ft"), *FAST)
+                           "full-finetune", "--dtype", "bfloat16", "--out", str(tmp_path / "ft"), *FAST_ANY)
     assert code == 2 and "float32" in err and "Traceback" not in err
     assert not (tmp_path / "ft").exists()
 

@@ -9,6 +9,7 @@ from promptlab.backbones import load_backbone
 from promptlab.config import RunConfig
 from promptlab.methods import FitContext, get_method
 from promptlab.methods.readout import Readout
+from promptlab.methods.soft import SoftMethod
 from promptlab.pipeline import load_data, run_one
 from promptlab.tasks import get_task
 
@@ -109,7 +110,9 @@ def test_save_load_reproduces_predictions(tiny_models, tmp_path, run_cli, kind, 
     common = ["--task", "sentiment", "--model", model, "--limit", "16", "--seed", "1"]
     extra = ["--method", method]
     if verb == "train":
-        extra += ["--train-size", "24", "--epochs", "1", "--virtual-tokens", "4"]
+        extra += ["--train-size", "24", "--epochs", "1"]
+    if isinstance(get_method(method), SoftMethod):
+        extra += ["--virtual-tokens", "4"]
     code, _, err = run_cli(verb, *common, *extra, "--out", tmp_path / "run")
     assert code == 0, err
     code, _, err = run_cli("eval", *common, "--prompt", tmp_path / "run", "--out", tmp_path / "again")
