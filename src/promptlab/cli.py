@@ -91,7 +91,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--virtual-tokens", type=int, help="soft tokens (default 20)")
     p.add_argument("--init", help="soft prompt init: random, vocab, text, labels, or prompt:DIR to start from "
                                   "another run's trained prompt (same method and model; SPoT)")
-    p.add_argument("--init-text", help="text for --init text")
+    p.add_argument("--init-text", help="text for --init text (given alone, it implies --init text)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--patience", type=int, help="early stopping patience in epochs")
     p.add_argument("--train-anchors", action="store_true", default=None,

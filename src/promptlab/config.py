@@ -35,7 +35,8 @@ class TrainConfig:
                                 "trained prompt of the same method and model, SPoT); default text for input-level "
                                 "prompts, random for prefix-tuning (whose text init, the words' keys and values at "
                                 "every layer, measured no better: bench/quality.md)")
-    init_text: str | None = _f(None, "text for --init text; default the task's first template, fields removed")
+    init_text: str | None = _f(None, "text for --init text (set alone, it implies init: text); default the task's "
+                                     "first template, fields removed")
     patience: int = _f(2, "stop after this many epochs without a better dev score")
     max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)")
     weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)")
