@@ -500,8 +500,9 @@ def _agreement(a: list[str], b: list[str]) -> dict[str, float]:
 
 def _train_argv(ctx: Context, method: str, steps: int, dev_cfg: Path) -> list[str]:
     s = ctx.size
+    init = ["--init", "random"] if method != "full-finetune" else []  # train refuses soft-prompt flags for it
     return ["train", "--task", "hotpotqa", "--data", ctx.data, "--model", ctx.model, "--method", method,
-            "--init", "random", "--train-size", str(steps * s.batch), "--epochs", "1", "--max-steps", str(steps),
+            *init, "--train-size", str(steps * s.batch), "--epochs", "1", "--max-steps", str(steps),
             "--train-batch-size", str(s.batch), "--max-input-tokens", str(s.max_input_tokens),
             "--max-new-tokens", "8", "--limit", "1", "--config", str(dev_cfg), "--out", str(ctx.work / "unused")]
 
