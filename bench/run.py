@@ -175,10 +175,12 @@ def _threads(spec: dict[str, Any], inference: bool = False) -> None:
 
 
 def _cli_config(argv: list[str]) -> Any:
-    """The config the `promptlab` CLI builds from these arguments (same parser, same validation)."""
-    from promptlab.cli import build_config, parser
+    """The config the `promptlab` CLI builds from these arguments (same parser, same validation: a recorded command
+    must be one the CLI accepts)."""
+    from promptlab.cli import build_config, parser, train_config
 
-    return build_config(parser().parse_args(argv))
+    args = parser().parse_args(argv)
+    return train_config(args) if args.command == "train" else build_config(args)
 
 
 def _setup(cfg: Any, attention: str | None = None) -> tuple[Any, Any, Any]:

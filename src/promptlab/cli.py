@@ -295,12 +295,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .checkpoints import discard
-    from .methods import get_method
     from .pipeline import run_one
     from .runs import check_out_dir
     from .training import is_main_process
 
     _resume_config(args)
+    cfg = train_config(args)
+    out = Path(args.out)
+    check_out_dir(out)
+    plan = _checkpoint_plan(args, cfg, out)
+    task, data, backbone = _setup(cfg)
+    res = run_one(cfg, backbone, task, data, out, checkpoint=plan)
+    if is_main_process():
+        discard(plan.dir)  # the run directory is complete: its checkpoints have served
+        _print_table([res.metrics], f"{task.name} · {backbone.name}")
+        print(f"run written to {out}; artifact in {out / 'artifact'}")
+
+
+def train_config(args: argparse.Namespace) -> RunConfig:
+    """`train`'s config, with the checks that need the method (also what bench/ builds its training runs with)."""
+    from .methods import get_method
+
     cfg = build_config(args)
     if not (args.method or _config_method(args)):
         raise ConfigError("train needs --method SOFT, e.g. --method prompt-tuning (promptlab methods lists them)")
@@ -312,15 +327,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
                           "drop the flag")
     _check_prompt_flags(args, cfg, method)
-    out = Path(args.out)
-    check_out_dir(out)
-    plan = _checkpoint_plan(args, cfg, out)
-    task, data, backbone = _setup(cfg)
-    res = run_one(cfg, backbone, task, data, out, checkpoint=plan)
-    if is_main_process():
-        discard(plan.dir)  # the run directory is complete: its checkpoints have served
-        _print_table([res.metrics], f"{task.name} · {backbone.name}")
-        print(f"run written to {out}; artifact in {out / 'artifact'}")
+    return cfg
 
 
 def _check_prompt_flags(args: argparse.Namespace, cfg: RunConfig, method: Any) -> None:
