@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Tiny models gain nothing from a second thread, and on a shared 2-core machine thread contention made
 # them 10-50x slower; one thread keeps the suite fast and its timing stable.
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(1)
 

@@ -48,7 +48,7 @@ def test_user_allocator_choice_is_respected():
 
 def test_only_inference_commands_keep_freed_memory(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
-    import promptlab.cli as cli
+    from promptlab import cli
 
     calls = []
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1))

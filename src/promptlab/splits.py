@@ -44,7 +44,7 @@ def resolve(task: Task, available: dict[str, list[Example]], cfg: RunConfig) -> 
     pool = available.get("train") if eval_name != "train" else None
     if pool is None:
         rows = _shuffled(available[eval_name], CARVE_SEED)
-        n_eval = max(1, int(round(len(rows) * CARVE_EVAL_FRACTION)))
+        n_eval = max(1, round(len(rows) * CARVE_EVAL_FRACTION))
         evaluation, pool = rows[:n_eval], rows[n_eval:]
         info["carve"] = {"from": eval_name, "seed": CARVE_SEED, "eval": len(evaluation), "train_pool": len(pool)}
     else:

@@ -22,7 +22,9 @@ def _load_builtin() -> None:
                 soft.PrefixTuning, soft.PTuning, soft.Hybrid, pez.Pez, baselines.LinearProbe, baselines.LoRA,
                 baselines.FullFinetune):
         register(cls)
-    from .setfit_method import SetFit; register(SetFit)  # noqa: E702  (the setfit package loads lazily)
+    from .setfit_method import SetFit  # the setfit package itself loads lazily, when SetFit trains
+
+    register(SetFit)
 
 
 def get_method(name: str) -> Method:

@@ -180,5 +180,5 @@ def load_anchors(path: Path) -> torch.Tensor | None:
         return None
     try:
         return load_file(str(f))["anchors"]
-    except Exception as e:  # safetensors raises several types for truncated/corrupt files
+    except Exception as e:  # noqa: BLE001 — safetensors raises several types for truncated/corrupt files
         raise ModelError(f"'{f}' is corrupted ({type(e).__name__}); retrain or restore the artifact") from None

@@ -58,7 +58,7 @@ class LinearProbe(HeadMethod):
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         try:
             head = load_file(str(path / HEAD_FILE))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — safetensors/transformers/PEFT raise many types for damaged files
             raise ModelError(f"cannot read '{path / HEAD_FILE}' ({type(e).__name__}); retrain or restore it") from None
         t = meta["template"]
         return ProbePredictor(self.name, backbone, task, Template(t["name"], t["text"]), weight=head["weight"],
@@ -94,7 +94,7 @@ class LoRA(WeightBaseline):
 
         try:
             model = PeftModel.from_pretrained(copy.deepcopy(backbone.model), str(path))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — safetensors/transformers/PEFT raise many types for damaged files
             raise ModelError(f"cannot load the LoRA adapter in '{path}' ({type(e).__name__}); retrain or restore it") from None
         return _adapted(self.name, backbone, task, meta, model, path)
 
@@ -122,7 +122,7 @@ class FullFinetune(WeightBaseline):
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         try:
             model = type(backbone.model).from_pretrained(str(path / "model"))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — safetensors/transformers/PEFT raise many types for damaged files
             raise ModelError(f"cannot load the fine-tuned model in '{path / 'model'}' ({type(e).__name__}); "
                              "retrain or restore it") from None
         model.eval()

@@ -244,7 +244,7 @@ class SoftMethod(Method):
         try:
             self._check_adapter_type(path)
             model = PeftModel.from_pretrained(backbone.model, str(path))
-        except Exception as e:  # PEFT/safetensors raise many types for missing or corrupt files
+        except Exception as e:  # noqa: BLE001 — PEFT/safetensors raise many types for missing or corrupt files
             raise ModelError(f"cannot load the soft prompt in '{path}' ({type(e).__name__}: "
                              f"{first_line(e)[:120]}); retrain or restore it") from None
         model.eval()
