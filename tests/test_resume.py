@@ -146,29 +146,23 @@ def test_checkpoints_are_atomic_pickle_free_and_only_the_last_k_kept(tmp_path):
     assert (plan.dir / "config.yaml").read_text() == "seed: 3\n"
 
 
-def test_a_state_without_its_loop_falls_back_to_the_previous(tmp_path, capsys):
-    """A hand-edited state.json without its 'loop' gave a KeyError traceback; it is skipped like damaged tensors."""
-    ref, _ = run(None)
-    plan = CheckpointPlan(tmp_path / "ck")
-    with pytest.raises(Crash):
-        run(plan, crash_at=8, keep_checkpoints=3)
-    newest = checkpoints.CheckpointStore(plan, 3).complete()[-1]
-    state = json.loads((newest / "state.json").read_text())
+def _zero_tensors(ck: Path) -> None:  # disk trouble, not a partial write
+    (ck / "tensors.safetensors").write_bytes(b"\x00" * 10)
+
+
+def _drop_loop(ck: Path) -> None:  # a hand-edited state.json: it gave a KeyError traceback
+    state = json.loads((ck / "state.json").read_text())
     del state["loop"]
-    (newest / "state.json").write_text(json.dumps(state))
-    resumed, result = run(plan)
-    assert result.resumed_from == 6
-    assert "skipping unreadable checkpoint" in capsys.readouterr().err
-    assert torch.equal(resumed.prompt, ref.prompt)
+    (ck / "state.json").write_text(json.dumps(state))
 
 
-def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys):
+@pytest.mark.parametrize("damage", [_zero_tensors, _drop_loop], ids=["tensors", "state-without-loop"])
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys, damage):
     ref, _ = run(None)
     plan = CheckpointPlan(tmp_path / "ck")
     with pytest.raises(Crash):
         run(plan, crash_at=8, keep_checkpoints=3)
-    newest = checkpoints.CheckpointStore(plan, 3).complete()[-1]
-    (newest / "tensors.safetensors").write_bytes(b"\x00" * 10)  # disk trouble, not a partial write
+    damage(checkpoints.CheckpointStore(plan, 3).complete()[-1])
     resumed, result = run(plan)
     # step-6-epoch was damaged; step-6 (taken before that epoch's dev evaluation) is the one before it
     assert result.resumed_from == 6
