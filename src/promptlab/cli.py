@@ -323,17 +323,18 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     if not method.trains:
         raise ConfigError(f"'{cfg.method}' is a {method.family} method and trains nothing; use promptlab eval "
                           f"--method {cfg.method}, or train a soft method (prompt-tuning, prefix-tuning, ...)")
-    if cfg.train.prefix_projection and cfg.method != "prefix-tuning":  # compare: it applies to its prefix member
-        raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
-                          "drop the flag")
     _check_prompt_flags(args, cfg, method)
     return cfg
 
 
 def _check_prompt_flags(args: argparse.Namespace, cfg: RunConfig, method: Any) -> None:
     """Flags that shape a soft prompt are refused where nothing would read them, instead of being ignored (and,
-    for --init, recorded in the run as if they had been)."""
+    for --init, recorded in the run as if they had been). `compare` keeps them for the members they apply to."""
     from .methods.soft import PROMPT_INIT, SoftMethod
+
+    if cfg.train.prefix_projection and cfg.method != "prefix-tuning":
+        raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
+                          "drop the flag")
 
     given = [flag for flag, key in (("--virtual-tokens", "virtual_tokens"), ("--init", "init"),
                                     ("--init-text", "init_text")) if getattr(args, key, None) is not None]
