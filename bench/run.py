@@ -207,7 +207,7 @@ def job_eval(spec: dict[str, Any]) -> dict[str, Any]:
     task, data, backbone = _setup(cfg, spec.get("attention"))
     with tempfile.TemporaryDirectory(dir=spec.get("tmp")) as tmp:
         t0, c0 = time.perf_counter(), time.process_time()
-        res = run_one(cfg, backbone, task, data, Path(tmp) / "run", progress=False)
+        res = run_one(cfg, backbone, task, data, Path(tmp) / "run")
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     m = res.metrics
     preds = [r["prediction"] for r in res.eval.records]
@@ -233,9 +233,7 @@ def job_train(spec: dict[str, Any]) -> dict[str, Any]:
     original = adapted.train_loop
 
     def timed_loop(*args: Any, **kw: Any) -> Any:
-        args = list(args)
-        loss_fn = kw.pop("loss_fn", None) or args.pop(4)
-        dev_fn = kw.pop("dev_fn", None) or args.pop(4)
+        loss_fn, dev_fn = kw.pop("loss_fn"), kw.pop("dev_fn")  # fit_adapted passes both by keyword
 
         def loss_w(m: Any, idx: list[int]) -> Any:
             marks.append(("step", time.perf_counter(), len(idx)))
@@ -248,12 +246,12 @@ def job_train(spec: dict[str, Any]) -> dict[str, Any]:
 
         marks.append(("start", time.perf_counter(), 0))
         cpu.append(time.process_time())
-        return original(*args[:4], loss_w, dev_w, *args[4:], **kw)
+        return original(*args, loss_fn=loss_w, dev_fn=dev_w, **kw)
 
     adapted.train_loop = timed_loop
     try:
         with tempfile.TemporaryDirectory(dir=spec.get("tmp")) as tmp:
-            res = run_one(cfg, backbone, task, data, Path(tmp) / "run", progress=False)
+            res = run_one(cfg, backbone, task, data, Path(tmp) / "run")
     finally:
         adapted.train_loop = original
     end = next(i for i, mk in enumerate(marks) if mk[0] == "dev")
@@ -277,9 +275,9 @@ def job_flops(spec: dict[str, Any]) -> dict[str, Any]:
     from peft import get_peft_model
     from torch.utils.flop_counter import FlopCounterMode
 
+    from promptlab.inputs import fit_inputs
     from promptlab.methods import get_method
     from promptlab.methods.readout import Readout
-    from promptlab.pipeline import fit_inputs
     from promptlab.training import make_optimizer, seed_everything
 
     _threads(spec)
@@ -292,7 +290,7 @@ def job_flops(spec: dict[str, Any]) -> dict[str, Any]:
     seed_everything(0)
     model = get_peft_model(backbone.model, method.peft_config(backbone, cfg.train.virtual_tokens))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer("prompt-tuning", params, 0.3, 0.0)
+    opt = make_optimizer(method.optimizer, params, method.default_lr, 0.0)
     readout = Readout(backbone, task)
     model.train()
 
@@ -333,9 +331,9 @@ def job_flops(spec: dict[str, Any]) -> dict[str, Any]:
 
 def job_preprocess(spec: dict[str, Any]) -> dict[str, Any]:
     """Everything promptlab does to turn loaded HotpotQA examples into model inputs: context selection for the
-    token budget (pipeline.fit_inputs) and the tokenisation the training loop does per batch (lm_batch)."""
+    token budget (inputs.fit_inputs) and the tokenisation the training loop does per batch (lm_batch)."""
     from promptlab.methods import get_method
-    from promptlab.pipeline import fit_inputs
+    from promptlab.inputs import fit_inputs
 
     _threads(spec, inference=True)
     cfg = _cli_config(spec["argv"])
@@ -640,7 +638,7 @@ def bench_p5(ctx: Context) -> list[dict]:
         runs_a.append(a)
         runs_b.append(b)
     return [record("P5", f"preprocessing {n} HotpotQA examples with context, examples per second", "examples/s",
-                   ">= 5", pairs, {"promptlab": "python bench/run.py job preprocess: pipeline.fit_inputs (context "
+                   ">= 5", pairs, {"promptlab": "python bench/run.py job preprocess: inputs.fit_inputs (context "
                                                 f"selection to {s.max_input_tokens} tokens) + Backbone.lm_batch per batch "
                                                 f"of {s.batch}, examples from the same file",
                                    "baseline": f"python {SEED} run " + _fmt(seed_args) + "   (its preprocess_s: the two "

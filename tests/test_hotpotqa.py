@@ -383,7 +383,8 @@ def test_selection_leaves_room_for_a_soft_prompt_and_the_answer_on_absolute_posi
 
     from promptlab.backbones import from_pretrained_objects
     from promptlab.config import RunConfig
-    from promptlab.pipeline import fit_inputs, reserved
+    from promptlab.inputs import fit_inputs
+    from promptlab.inputs import reservations as reserved
     from promptlab.tasks import get_task
 
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ def _cfg(model, **hard):
 
 def _run(bb, cfg, out=None):
     task = get_task("sentiment")
-    return run_one(cfg, bb, task, load_data(task, cfg), out=out, progress=False)
+    return run_one(cfg, bb, task, load_data(task, cfg), out=out)
 
 
 @pytest.fixture(scope="module")

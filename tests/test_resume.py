@@ -22,7 +22,9 @@ from safetensors.torch import load_file
 
 from promptlab import checkpoints
 from promptlab.checkpoints import CheckpointPlan, check_resumable, work_dir
+from promptlab.config import TrainConfig
 from promptlab.errors import ConfigError
+from promptlab.methods import get_method
 from promptlab.training import epoch_batches, lr_factor, train_loop
 
 N, BATCH = 24, 4  # 6 steps per epoch, 3 epochs, a checkpoint every 2 steps
@@ -82,9 +84,12 @@ def run(plan: CheckpointPlan | None, method: str = "prompt-tuning", crash_at: in
         with torch.no_grad():
             return -float(F.cross_entropy(m(XD), YD))
 
-    args = {"epochs": 3, "batch_size": BATCH, "lr": 0.05, "seed": 3, "patience": 5, "progress": False,
-            "checkpoint": plan, "checkpoint_every": 2, "data_fingerprint": "toy", **kw}
-    result = train_loop(model, method, N, [1] * N, loss_fn, dev_fn, **args)
+    loop = {"checkpoint": plan, "data_fingerprint": "toy"}
+    loop.update({k: kw.pop(k) for k in list(kw) if k in loop})
+    cfg = TrainConfig(epochs=3, batch_size=BATCH, lr=0.05, patience=5, checkpoint_every=2, **kw)
+    m = get_method(method)
+    result = train_loop(model, [1] * N, cfg, loss_fn=loss_fn, dev_fn=dev_fn, seed=3, optimizer=m.optimizer,
+                        default_lr=m.default_lr, label=method, progress=False, **loop)
     return model, result
 
 

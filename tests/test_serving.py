@@ -25,9 +25,8 @@ from promptlab.backbones import load_backbone
 from promptlab.cli import main
 from promptlab.config import RunConfig
 from promptlab.errors import ModelError
-from promptlab.methods import get_method
+from promptlab.methods import get_method, load_predictor
 from promptlab.methods.adapted import AdaptedPredictor
-from promptlab.pipeline import load_predictor
 from promptlab.serving import Engine, Job, load_servable
 from promptlab.serving.app import Limits, create_app
 from promptlab.serving.engine import InputTooLong

@@ -10,8 +10,7 @@ import torch, torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 import promptlab.methods as M
-from promptlab.methods.base import Method
-from promptlab.methods.adapted import fit_adapted
+from promptlab.methods.adapted import AdaptedMethod, fit_adapted
 
 GATE, RANK = os.environ.get("GATE", "1") == "1", int(os.environ.get("GATE_RANK", 8))
 
@@ -51,8 +50,9 @@ class GatedPrefixModel(nn.Module):
         return BaseModelOutput(last_hidden_state=h)
 
 
-class GatedPrefix(Method):
-    name = "gated-prefix"; family = "soft"; summary = "prefix tuning with input-dependent gates"; trains = True
+class GatedPrefix(AdaptedMethod):
+    name = "gated-prefix"; family = "soft"; summary = "prefix tuning with input-dependent gates"
+    optimizer, default_lr = "adamw", 1e-3
     kinds = ("encoder",)
 
     def template_for(self, task, config, kind=""):
@@ -60,10 +60,10 @@ class GatedPrefix(Method):
 
     def fit(self, ctx):
         torch.manual_seed(ctx.config.seed)
-        return fit_adapted(ctx, self.name, GatedPrefixModel(ctx.backbone.model, ctx.config.train.virtual_tokens))
+        return fit_adapted(ctx, self, GatedPrefixModel(ctx.backbone.model, ctx.config.train.virtual_tokens))
 
 
-M._load_builtin(); M.register(GatedPrefix)
+M.register(GatedPrefix)
 if os.environ.get("CHECK") == "1":  # GATE=0 must equal PEFT's prefix with the same rows
     from peft import PrefixTuningConfig, get_peft_model
     from promptlab.backbones import load_backbone

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 import promptlab.methods as M
-from promptlab.methods.base import Method
-from promptlab.methods.adapted import fit_adapted
+from promptlab.methods.adapted import AdaptedMethod, fit_adapted
 from promptlab.methods.soft import init_token_ids
 
 class DeepModel(nn.Module):
@@ -43,8 +42,9 @@ def init_states(backbone, ids):
     m.train(was)
     return torch.stack([hs[0] for hs in out.hidden_states[:-1]]).float()  # [L, k, H]: each layer's input
 
-class DeepPrompt(Method):
-    name = "deep-prompt"; family = "soft"; summary = "hidden-state prompts at every layer"; trains = True
+class DeepPrompt(AdaptedMethod):
+    name = "deep-prompt"; family = "soft"; summary = "hidden-state prompts at every layer"
+    optimizer, default_lr = "adamw", 1e-3
     kinds = ("encoder",)
     def template_for(self, task, config, kind=""):
         return task.plain_template()
@@ -56,7 +56,7 @@ class DeepPrompt(Method):
         if how == "random":
             P = torch.randn_like(P) * P.std()
         model = DeepModel(ctx.backbone.model, P, os.environ.get("DEEP_POOL", "1") == "1")
-        return fit_adapted(ctx, self.name, model)
+        return fit_adapted(ctx, self, model)
 
-M._load_builtin(); M.register(DeepPrompt)
+M.register(DeepPrompt)
 runpy.run_path(str(Path(__file__).resolve().parents[1] / "quality_exp.py"), run_name="__main__")

@@ -491,12 +491,17 @@ def use_fast_attention(model: Any) -> bool:
     return True
 
 
+# PEFT types whose prompt is a row of input embeddings in front of the input (prompt tuning, hybrid and pez,
+# P-tuning), as against prefix tuning's keys and values inside every layer.
+INPUT_PROMPT_TYPES = frozenset({"PROMPT_TUNING", "P_TUNING"})
+
+
 def _encoder_reusable(model: Any) -> bool:
     """Whether a seq2seq model's encoder states can be computed once and passed back as encoder_outputs: plain
     models, weight adapters (LoRA) and input-prompt PEFT methods; prefix tuning also feeds the decoder prefixes
     through past_key_values, so it keeps the plain path."""
     peft = _prompt_learning(model)
-    return peft is None or str(peft.peft_type).rsplit(".", 1)[-1] in ("PROMPT_TUNING", "P_TUNING")
+    return peft is None or str(peft.peft_type).rsplit(".", 1)[-1] in INPUT_PROMPT_TYPES
 
 
 def _prompt_learning(model: Any) -> Any:
@@ -515,7 +520,7 @@ def input_prompt(model: Any) -> torch.Tensor | None:
     """The virtual-token embeddings an input-level PEFT prompt (prompt tuning, hybrid, P-tuning) puts before
     the input, [n, H]; None for other models. P-tuning's come out of its prompt encoder, as PEFT computes them."""
     cfg = _prompt_learning(model)
-    if cfg is None or str(cfg.peft_type).rsplit(".", 1)[-1] not in ("PROMPT_TUNING", "P_TUNING"):
+    if cfg is None or str(cfg.peft_type).rsplit(".", 1)[-1] not in INPUT_PROMPT_TYPES:
         return None
     return model.get_prompt(batch_size=1)[0]
 

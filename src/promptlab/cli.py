@@ -283,7 +283,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if out:
         check_out_dir(out)
     if cfg.prompt and not getattr(args, "task", None):
-        from .pipeline import artifact_meta
+        from .artifacts import artifact_meta
 
         cfg.task = artifact_meta(cfg.prompt)["task"]
     task, data, backbone = _setup(cfg)
@@ -613,7 +613,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     data = dict(parse_pairs(args.data, "--data", "sst2=../shared/data/sst2"))
     tasks = list(dict.fromkeys(args.task))
     if not tasks:  # the prompts' own tasks
-        from .pipeline import artifact_meta
+        from .artifacts import artifact_meta
 
         tasks = list(dict.fromkeys(artifact_meta(p)["task"] for _, p in prompts))
     check_data_names(data, tasks)  # before the model loads

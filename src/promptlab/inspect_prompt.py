@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone
+from .artifacts import (
+    META_FILE,
+    artifact_dir,
+    check_compatible,
+    load_prompt_init,
+    read_meta,
+    read_prompt_artifact,
+)
+from .backbones import INPUT_PROMPT_TYPES, Backbone
 from .errors import ConfigError, ModelError
 
-INPUT_TYPES = ("PROMPT_TUNING", "P_TUNING")
+if TYPE_CHECKING:
+    from .methods.base import Predictor
+
 PREFIX_NOTE = ("prefix tuning trains keys and values inside every attention layer, not input embeddings, so "
                "nearest vocabulary tokens are not defined; per-layer norms and movement instead")
 NO_INIT = "init not recorded"
-INSPECT_FILE = "inspect.json"
 
 
 def _r(x: float) -> float:
@@ -46,7 +55,7 @@ def analyse(prompt: torch.Tensor, init: torch.Tensor | None, adapter: dict[str, 
                          "retrain or restore the artifact")
     out: dict[str, Any] = {"method": method, "peft_type": peft_type, "virtual_tokens": n,
                            "model": backbone.name, "init_recorded": init is not None}
-    if peft_type in INPUT_TYPES:
+    if peft_type in INPUT_PROMPT_TYPES:
         out.update(_input_level(rows, base if init is not None else None, backbone, top))
     elif peft_type == "PREFIX_TUNING":
         out.update(_prefix(rows, base if init is not None else None, adapter))
@@ -105,21 +114,17 @@ def _prefix(rows: torch.Tensor, init: torch.Tensor | None, adapter: dict[str, An
 
 
 # -- sources -----------------------------------------------------------------------------------------------
-def analyse_predictor(predictor: Any, top: int = 5) -> dict[str, Any] | None:
+def analyse_predictor(predictor: Predictor, top: int = 5) -> dict[str, Any] | None:
     """A freshly trained soft prompt, from the model in memory (the run's inspect.json); None otherwise."""
-    model = getattr(predictor, "model", None)
-    cfg = getattr(model, "peft_config", {}).get("default") if hasattr(model, "peft_config") else None
-    if cfg is None or not cfg.is_prompt_learning:
+    soft = predictor.soft_prompt()
+    if soft is None:
         return None
-    prompt = model.get_prompt_embedding_to_save("default")
-    return analyse(prompt, getattr(predictor, "prompt_init", None), cfg.to_dict(), predictor.backbone, top,
-                   predictor.method)
+    prompt, init, adapter = soft
+    return analyse(prompt, init, adapter, predictor.backbone, top, predictor.method)
 
 
 def artifact_of(path: str) -> Path:
-    """pipeline.artifact_dir, for a path that must exist."""
-    from .pipeline import artifact_dir
-
+    """artifacts.artifact_dir, for a path that must exist."""
     if not Path(path).exists():
         raise ConfigError(f"'{path}' does not exist; pass a run directory or its artifact directory")
     return artifact_dir(path)
@@ -128,7 +133,7 @@ def artifact_of(path: str) -> Path:
 def recorded_model(path: str) -> str | None:
     """The model a run or artifact says it was trained on: metrics.json's `model`, else promptlab.json's."""
     p = Path(path)
-    for f, key in ((p / "metrics.json", ("model",)), (artifact_of(path) / "promptlab.json", ("backbone", "name"))):
+    for f, key in ((p / "metrics.json", ("model",)), (artifact_of(path) / META_FILE, ("backbone", "name"))):
         try:
             value: Any = json.loads(f.read_text())
             for k in key:
@@ -141,24 +146,12 @@ def recorded_model(path: str) -> str | None:
 
 
 def analyse_dir(path: str, backbone: Backbone, top: int = 5) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    from .methods.adapted import PROMPT_INIT_FILE
-    from .methods.base import read_meta
-    from .methods.soft import read_prompt_artifact
-
     adir = artifact_of(path)
     meta = read_meta(adir)
-    backbone.check_fingerprint(meta.get("backbone") or {}, f"artifact '{path}'")
+    check_compatible(meta, backbone, None, f"artifact '{path}'")
     adapter, prompt = read_prompt_artifact(adir, meta, f"'{path}'", "a prompt-tuning, hybrid, p-tuning or "
                                            "prefix-tuning run (inspect reads soft prompts)")
-    init_file, init = adir / PROMPT_INIT_FILE, None
-    if init_file.is_file():  # the starting point is optional: without it the table shows no movement
-        try:
-            init = load_file(str(init_file))["prompt_embeddings"]
-        except Exception as e:  # noqa: BLE001 — as above
-            raise ModelError(f"'{path}': cannot read the prompt's starting point {init_file} ({type(e).__name__}); "
-                             "delete it to inspect without movement, or retrain") from None
+    init = load_prompt_init(adir, f"'{path}'")  # optional: without it the table shows no movement
     return analyse(prompt, init, adapter, backbone, top, str(meta.get("method", "")))
 
 

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .artifacts import INSPECT_FILE
 from .config import RunConfig
 from .errors import ConfigError, DataError
-from .inspect_prompt import INSPECT_FILE
 from .methods.base import Predictor
 
 RUN_FILES = ("config.yaml", "metrics.json", "predictions.jsonl")

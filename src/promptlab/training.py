@@ -19,19 +19,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .checkpoints import Checkpoint, CheckpointPlan, CheckpointStore, restore_rng
 from .errors import ConfigError
 
-# Input-only soft prompts barely move at the AdamW learning rates used for weights (5e-4 in the seed
-# notebook); Lester et al. train them with Adafactor at 0.3, constant. Everything else uses AdamW.
-ADAFACTOR_METHODS = {"prompt-tuning", "hybrid", "p-tuning"}
-DEFAULT_LR = {"prompt-tuning": 0.3, "hybrid": 0.3, "p-tuning": 0.3, "prefix-tuning": 1e-2, "lora": 1e-3,
-              "full-finetune": 3e-5,
-              "pez": 0.1}  # AdamW at 0.1, as Wen et al. train the continuous copy of a PEZ prompt
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+OPTIMIZERS = ("adamw", "adafactor")  # what a method trained by this loop may declare (methods/adapted.py)
 
 
 @dataclass
@@ -93,8 +91,10 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) ->
     return length_grouped_batches(lengths, batch_size, random.Random(f"promptlab-order:{seed}:{epoch}"))
 
 
-def make_optimizer(method: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> Any:
-    if method in ADAFACTOR_METHODS:
+def make_optimizer(kind: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> Any:
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer kind {kind!r}; one of {OPTIMIZERS}")
+    if kind == "adafactor":
         from transformers.optimization import Adafactor
 
         # scale_parameter: updates are relative to each tensor's RMS, so one lr suits embedding
@@ -118,37 +118,32 @@ class _Position:
 
 def train_loop(
     model: torch.nn.Module,
-    method: str,
-    n_examples: int,
     lengths: list[int],
+    cfg: TrainConfig,
+    *,
     loss_fn: Callable[[torch.nn.Module, list[int]], torch.Tensor],
     dev_fn: Callable[[torch.nn.Module], float],
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float | None,
     seed: int,
-    patience: int,
-    max_steps: int | None = None,
-    weight_decay: float = 0.0,
-    schedule: str = "constant",
-    warmup: float = 0.06,
-    progress: bool = True,
+    optimizer: str,
+    default_lr: float,
+    label: str = "train",
     checkpoint: CheckpointPlan | None = None,
-    checkpoint_every: int = 100,
-    keep_checkpoints: int = 2,
     data_fingerprint: str = "",
+    progress: bool = True,
 ) -> TrainResult:
-    """Train `model`'s trainable parameters; restore the best dev epoch's values at the end."""
+    """Train `model`'s trainable parameters on examples of these token `lengths` (one per example), as `cfg`
+    says; restore the best dev epoch's values at the end. `optimizer` and `default_lr` (used when cfg.lr is
+    unset) are the method's; `label` names it in the progress bar and messages."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     seed_everything(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     assert params, "nothing to train: every parameter is frozen"
-    lr = lr if lr is not None else DEFAULT_LR.get(method, 1e-3)
+    n_examples, epochs, batch_size, max_steps = len(lengths), cfg.epochs, cfg.batch_size, cfg.max_steps
+    lr, weight_decay, patience = (cfg.lr if cfg.lr is not None else default_lr), cfg.weight_decay, cfg.patience
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    optimizer = make_optimizer(method, params, lr, weight_decay)
+    optimizer = make_optimizer(optimizer, params, lr, weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)  # parameter names without DDP's "module." prefix
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -156,7 +151,7 @@ def train_loop(
     result = TrainResult(lr=lr, optimizer=type(getattr(optimizer, "optimizer", optimizer)).__name__, processes=world)
     pos = _Position()
     best_state = _trainable_state(core)
-    store = CheckpointStore(checkpoint, keep_checkpoints, writer=accelerator.is_main_process) if checkpoint else None
+    store = CheckpointStore(checkpoint, cfg.keep_checkpoints, writer=accelerator.is_main_process) if checkpoint else None
     prior_seconds = 0.0
     if store is not None:  # continue from the newest complete checkpoint, if any
         ck = store.latest()
@@ -164,7 +159,7 @@ def train_loop(
             best_state, prior_seconds = _resume(ck, core, optimizer, result, pos, lr, weight_decay,
                                                 n_examples, data_fingerprint)
             if accelerator.is_main_process:
-                print(f"promptlab: resuming {method} at step {ck.step} from '{ck.path}'", file=sys.stderr)
+                print(f"promptlab: resuming {label} at step {ck.step} from '{ck.path}'", file=sys.stderr)
 
     def save(name: str) -> None:
         if store is None:
@@ -184,7 +179,7 @@ def train_loop(
             continue
         batches = epoch_batches(lengths, batch_size, seed, epoch)
         model.train()
-        bar = tqdm(total=len(batches), initial=pos.batch, desc=f"{method} epoch {epoch}/{epochs}", leave=False,
+        bar = tqdm(total=len(batches), initial=pos.batch, desc=f"{label} epoch {epoch}/{epochs}", leave=False,
                    disable=not progress or not accelerator.is_main_process or None)
         for b in range(pos.batch, len(batches)):
             if max_steps and result.steps >= max_steps:
@@ -211,7 +206,7 @@ def train_loop(
             if not torch.isfinite(norm):  # checked before the step: parameters (and checkpoints) stay finite
                 raise _non_finite("gradient norm", norm.item(), result.steps + 1, epoch, lr, weight_decay, store)
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(schedule, result.steps, planned, warmup)
+                group["lr"] = lr * lr_factor(cfg.schedule, result.steps, planned, cfg.warmup)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
@@ -220,7 +215,7 @@ def train_loop(
             pos.seen += stats[1].item()
             bar.update(1)
             bar.set_postfix(loss=f"{pos.total / max(pos.seen, 1):.4f}")
-            if result.steps % checkpoint_every == 0:
+            if result.steps % cfg.checkpoint_every == 0:
                 save(f"step-{result.steps:08d}")
         bar.close()
         model.eval()

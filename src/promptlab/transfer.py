@@ -19,10 +19,17 @@ from typing import Any
 
 import torch
 
+from .artifacts import ADAPTER_WEIGHTS, artifact_dir, artifact_meta, check_compatible, load_anchors
 from .backbones import Backbone
 from .config import RunConfig
 from .errors import ConfigError, PromptlabError
-from .runs import check_writable
+from .evaluation import evaluate
+from .inputs import fit_inputs, reservations
+from .methods import get_method
+from .methods.readout import label_anchors
+from .pipeline import load_data
+from .runs import check_writable, staged
+from .tasks import get_task
 from .tasks.base import Task, Template
 
 RESULT_FILES = ("transfer.json", "transfer.md", "transfer.png", "transfer.html")
@@ -63,10 +70,6 @@ def check_data_names(data: dict[str, str], task_names: list[str]) -> None:
 
 
 def read_sources(pairs: list[tuple[str, str]], backbone: Backbone) -> list[Source]:
-    from .methods import get_method
-    from .pipeline import artifact_dir, artifact_meta
-    from .serving.registry import check_backbone
-
     seen: set[str] = set()
     out = []
     for name, path in pairs:
@@ -82,10 +85,10 @@ def read_sources(pairs: list[tuple[str, str]], backbone: Backbone) -> list[Sourc
                               "trained soft prompts (prompt-tuning, prefix-tuning, p-tuning, hybrid)")
         src = Source(name, path, meta, data=_recorded_data(path))
         try:
-            check_backbone(backbone, meta.get("backbone") or {}, f"prompt '{name}'")
+            check_compatible(meta, backbone, None, f"prompt '{name}'")
         except PromptlabError as e:
             src.problem = str(e).split(";")[0]
-        if not artifact_dir(path).joinpath("adapter_model.safetensors").is_file():
+        if not artifact_dir(path).joinpath(ADAPTER_WEIGHTS).is_file():
             raise ConfigError(f"--prompt {name}={path} has no adapter_model.safetensors; retrain or restore it")
         out.append(src)
     return out
@@ -102,9 +105,6 @@ def _recorded_data(path: str) -> str | None:
 
 def columns(task_names: list[str], data: dict[str, str], sources: list[Source], limit: int | None,
             batch_size: int) -> list[Column]:
-    from .pipeline import load_data
-    from .tasks import get_task
-
     out = []
     for name in task_names:
         task = get_task(name)
@@ -121,8 +121,6 @@ def _source_labels(meta: dict[str, Any]) -> tuple[list[str], list[str] | None]:
     labels = list(meta.get("labels") or [])
     verbs = meta.get("verbalizers")
     if verbs is None:
-        from .tasks import get_task
-
         try:
             verbs = get_task(meta["task"]).verbalizers
         except PromptlabError:
@@ -164,12 +162,6 @@ def incompatible(src: Source, task: Task) -> str | None:
 def run(backbone: Backbone, pairs: list[tuple[str, str]], task_names: list[str], data: dict[str, str],
         limit: int | None, batch_size: int = 32, log: Any = None) -> dict[str, Any]:
     """The whole matrix as plain data (transfer.json)."""
-    from .evaluation import evaluate
-    from .methods import get_method
-    from .methods.adapted import load_anchors
-    from .methods.readout import label_anchors
-    from .pipeline import artifact_dir, fit_inputs, reserved
-
     check_data_names(data, task_names)
     sources = read_sources(pairs, backbone)
     cols = columns(task_names, data, sources, limit, batch_size)
@@ -191,7 +183,7 @@ def run(backbone: Backbone, pairs: list[tuple[str, str]], task_names: list[str],
                 own = load_anchors(artifact_dir(src.path))
             kept = mapped_readout(predictor, src, task, backbone, anchors[task.name], own)
             examples, _ = fit_inputs(task, backbone, predictor.template, RunConfig(task=task.name), col.examples,
-                                     **reserved(predictor))
+                                     **reservations(predictor))
             res = evaluate(predictor, task, examples, batch_size=batch_size)
             cell.update({"score": res.metrics[task.metrics[0]], "metrics": res.metrics, "labels_from_prompt": kept})
             if log:
@@ -297,8 +289,6 @@ def check_out(out: Path) -> None:
 
 def write(out: Path, result: dict[str, Any]) -> None:
     """All four files or none: built aside and moved into place (runs.staged)."""
-    from .runs import staged
-
     png = heatmap(result)
     with staged(out) as tmp:
         (tmp / "transfer.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))

@@ -1,47 +1,21 @@
-"""The method registry: every way to adapt a backbone to a task, by name."""
+"""Methods: every way to adapt a backbone to a task, registered by name (registry.py).
+
+Importing the package imports each module in it, and each method class registers itself there: the built-in
+ones first, in the order `promptlab methods` lists them (hard prompts, the search, soft prompts, pez,
+baselines), then any other module dropped into this folder.
+"""
 
 from __future__ import annotations
 
-from ..errors import unknown
-from .base import FitContext, Method, Prediction, Predictor, read_meta
+import importlib
+import pkgutil
 
-_REGISTRY: dict[str, type[Method]] = {}
+from .base import FitContext, Method, Prediction, Predictor
+from .registry import describe, get_method, load_predictor, method_names, register
 
+_LISTING_ORDER = ("hard", "prompt_search", "soft", "pez", "baselines", "setfit_method")
+for _name in (*_LISTING_ORDER, *sorted(m.name for m in pkgutil.iter_modules(__path__))):
+    importlib.import_module(f"{__name__}.{_name}")
 
-def register(cls: type[Method]) -> type[Method]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_builtin() -> None:
-    if _REGISTRY:
-        return
-    from . import baselines, hard, pez, prompt_search, soft
-
-    for cls in (hard.ZeroShot, hard.FewShot, hard.ChainOfThought, prompt_search.PromptSearch, soft.PromptTuning,
-                soft.PrefixTuning, soft.PTuning, soft.Hybrid, pez.Pez, baselines.LinearProbe, baselines.LoRA,
-                baselines.FullFinetune):
-        register(cls)
-    from .setfit_method import SetFit  # the setfit package itself loads lazily, when SetFit trains
-
-    register(SetFit)
-
-
-def get_method(name: str) -> Method:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise unknown("method", name, list(_REGISTRY))
-    return _REGISTRY[name]()
-
-
-def method_names() -> list[str]:
-    _load_builtin()
-    return list(_REGISTRY)
-
-
-def describe() -> list[tuple[str, str, str]]:
-    _load_builtin()
-    return [(c.name, c.family, c.summary) for c in _REGISTRY.values()]
-
-
-__all__ = ["FitContext", "Method", "Prediction", "Predictor", "describe", "get_method", "method_names", "read_meta"]
+__all__ = ["FitContext", "Method", "Prediction", "Predictor", "describe", "get_method", "load_predictor",
+           "method_names", "register"]

@@ -8,34 +8,40 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import metrics
-from ..checkpoints import CheckpointPlan
-from ..errors import ConfigError, ModelError
+from ..artifacts import ANCHORS_FILE, PROMPT_INIT_FILE
+from ..errors import ConfigError
 from ..tasks.base import Example, Task
-from ..training import train_loop
-from .base import FitContext, Prediction, Predictor
+from ..training import OPTIMIZERS, train_loop
+from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout
 
-ANCHORS_FILE = "anchors.safetensors"
-# A soft prompt's starting point, beside the artifact (not needed to use it: runs.artifact_bytes leaves it out).
-PROMPT_INIT_FILE = "prompt_init.safetensors"
+
+class AdaptedMethod(Method):
+    """A method trained by the shared loop (training.py): soft prompts, LoRA, full fine-tuning. Each declares the
+    optimizer it trains with and its default learning rate; a registered one that lacks them fails at import."""
+
+    trains = True
+    optimizer: ClassVar[str] = ""  # one of training.OPTIMIZERS
+    default_lr: ClassVar[float] = 0.0  # used when --lr is not given
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__ and (cls.optimizer not in OPTIMIZERS or not cls.default_lr > 0):
+            raise TypeError(f"method {cls.__name__} trains through the shared loop: declare optimizer (one of "
+                            f"{OPTIMIZERS}) and a positive default_lr")
 
 
 @dataclass
 class AdaptedPredictor(Predictor):
-    model: Any = None
     anchors: torch.Tensor | None = None
-    max_new_tokens: int = 16
-    # How this fit went beyond the artifact (a resume): reported in metrics.json, kept out of the artifact
-    # so a resumed run's artifact is byte-identical to an uninterrupted one.
-    train_info: dict[str, Any] = field(default_factory=dict)
     prompt_init: torch.Tensor | None = None  # what a soft prompt started from, as PEFT saves the trained one
 
     def __post_init__(self) -> None:
@@ -44,14 +50,19 @@ class AdaptedPredictor(Predictor):
 
     def retarget(self, task: Task, anchors: torch.Tensor | None) -> None:
         """Read out `task`'s labels (with these anchors, for encoders) through the same model and prompt."""
-        current = getattr(self, "readout", None)  # eval's --max-new-tokens may have set it past the artifact's
-        new_tokens = current.max_new_tokens if current is not None else self.max_new_tokens
+        # eval's --max-new-tokens may have set the readout's length past the artifact's
+        new_tokens = self.readout.max_new_tokens if self.readout is not None else self.max_new_tokens
         self.task, self.anchors = task, anchors
         self.readout = Readout(self.backbone, task, anchors=anchors, max_new_tokens=new_tokens)
         self.anchors = self.readout.anchors
 
-    def inputs(self, examples: list[Example]) -> list[str]:
-        return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
+    def soft_prompt(self) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]] | None:
+        """A PEFT prompt-learning model's trained rows as PEFT saves them, the rows it started from, and PEFT's
+        config; None for other adapted models (LoRA, full fine-tuning)."""
+        cfg = getattr(self.model, "peft_config", {}).get("default") if hasattr(self.model, "peft_config") else None
+        if cfg is None or not cfg.is_prompt_learning:
+            return None
+        return self.model.get_prompt_embedding_to_save("default"), self.prompt_init, cfg.to_dict()
 
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
         self.model.eval()
@@ -75,13 +86,6 @@ def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@dataclass
-class CheckpointedFit(FitContext):
-    """A FitContext whose training checkpoints to `checkpoint.dir` and resumes from it (pipeline.run_one)."""
-
-    checkpoint: CheckpointPlan | None = None
-
-
 def training_fingerprint(inputs: list[str], examples: list[Example]) -> str:
     """Hash of what the loop trains on: a checkpoint is only resumed on the same examples in the same order."""
     h = hashlib.sha256()
@@ -90,15 +94,15 @@ def training_fingerprint(inputs: list[str], examples: list[Example]) -> str:
     return h.hexdigest()
 
 
-def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> AdaptedPredictor:
+def fit_adapted(ctx: FitContext, method: AdaptedMethod, model: torch.nn.Module) -> AdaptedPredictor:
     """Train `model` (the backbone with an adapter, or an unfrozen copy) on ctx.train; select on ctx.dev."""
     cfg = ctx.config
     _check_room(ctx, model)
-    pred = AdaptedPredictor(method, ctx.backbone, ctx.task, ctx.template, model=model,
+    pred = AdaptedPredictor(method.name, ctx.backbone, ctx.task, ctx.template, model=model,
                             max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens)
     if any(p.requires_grad and p.dtype != torch.float32 for p in model.parameters()):
         # bf16 weights cannot take small updates (8 mantissa bits): training them needs float32 master copies
-        raise ConfigError(f"{method} trains the model's own weights, which are {cfg.dtype} here; use --dtype "
+        raise ConfigError(f"{method.name} trains the model's own weights, which are {cfg.dtype} here; use --dtype "
                           "float32 (bfloat16 suits methods that keep the model frozen)")
     anchors = _trainable_anchors(model, pred) if cfg.train.train_anchors else None
     pred.extras["trainable_params"] = count_trainable(model)
@@ -112,13 +116,9 @@ def fit_adapted(ctx: FitContext, method: str, model: torch.nn.Module) -> Adapted
         pred.model = m
         return dev_score(ctx.task, ctx.dev, pred.predict(ctx.dev, cfg.batch_size))
 
-    t = cfg.train
-    result = train_loop(model, method, len(ctx.train), lengths, loss_fn, dev_fn, epochs=t.epochs,
-                        batch_size=t.batch_size, lr=t.lr, seed=cfg.seed, patience=t.patience,
-                        max_steps=t.max_steps, weight_decay=t.weight_decay, schedule=t.schedule, warmup=t.warmup,
-                        checkpoint=getattr(ctx, "checkpoint", None), checkpoint_every=t.checkpoint_every,
-                        keep_checkpoints=t.keep_checkpoints,
-                        data_fingerprint=training_fingerprint(inputs, ctx.train))
+    result = train_loop(model, lengths, cfg.train, loss_fn=loss_fn, dev_fn=dev_fn, seed=cfg.seed,
+                        optimizer=method.optimizer, default_lr=method.default_lr, label=method.name,
+                        checkpoint=ctx.checkpoint, data_fingerprint=training_fingerprint(inputs, ctx.train))
     if anchors is not None:  # the trained anchors go in anchors.safetensors like frozen ones; the model stays clean
         del model.promptlab_anchors
         pred.anchors = pred.readout.anchors = torch.nn.functional.normalize(anchors.detach(), dim=-1).clone()
@@ -173,12 +173,3 @@ def unfrozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     clone.requires_grad_(True)
     return clone
 
-
-def load_anchors(path: Path) -> torch.Tensor | None:
-    f = path / ANCHORS_FILE
-    if not f.is_file():
-        return None
-    try:
-        return load_file(str(f))["anchors"]
-    except Exception as e:  # noqa: BLE001 — safetensors raises several types for truncated/corrupt files
-        raise ModelError(f"'{f}' is corrupted ({type(e).__name__}); retrain or restore the artifact") from None

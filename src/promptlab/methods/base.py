@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..artifacts import META_FILE
 from ..backbones import Backbone
-from ..config import RunConfig
-from ..errors import ConfigError, ModelError
+from ..checkpoints import CheckpointPlan
+from ..errors import ConfigError
 from ..tasks.base import Example, Task, Template
 
-META_FILE = "promptlab.json"
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from .readout import Readout
 
 
 @dataclass
@@ -38,11 +41,16 @@ class FitContext:
     dev: list[Example]
     config: RunConfig
     template: Template
+    checkpoint: CheckpointPlan | None = None  # where training checkpoints and resumes from (the CLI's work dir)
 
 
 @dataclass
 class Predictor:
-    """Base predictor. Subclasses implement `predict`, `_save_files` and `load`."""
+    """Base predictor. Subclasses implement `predict`, `_save_files` and `load`.
+
+    What callers may read of any predictor is declared here: `model` (the model it runs, adapted or not; None
+    for heads over a model they do not own), `readout` (None where answers are not read out by readout.py),
+    `max_new_tokens`, `train_info` (how the fit went, for metrics.json only) and `inputs()`."""
 
     method: str
     backbone: Backbone
@@ -50,8 +58,16 @@ class Predictor:
     template: Template
     history: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    max_new_tokens: int = 16
+    train_info: dict[str, Any] = field(default_factory=dict)
+    readout: Readout | None = field(default=None, init=False, repr=False, compare=False)
 
     trainable_params: ClassVar[int] = 0
+
+    def inputs(self, examples: list[Example]) -> list[str]:
+        """The exact text the model reads for each example."""
+        return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
 
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
         raise NotImplementedError
@@ -77,6 +93,11 @@ class Predictor:
     def run_info(self) -> dict[str, Any]:
         """What metrics.json records about this fit beyond the artifact (every candidate a search scored)."""
         return {}
+
+    def soft_prompt(self) -> tuple[Any, Any, dict[str, Any]] | None:
+        """(trained rows as PEFT saves them, the rows they started from, PEFT's config) of a soft prompt; None
+        for predictors that hold none."""
+        return None
 
     def variants(self) -> dict[str, Predictor]:
         """Related predictors scored on the same evaluation examples and reported beside this one
@@ -116,54 +137,14 @@ class Method:
                 f"it needs a {' or '.join(self.kinds)} model"
             )
 
+    def virtual_tokens(self, config: RunConfig) -> int:
+        """Positions this method's prompt takes in front of the input (soft prompts; 0 for the rest): inputs are
+        budgeted around them before the prompt exists."""
+        return 0
+
     def fit(self, ctx: FitContext) -> Predictor:
         raise NotImplementedError
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         raise NotImplementedError
 
-
-# What loaders read from promptlab.json, and its JSON type: required keys, then optional ones (null allowed).
-_META_REQUIRED = {"method": str, "task": str, "template": dict}
-_META_OPTIONAL = {"backbone": dict, "labels": list, "extras": dict, "trainable_params": int}
-_META_INTS = ("max_new_tokens", "virtual_tokens")  # extras that become tensor sizes
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    """An artifact's promptlab.json, checked key by key: a damaged file fails here in one line naming the key,
-    not later as a KeyError or TypeError inside a loader."""
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise ModelError(f"'{path}' is not a promptlab artifact (no {META_FILE}); pass the artifact directory of a run")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"'{meta_file}' is corrupted (not JSON); retrain or restore the artifact") from None
-    fix = "retrain or restore the artifact"
-    if not isinstance(meta, dict):
-        raise ModelError(f"'{meta_file}' lacks the method, task or template it must record (it holds a JSON "
-                         f"{_json_type(meta)}, not an object); {fix}")
-    for key, kind in _META_REQUIRED.items():
-        if key not in meta:
-            raise ModelError(f"'{meta_file}' lacks the method, task or template it must record (no '{key}'); {fix}")
-        _check_type(meta_file, key, meta[key], kind, fix)
-    for key in ("name", "text"):
-        _check_type(meta_file, f"template.{key}", meta["template"].get(key), str, fix)
-    for key, kind in _META_OPTIONAL.items():
-        if meta.get(key) is not None:
-            _check_type(meta_file, key, meta[key], kind, fix)
-    for key in _META_INTS:
-        if (meta.get("extras") or {}).get(key) is not None:
-            _check_type(meta_file, f"extras.{key}", meta["extras"][key], int, fix)
-    return meta
-
-
-def _check_type(meta_file: Path, key: str, value: Any, kind: type, fix: str) -> None:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ModelError(f"'{meta_file}' has a bad '{key}': {_json_type(kind())} expected, got "
-                         f"{'nothing' if value is None else _json_type(value)}; {fix}")
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -10,12 +10,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..artifacts import load_anchors
 from ..backbones import Backbone
 from ..errors import ConfigError, ModelError
 from ..tasks.base import Task, Template
-from .adapted import AdaptedPredictor, fit_adapted, load_anchors, unfrozen_copy
-from .base import FitContext, Method, Predictor
+from .adapted import AdaptedMethod, AdaptedPredictor, fit_adapted, unfrozen_copy
+from .base import FitContext, Predictor
 from .linear_head import HEAD_FILE, HeadMethod, HeadPredictor, head_as_logits
+from .registry import register
 from .soft import TASK_TYPES
 
 
@@ -31,6 +33,7 @@ class ProbePredictor(HeadPredictor):
         save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(out / HEAD_FILE))
 
 
+@register
 class LinearProbe(HeadMethod):
     name = "linear-probe"
     summary = "logistic-regression head on frozen sentence embeddings (C chosen on dev)"
@@ -65,17 +68,18 @@ class LinearProbe(HeadMethod):
                               bias=head["bias"])
 
 
-class WeightBaseline(Method):
+class WeightBaseline(AdaptedMethod):
     """A baseline that changes the model's weights (on a copy), trained by the shared loop on the bare input."""
 
     family = "baseline"
-    trains = True
     bare_input = True
 
 
+@register
 class LoRA(WeightBaseline):
     name = "lora"
     summary = "low-rank updates to the attention weights (PEFT LoRA, r=8)"
+    optimizer, default_lr = "adamw", 1e-3
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import LoraConfig, get_peft_model
@@ -85,7 +89,7 @@ class LoRA(WeightBaseline):
         base.requires_grad_(False)
         cfg = LoraConfig(task_type=TASK_TYPES[ctx.backbone.kind], r=8, lora_alpha=16, lora_dropout=0.0,
                          target_modules=_lora_targets(base), base_model_name_or_path=ctx.backbone.name)
-        return fit_adapted(ctx, self.name, get_peft_model(base, cfg))
+        return fit_adapted(ctx, self, get_peft_model(base, cfg))
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         import copy
@@ -111,13 +115,15 @@ def _lora_targets(model: torch.nn.Module) -> list[str]:
     raise ConfigError("lora cannot find attention projections in this model; use prompt-tuning or full-finetune")
 
 
+@register
 class FullFinetune(WeightBaseline):
     name = "full-finetune"
     summary = "every weight trained (AdamW 3e-5) on a copy of the model"
+    optimizer, default_lr = "adamw", 3e-5
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
-        return fit_adapted(ctx, self.name, unfrozen_copy(ctx.backbone.model))
+        return fit_adapted(ctx, self, unfrozen_copy(ctx.backbone.model))
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         try:

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..tasks.base import Example, Task, Template
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout, label_anchors, predictions_from_scores
+from .registry import register
 
 COT_TRIGGER = "Let's think step by step."
 COT_ANSWER = "Therefore, the answer is"
@@ -124,6 +125,7 @@ class HardPredictor(Predictor):
         return self.readout.predict(self.backbone.model, second, batch_size)
 
 
+@register
 class ZeroShot(Method):
     name, family = "zero-shot", "hard"
     summary = "instruction template; encoders compare the input with label descriptions"
@@ -136,6 +138,7 @@ class ZeroShot(Method):
         return _load_hard(self.name, backbone, task, meta)
 
 
+@register
 class FewShot(Method):
     name, family = "few-shot", "hard"
     summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
@@ -155,6 +158,7 @@ class FewShot(Method):
         return _load_hard(self.name, backbone, task, meta)
 
 
+@register
 class ChainOfThought(Method):
     name, family = "cot", "hard"
     summary = "'think step by step' template, then the answer read after a fixed cue"

@@ -24,6 +24,7 @@ from ..errors import ModelError
 from ..tasks.base import Task, Template
 from .adapted import AdaptedPredictor, fit_adapted
 from .base import FitContext, Predictor
+from .registry import register
 from .soft import PromptTuning
 
 PEZ_FILE = "pez.json"
@@ -99,9 +100,11 @@ class PezPredictor(AdaptedPredictor):
         return {"continuous": self.continuous} if self.continuous is not None else {}
 
 
+@register
 class Pez(PromptTuning):
     name, family = "pez", "hard"
     summary = "a hard prompt learnt by projected gradients (Wen et al. 2023): real vocabulary tokens any tool can take"
+    optimizer, default_lr = "adamw", 0.1  # as Wen et al. train the continuous copy of a PEZ prompt
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import get_peft_model
@@ -114,7 +117,7 @@ class Pez(PromptTuning):
         embedding = model.prompt_encoder["default"].embedding
         handle = embedding.register_forward_hook(project_hook(projection))
         try:
-            soft = fit_adapted(ctx, self.name, model)  # dev selection sees the projected prompt, as the hook is on
+            soft = fit_adapted(ctx, self, model)  # dev selection sees the projected prompt, as the hook is on
         finally:
             handle.remove()
         # The continuous copy, scored without projection beside the hard prompt it yields.

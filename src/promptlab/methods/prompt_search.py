@@ -23,10 +23,12 @@ from typing import Any
 
 from ..backbones import Backbone
 from ..errors import ConfigError
+from ..inputs import fit_inputs
 from ..tasks.base import Example, Task, Template
 from .adapted import dev_score
 from .base import FitContext, Method, Predictor
 from .hard import HardPredictor, _load_hard, _new_tokens, render, select_demos
+from .registry import register
 
 # Generic phrasings, combined with every template. `{choices}` expands to the label words, so those only
 # apply to choice tasks. A task spec adds its own under `instructions:`.
@@ -130,13 +132,12 @@ class SearchPredictor(HardPredictor):
         (out / PROMPT_FILE).write_text(json.dumps(prompt, indent=2, ensure_ascii=False))
 
 
+@register
 class PromptSearch(Method):
     name, family = "prompt-search", "hard"
     summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --dev-size)"
 
     def fit(self, ctx: FitContext) -> Predictor:
-        from ..pipeline import fit_inputs  # pipeline imports the method registry: import at call time
-
         self.check(ctx.backbone, ctx.task)
         cfg, task, hard = ctx.config, ctx.task, ctx.config.hard
         order = random.Random(f"promptlab-search-sample:{cfg.seed}")

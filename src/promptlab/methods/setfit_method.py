@@ -43,6 +43,7 @@ from ..errors import ConfigError, ModelError
 from ..tasks.base import Task, Template
 from .base import FitContext, Predictor
 from .linear_head import HEAD_FILE, HeadMethod, HeadPredictor, head_as_logits
+from .registry import register
 
 SETFIT_DIR = "setfit"
 PAIRS_PER_EXAMPLE = 20  # SetFit's R (num_iterations): positive pairs per example, and as many negative
@@ -102,6 +103,7 @@ class SetFitPredictor(HeadPredictor):
                    "head_params": torch.tensor([self.head_params])}, str(out / HEAD_FILE))
 
 
+@register
 class SetFit(HeadMethod):
     name = "setfit"
     summary = "SetFit library: contrastive fine-tuning of the whole encoder on pairs + logistic head"

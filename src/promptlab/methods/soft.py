@@ -6,73 +6,55 @@ The backbone stays frozen; PEFT adds the prompt parameters and saves them in its
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..artifacts import (
+    ADAPTER_CONFIG,
+    artifact_dir,
+    check_compatible,
+    load_anchors,
+    read_meta,
+    read_prompt_artifact,
+)
 from ..backbones import Backbone
-from ..config import RunConfig
 from ..errors import ConfigError, ModelError, first_line
 from ..tasks.base import Example, Task, Template
-from .adapted import AdaptedPredictor, fit_adapted, load_anchors
-from .base import FitContext, Method, Predictor
+from .adapted import AdaptedMethod, AdaptedPredictor, fit_adapted
+from .base import FitContext, Predictor
+from .registry import register
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 TASK_TYPES = {"encoder": "FEATURE_EXTRACTION", "seq2seq": "SEQ_2_SEQ_LM", "causal": "CAUSAL_LM"}
 PROMPT_INIT = "prompt:"  # --init prompt:DIR
 
 
-def read_prompt_artifact(adir: Path, meta: dict[str, Any], who: str, accepts: str) -> tuple[dict[str, Any], torch.Tensor]:
-    """PEFT's config and saved prompt rows of the soft-prompt artifact in `adir` — read here for `inspect` and for
-    `--init prompt:DIR` alike. `who` opens the error messages; `accepts` names the runs the caller takes."""
-    import json
-
-    from safetensors.torch import load_file
-
-    cfg_file, weights = adir / "adapter_config.json", adir / "adapter_model.safetensors"
-    not_soft = f"{who} holds a {meta.get('method', 'non-soft')} artifact, not a soft prompt; pass {accepts}"
-    if not cfg_file.is_file() or not weights.is_file():
-        raise ConfigError(not_soft)
-    try:
-        adapter = json.loads(cfg_file.read_text())
-        prompt = load_file(str(weights))["prompt_embeddings"]
-    except KeyError:  # a LoRA artifact: PEFT's files without prompt rows
-        raise ConfigError(not_soft) from None
-    except Exception as e:  # noqa: BLE001 — safetensors and json raise several types for truncated or corrupt files
-        raise ModelError(f"{who}: cannot read the soft prompt in '{adir}' ({type(e).__name__}); retrain or restore "
-                         "it") from None
-    return adapter, prompt
-
-
 def load_source_prompt(path: str, method: SoftMethod, backbone: Backbone) -> torch.Tensor:
     """The trained prompt rows of artifact (or run) DIR, checked to fit `method` on `backbone`. [n, W]"""
-    from ..pipeline import artifact_dir  # pipeline imports the method registry: import at call time
-    from .base import read_meta
-
     adir = artifact_dir(path)
     if not adir.is_dir():
         raise ConfigError(f"--init prompt:{path}: no such directory; pass the run (or artifact) directory of a "
                           "trained soft prompt")
     meta = read_meta(adir)
-    if method.name == "p-tuning":
-        raise ConfigError("--init prompt: cannot start p-tuning: PEFT saves only P-tuning's output embeddings, not "
-                          "the encoder that makes them; use it with prompt-tuning, hybrid or prefix-tuning")
+    if not method.takes_init():
+        raise ConfigError(f"--init prompt: cannot start {method.name}: {method.no_init}; use it with prompt-tuning, "
+                          "hybrid or prefix-tuning")
     adapter, weights = read_prompt_artifact(adir, meta, f"--init prompt:{path}",
                                             "a prompt-tuning, hybrid or prefix-tuning run")
-    peft_type, want = adapter.get("peft_type"), method.peft_config_type()
+    peft_type, want = adapter.get("peft_type"), method.peft_type
     if peft_type != want:
         raise ConfigError(f"--init prompt:{path} is a {meta.get('method', peft_type)} prompt ({peft_type}) but "
                           f"{method.name} needs a {want} one; start from a run of the same kind")
-    theirs = meta.get("backbone") or {}
     try:
-        backbone.check_fingerprint(theirs, f"--init prompt:{path}")
+        check_compatible(meta, backbone, None, f"--init prompt:{path}")
     except ModelError as e:
         raise ConfigError(str(e)) from None
-    if theirs.get("model_type") and theirs["model_type"] != backbone.fingerprint()["model_type"]:
-        raise ConfigError(f"--init prompt:{path} was trained on '{theirs.get('name')}' "
-                          f"(model_type={theirs['model_type']}), not '{backbone.name}'; start from a prompt trained "
-                          "on this model")
     n = adapter.get("num_virtual_tokens")
     if not isinstance(n, int) or n < 1:
         raise ModelError(f"--init prompt:{path}: its adapter_config.json gives no num_virtual_tokens; retrain or "
@@ -146,15 +128,16 @@ def word_keys_values(backbone: Backbone, ids: list[int]) -> torch.Tensor | None:
     return torch.cat([seen[name] for name, _ in mods], dim=-1).float()  # modules come key, value per layer
 
 
-class SoftMethod(Method):
-    """A PEFT prompt-learning method. Subclasses give the PEFT config; the rest is shared."""
+class SoftMethod(AdaptedMethod):
+    """A PEFT prompt-learning method. Subclasses give the PEFT type and config; the rest is shared."""
 
     family = "soft"
-    trains = True
+    peft_type: ClassVar[str]  # PEFT's peft_type, as adapter_config.json records it
     uses_template: ClassVar[bool] = False
     token_init: ClassVar[bool] = False  # prompts that live in the word-embedding space start from words
     activation_init: ClassVar[bool] = False  # per-layer prompts start from words' keys and values
     default_init: ClassVar[str] = "text"
+    no_init: ClassVar[str] = ""  # why --init cannot choose this method's start, when it cannot
 
     def init_of(self, config: RunConfig) -> str:
         # --init-text alone asks for a text start, also where the default is another (prefix-tuning's random)
@@ -166,6 +149,9 @@ class SoftMethod(Method):
 
     def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         raise NotImplementedError
+
+    def virtual_tokens(self, config: RunConfig) -> int:
+        return config.train.virtual_tokens
 
     def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
         return task.template(config.hard.template) if self.uses_template else task.plain_template()
@@ -179,7 +165,7 @@ class SoftMethod(Method):
         source = self._init(model, ctx, n)
         # The starting point, as PEFT would save it: `promptlab inspect` measures how far training moved it.
         init = model.get_prompt_embedding_to_save("default").clone()
-        pred = fit_adapted(ctx, self.name, model)
+        pred = fit_adapted(ctx, self, model)
         pred.prompt_init = init
         pred.extras.update({"virtual_tokens": n, "init": self.init_of(ctx.config)})
         if source:
@@ -254,29 +240,27 @@ class SoftMethod(Method):
                                 anchors=load_anchors(path), extras=extras,
                                 max_new_tokens=extras.get("max_new_tokens", task.max_new_tokens))
 
-
     def _check_adapter_type(self, path: Path) -> None:
         """PEFT loads whatever adapter_config.json names; a LoRA config here would silently drop the prompt."""
-        import json
-
-        f = path / "adapter_config.json"
+        f = path / ADAPTER_CONFIG
         if not f.is_file():
             raise ModelError(f"{f.name} is missing")
         cfg = json.loads(f.read_text())
-        want = self.peft_config_type()
+        want = self.peft_type
         if cfg.get("peft_type") != want:
             raise ModelError(f"adapter_config.json says peft_type {cfg.get('peft_type')!r} but a {self.name} "
                              f"artifact needs {want!r}")
 
-    def peft_config_type(self) -> str:
-        return {"prompt-tuning": "PROMPT_TUNING", "hybrid": "PROMPT_TUNING", "pez": "PROMPT_TUNING",
-                "prefix-tuning": "PREFIX_TUNING", "p-tuning": "P_TUNING"}[self.name]
 
-
+@register
 class PromptTuning(SoftMethod):
     name = "prompt-tuning"
     summary = "soft tokens before the input (Lester et al.); init random, vocab, text or labels"
+    peft_type = "PROMPT_TUNING"
     token_init = True
+    # Input-only soft prompts barely move at the AdamW learning rates used for weights (5e-4 in the seed
+    # notebook); Lester et al. train them with Adafactor at 0.3, constant.
+    optimizer, default_lr = "adafactor", 0.3
 
     def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         from peft import PromptTuningConfig
@@ -286,17 +270,14 @@ class PromptTuning(SoftMethod):
                                   num_transformer_submodules=1, base_model_name_or_path=backbone.name)
 
 
-class Hybrid(PromptTuning):
-    name = "hybrid"
-    summary = "the task's hard template around the input plus soft tokens initialised from its text"
-    uses_template = True
-
-
+@register
 class PrefixTuning(SoftMethod):
     name = "prefix-tuning"
     summary = "trainable key/value prefixes at every layer (Li & Liang); --init text/labels: words' keys and values"
+    peft_type = "PREFIX_TUNING"
     activation_init = True
     default_init = "random"
+    optimizer, default_lr = "adamw", 1e-2
 
     def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         from peft import PrefixTuningConfig
@@ -308,10 +289,14 @@ class PrefixTuning(SoftMethod):
                                   base_model_name_or_path=backbone.name)
 
 
+@register
 class PTuning(SoftMethod):
     name = "p-tuning"
     summary = "soft tokens produced by a small MLP prompt encoder (Liu et al.)"
+    peft_type = "P_TUNING"
     default_init = "random"  # PEFT initialises the encoder; no word start to choose
+    no_init = "PEFT saves only P-tuning's output embeddings, not the encoder that makes them"
+    optimizer, default_lr = "adafactor", 0.3  # an input-level prompt, trained as prompt tuning's
 
     def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
         from peft import PromptEncoderConfig
@@ -319,3 +304,10 @@ class PTuning(SoftMethod):
         return PromptEncoderConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
                                    encoder_hidden_size=backbone.hidden_size, num_transformer_submodules=1,
                                    base_model_name_or_path=backbone.name)
+
+
+@register
+class Hybrid(PromptTuning):
+    name = "hybrid"
+    summary = "the task's hard template around the input plus soft tokens initialised from its text"
+    uses_template = True

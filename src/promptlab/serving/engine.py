@@ -388,9 +388,8 @@ class Engine:
     def _alone(self, s: Servable, examples: list[Example]) -> list[Answer]:
         """Prefix tuning, LoRA, CoT, kNN: their predictor, one group per prompt."""
         p = s.predictor
-        readout = getattr(p, "readout", None)
-        model = getattr(p, "model", None)
-        if s.task.kind == "choices" and readout is not None and model is not None and hasattr(p, "inputs"):
+        readout, model = p.readout, p.model
+        if s.task.kind == "choices" and readout is not None and model is not None:
             inputs = p.inputs(examples)
             with torch.inference_mode():
                 model.eval()

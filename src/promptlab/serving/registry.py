@@ -15,7 +15,6 @@ prompt costs its tensor and its label anchors, nothing else.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +22,24 @@ from typing import Any
 
 import torch
 
-from ..backbones import Backbone
+from ..artifacts import (
+    artifact_dir,
+    check_compatible,
+    load_anchors,
+    read_adapter_config,
+    read_meta,
+    read_prompt_rows,
+)
+from ..backbones import INPUT_PROMPT_TYPES, Backbone
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError, unknown
-from ..methods import FitContext, Predictor, get_method, method_names, read_meta
-from ..pipeline import artifact_dir, fit_inputs
+from ..inputs import fit_inputs
+from ..methods import FitContext, Predictor, get_method, method_names
+from ..methods.hard import HardPredictor
+from ..methods.readout import label_anchors
 from ..tasks import artifact_task, get_task
 from ..tasks.base import Example, Task, Template
 
-# Methods whose artifact is a tensor of input embeddings placed before the input (PEFT peft_type).
-INPUT_PROMPT_TYPES = {"PROMPT_TUNING", "P_TUNING"}
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 # Weight formats that unpickle on load: a served directory holding any of them is refused outright.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -77,7 +82,7 @@ class Servable:
                           new_tokens=self.max_new_tokens)[0]
 
     def render(self, examples: list[Example]) -> list[str]:
-        if self.predictor is not None and hasattr(self.predictor, "inputs"):
+        if self.predictor is not None:
             return self.predictor.inputs(examples)
         return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
 
@@ -154,12 +159,10 @@ def hard_servable(name: str, method_name: str, task: Task, backbone: Backbone, c
 
 def _from_predictor(name: str, source: str, predictor: Predictor, backbone: Backbone, config: RunConfig,
                     nbytes: int) -> Servable:
-    from ..methods.hard import HardPredictor
-
     family = get_method(predictor.method).family
     s = Servable(name, predictor.task, predictor.method, family, predictor.template, source, config,
                  predictor=predictor, artifact_bytes=nbytes, extras=dict(predictor.extras),
-                 max_new_tokens=int(getattr(predictor, "max_new_tokens", predictor.task.max_new_tokens)))
+                 max_new_tokens=int(predictor.max_new_tokens))
     if isinstance(predictor, HardPredictor) and not predictor.cot and not (
         backbone.kind == "encoder" and predictor.selection == "nearest" and predictor.demos
     ):
@@ -173,47 +176,23 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     adir = artifact_dir(value)
     meta = read_meta(adir)
     refuse_pickles(adir)
-    check_backbone(backbone, meta.get("backbone", {}), f"artifact '{value}'")
     task = artifact_task(meta, task)
-    if task.kind == "choices" and meta.get("labels") and meta["labels"] != task.labels:
-        raise ConfigError(f"artifact '{value}' predicts labels {meta['labels']} but task '{task.name}' has "
-                          f"{task.labels}; serve it with the task it was trained for")
+    check_compatible(meta, backbone, task, f"artifact '{value}'")
     nbytes = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())
-    adapter = _read_adapter_config(adir)
+    adapter = read_adapter_config(adir)
     if adapter is not None and adapter.get("peft_type") in INPUT_PROMPT_TYPES:
         return _soft_servable(name, value, adir, adapter, meta, backbone, config, task, nbytes)
-    from ..pipeline import load_predictor
-
-    predictor = load_predictor(str(adir), backbone, task)
+    predictor = get_method(meta["method"]).load(adir, backbone, task, meta)
     return _from_predictor(name, value, predictor, backbone, config, nbytes)
 
 
 def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], meta: dict[str, Any],
                    backbone: Backbone, config: RunConfig, task: Task, nbytes: int) -> Servable:
-    from safetensors import safe_open
-
-    from ..methods.adapted import load_anchors
-    from ..methods.readout import label_anchors
-
-    weights = adir / ADAPTER_WEIGHTS
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            if "prompt_embeddings" not in f.keys():  # noqa: SIM118 — safe_open has no __contains__
-                raise ModelError(f"'{weights}' holds no prompt_embeddings ({', '.join(f.keys())}); retrain or restore it")
-            prompt = f.get_tensor("prompt_embeddings")
-    except ModelError:
-        raise
-    except Exception as e:  # noqa: BLE001 — safetensors raises several types for truncated or corrupt files
-        raise ModelError(f"'{weights}' is corrupted ({type(e).__name__}); retrain or restore the artifact") from None
-    n = int(adapter.get("num_virtual_tokens") or 0)
-    if prompt.ndim != 2 or n < 1 or prompt.shape[0] < n:
-        raise ModelError(f"'{weights}' has prompt shape {tuple(prompt.shape)} but adapter_config.json says "
-                         f"{n} virtual tokens; retrain or restore the artifact")
+    prompt = read_prompt_rows(adir, adapter)
     if prompt.shape[1] != backbone.hidden_size:
         raise ModelError(f"artifact '{value}' has {prompt.shape[1]}-wide soft tokens but '{backbone.name}' has hidden "
                          f"size {backbone.hidden_size}; serve it with the model it was trained on")
-    # PEFT uses the first n rows (seq2seq saves one set per transformer submodule; promptlab saves one).
-    prompt = prompt[:n].to(backbone.model.get_input_embeddings().weight.dtype).contiguous()
+    prompt = prompt.to(backbone.model.get_input_embeddings().weight.dtype).contiguous()
     t = meta.get("template") or {}
     extras = meta.get("extras", {})
     anchors = None
@@ -228,22 +207,6 @@ def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], m
                     max_new_tokens=int(extras.get("max_new_tokens", task.max_new_tokens)))
 
 
-def _read_adapter_config(adir: Path) -> dict[str, Any] | None:
-    f = adir / ADAPTER_CONFIG
-    if not f.is_file():
-        return None
-    try:
-        data = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"'{f}' is corrupted (not JSON); retrain or restore the artifact") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"'{f}' is not a JSON object; retrain or restore the artifact")
-    if not (adir / ADAPTER_WEIGHTS).is_file():
-        raise ModelError(f"'{adir}' has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}; promptlab serves safetensors only, "
-                         "re-save the adapter with save_pretrained(safe_serialization=True)")
-    return data
-
-
 def refuse_pickles(adir: Path) -> None:
     """Served artifacts load from safetensors and JSON only: a pickle can run code when it is read."""
     bad = sorted(str(p.relative_to(adir)) for p in adir.rglob("*") if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
@@ -251,12 +214,3 @@ def refuse_pickles(adir: Path) -> None:
         raise ModelError(f"artifact '{adir}' contains pickle-format files ({', '.join(bad[:3])}); the server loads "
                          "safetensors and JSON only — re-save the weights as .safetensors and remove them")
 
-
-def check_backbone(backbone: Backbone, theirs: dict[str, Any], where: str) -> None:
-    """The backbone's own check (kind, hidden size, vocabulary) plus the architecture family."""
-    backbone.check_fingerprint(theirs, where)
-    mine = backbone.fingerprint()
-    if theirs.get("model_type") and theirs["model_type"] != mine["model_type"]:
-        raise ModelError(f"{where} was built for model '{theirs.get('name')}' (model_type={theirs['model_type']}) "
-                         f"but '{backbone.name}' is model_type={mine['model_type']}; serve it with the model it was "
-                         "trained on")
