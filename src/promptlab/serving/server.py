@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..backbones import Backbone
+from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
 from .app import Limits, ServerState, create_app
 from .engine import Engine
@@ -54,8 +54,6 @@ def check_listen(host: str, port: int) -> None:
 
 def serve(args: Any) -> None:
     import uvicorn
-
-    from ..backbones import load_backbone
 
     if not args.prompt:
         raise ConfigError("serve needs at least one --prompt NAME=DIR or NAME=METHOD:TASK (e.g. zs=zero-shot:sentiment)")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, unknown
 
 AnswerKind = Literal["choices", "text"]
 
@@ -99,8 +99,6 @@ class Task:
         for t in self.templates:
             if t.name == name:
                 return t
-        from ..errors import unknown
-
         raise unknown(f"template of task '{self.name}'", name, [t.name for t in self.templates])
 
     def plain_template(self) -> Template:
