@@ -132,7 +132,7 @@ class SearchPredictor(HardPredictor):
 
 class PromptSearch(Method):
     name, family = "prompt-search", "hard"
-    summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --dev-size)"
+    summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --search-size)"
 
     def fit(self, ctx: FitContext) -> Predictor:
         from ..pipeline import fit_inputs  # pipeline imports the method registry: import at call time
