@@ -256,9 +256,10 @@ def config_flags(command: str | None = None) -> list[Flag]:
             kind = next(t for t in getattr(hints[f.name], "__args__", (hints[f.name],)) if t is not type(None))
             if dataclasses.is_dataclass(kind):
                 continue  # a nested section: its own fields are the flags
-            on = f.metadata["on"] if f.metadata["on"] is not None else cls.flags_on
+            on = f.metadata.get("on")
+            on = cls.flags_on if on is None else on
             if on and (command is None or command in on):  # on=(): YAML only
-                names = (f.metadata["flag"] or "--" + f.name.replace("_", "-"), *f.metadata["aliases"])
+                names = (f.metadata.get("flag") or "--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()))
                 out.append(Flag(section, f, names, tuple(on), kind))
     return out
 
@@ -289,7 +290,7 @@ def add_flags(p: argparse.ArgumentParser, command: str) -> None:
     value (or the field's default) alone."""
     for flag in config_flags(command):
         kw: dict[str, Any] = {"nargs": 0} if flag.kind is bool else {
-            "type": flag.kind, "metavar": flag.field.metadata["metavar"]}
+            "type": flag.kind, "metavar": flag.field.metadata.get("metavar")}
         p.add_argument(*flag.names, dest=flag.dest, action=FlagAction, default=None, help=_help(flag.field), **kw)
 
 
