@@ -177,7 +177,8 @@ def _threads(spec: dict[str, Any], inference: bool = False) -> None:
 def _cli_config(argv: list[str]) -> Any:
     """The config the `promptlab` CLI builds from these arguments (same parser, same validation: a recorded command
     must be one the CLI accepts)."""
-    from promptlab.cli import build_config, parser, train_config
+    from promptlab.cli import parser
+    from promptlab.config import build_config, train_config
 
     args = parser().parse_args(argv)
     return train_config(args) if args.command == "train" else build_config(args)
@@ -194,7 +195,8 @@ def _setup(cfg: Any, attention: str | None = None) -> tuple[Any, Any, Any]:
     # run_one. Import it here too, so neither side's timed region pays for loading a library (0.17 s).
     import peft  # noqa: F401
 
-    return task, load_data(task, cfg), load_backbone(cfg.model, attention=attention, dtype=cfg.dtype)
+    return task, load_data(task, cfg), load_backbone(cfg.model, max_length=cfg.max_input_tokens, attention=attention,
+                                                     dtype=cfg.dtype)
 
 
 def job_eval(spec: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ and mistakes in a config file name the key."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from promptlab.cli import FLAG_MAP, build_config, parser
-from promptlab.config import HardConfig, RunConfig, TrainConfig, from_dict
+from promptlab import config
+from promptlab.cli import parser
+from promptlab.config import HardConfig, RunConfig, TrainConfig, build_config, config_flags, from_dict
 from promptlab.errors import ConfigError
 
 
@@ -91,10 +93,111 @@ def test_every_config_field_has_help_text():
             assert isinstance(text, str) and len(text.split()) >= 2, f"{cls.__name__}.{f.name} has no help"
 
 
+CONFIG_COMMANDS = ("eval", "train", "predict", "compare")
+# The flags of those commands that are not settings of a run (hand-written in cli.py), by dest.
+NOT_SETTINGS = {"help", "config", "out", "resume", "methods", "train_sizes", "seeds", "input", "texts"}
+REQUIRED = {"eval": [], "predict": [], "train": ["--out", "x"], "compare": ["--out", "x", "--methods", "zero-shot"]}
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _a_value(flag: config.Flag) -> str:
+    """A valid value for the flag that differs from the field's default."""
+    meta = flag.field.metadata
+    if meta["choices"]:
+        return next(c for c in reversed(meta["choices"]) if c != flag.field.default)
+    return {int: "7", float: "0.5", str: "some-value"}[flag.kind]
+
+
 def test_every_flag_sets_a_real_config_field():
+    """Every flag of every command is a config field's (or one of the few hand-written ones), and giving it sets
+    exactly that field."""
+    by_dest = {f.dest: f for f in config_flags()}
     sections = {None: RunConfig, "train": TrainConfig, "hard": HardConfig}
-    for dest, (section, name) in FLAG_MAP.items():
-        assert name in {f.name for f in dataclasses.fields(sections[section])}, dest
+    for command, p in _commands().items():
+        if command not in CONFIG_COMMANDS:
+            continue
+        for action in p._actions:
+            if action.dest in NOT_SETTINGS:
+                continue
+            flag = by_dest[action.dest]  # a setting's flag that is not generated from its field fails here
+            assert flag.field.name in {f.name for f in dataclasses.fields(sections[flag.section])}, action.dest
+            assert command in flag.commands and set(action.option_strings) == set(flag.names), (command, action.dest)
+            argv = [command, flag.names[0]] + ([] if flag.kind is bool else [_a_value(flag)])
+            cfg = build_config(p.parse_args(argv[1:] + REQUIRED[command]))
+            expected = True if flag.kind is bool else flag.kind(argv[-1])
+            assert getattr(flag.part(cfg), flag.field.name) == expected, (command, flag.names[0])
+            untouched = dataclasses.replace(flag.part(cfg), **{flag.field.name: flag.field.default})
+            assert untouched == type(untouched)(), (command, flag.names[0])  # and nothing else
+
+
+def test_the_parser_covers_every_field_marked_for_a_command():
+    commands = _commands()
+    for flag in config_flags():
+        assert flag.commands, flag.names
+        for command in CONFIG_COMMANDS:
+            strings = {s for a in commands[command]._actions for s in a.option_strings}
+            assert (flag.names[0] in strings) == (command in flag.commands), (command, flag.names[0])
+    # weight_decay is a YAML-only setting (on=()): no flag at all
+    assert "weight_decay" not in {f.field.name for f in config_flags()}
+
+
+def test_a_new_field_gets_a_flag_with_its_help_and_range(monkeypatch):
+    @dataclasses.dataclass
+    class Extended(TrainConfig):
+        new_knob: int = config._f(5, "a setting added later", range=config.AT_LEAST_1)
+
+    monkeypatch.setitem(config.SECTIONS, "train", Extended)
+    commands = _commands()
+    for command in CONFIG_COMMANDS:
+        knob = [a for a in commands[command]._actions if "--new-knob" in a.option_strings]
+        assert bool(knob) == (command in ("train", "compare")), command
+    (knob,) = [a for a in commands["train"]._actions if "--new-knob" in a.option_strings]
+    assert knob.help.startswith("a setting added later") and knob.default is None
+    assert commands["train"].parse_args(["--new-knob", "9", "--out", "x"]).new_knob == 9
+    with pytest.raises(ConfigError, match=r"^--new-knob must be a positive number, got 0; use 1 or more$"):
+        build_config(commands["train"].parse_args(["--new-knob", "0", "--out", "x"]))
+
+
+def test_every_flag_of_every_command_has_help_text():
+    for command, p in _commands().items():
+        for action in p._actions:
+            assert isinstance(action.help, str) and len(action.help.split()) >= 2, (command, action.option_strings)
+
+
+def test_dev_size_sets_the_dev_slice_and_search_size_the_prompt_search_budget():
+    cfg = build_config(parser().parse_args(["eval", "--dev-size", "12", "--method", "prompt-search"]))
+    assert (cfg.train.dev_size, cfg.hard.search_size) == (12, RunConfig().hard.search_size)
+    cfg = build_config(parser().parse_args(["train", "--search-size", "9", "--out", "x"]))
+    assert (cfg.hard.search_size, cfg.train.dev_size) == (9, RunConfig().train.dev_size)
+    for command in ("train", "compare"):
+        extra = ["--methods", "zero-shot"] if command == "compare" else []
+        cfg = build_config(parser().parse_args([command, "--dev-size", "16", "--out", "x", *extra]))
+        assert cfg.train.dev_size == 16
+
+
+@pytest.mark.parametrize("command", ["eval", "train", "compare"])
+def test_limit_is_an_alias_of_eval_size_on_every_command_and_errors_name_the_one_typed(command):
+    extra = ["--methods", "zero-shot", "--out", "x"] if command == "compare" else ["--out", "x"]
+    for flag in ("--eval-size", "--limit"):
+        assert build_config(parser().parse_args([command, flag, "5", *extra])).eval_size == 5
+        with pytest.raises(ConfigError, match=f"^{flag} must be a positive number, got 0"):
+            build_config(parser().parse_args([command, flag, "0", *extra]))
+
+
+def test_flags_not_given_leave_config_values_alone(tmp_path):
+    (tmp_path / "c.yaml").write_text("eval_size: 3\ntrain:\n  train_anchors: true\n  dev_size: 9\n"
+                                     "hard:\n  search_size: 11\n")
+    args = parser().parse_args(["compare", "--config", str(tmp_path / "c.yaml"), "--methods", "zero-shot",
+                                "--out", "x"])
+    cfg = build_config(args)
+    assert (cfg.eval_size, cfg.train.train_anchors, cfg.train.dev_size, cfg.hard.search_size) == (3, True, 9, 11)
+    args = parser().parse_args(["train", "--train-anchors", "--out", "x"])
+    assert args.train_anchors is True and build_config(args).train.train_anchors is True
+    assert parser().parse_args(["train", "--out", "x"]).train_anchors is None
 
 
 def test_unknown_nested_key_is_rejected_with_a_suggestion():

@@ -122,7 +122,7 @@ def test_eval_prompt_reproduces_the_chosen_prompt_without_searching(tiny_models,
                                                                     kind):
     model = str(tiny_models[kind])
     common = ["--task", "sentiment", "--model", model, "--limit", "12"]
-    code, _, err = run_cli("eval", *common, "--method", "prompt-search", "--candidates", "6", "--dev-size", "8",
+    code, _, err = run_cli("eval", *common, "--method", "prompt-search", "--candidates", "6", "--search-size", "8",
                            "--out", tmp_path / "search")
     assert code == 0, err
     metrics = json.loads((tmp_path / "search" / "metrics.json").read_text())

@@ -9,13 +9,22 @@ import argparse
 import json
 import os
 import sys
-from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from .allocator import INFERENCE_COMMANDS, keep_freed_memory
-from .config import RunConfig, check_value, from_dict, load_yaml, validate
+from .config import (
+    TRAINING,
+    FlagAction,
+    RunConfig,
+    add_flags,
+    build_config,
+    check_value,
+    config_method,
+    setting,
+    train_config,
+    typed_name,
+)
 from .errors import ConfigError, DataError, PromptlabError, first_line
 
 DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
@@ -25,89 +34,16 @@ DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tu
 QUICK_METHODS = ["zero-shot", "few-shot", "prefix-tuning", "linear-probe"]
 
 
-# -- flags -> config ---------------------------------------------------------------------------------
-FLAG_MAP = {  # flag dest -> (section, field)
-    "task": (None, "task"), "model": (None, "model"), "method": (None, "method"), "data": (None, "data"),
-    "split": (None, "split"), "prompt": (None, "prompt"), "limit": (None, "eval_size"),
-    "eval_size": (None, "eval_size"), "max_input_tokens": (None, "max_input_tokens"),
-    "max_new_tokens": (None, "max_new_tokens"), "batch_size": (None, "batch_size"), "seed": (None, "seed"),
-    "epochs": ("train", "epochs"), "lr": ("train", "lr"), "train_size": ("train", "train_size"),
-    "virtual_tokens": ("train", "virtual_tokens"), "init": ("train", "init"), "init_text": ("train", "init_text"),
-    "max_steps": ("train", "max_steps"), "patience": ("train", "patience"), "train_batch_size": ("train", "batch_size"),
-    "template": ("hard", "template"), "shots": ("hard", "shots"), "selection": ("hard", "selection"),
-    "candidates": ("hard", "candidates"), "dev_size": ("hard", "search_size"), "search_on": ("hard", "search_on"),
-    "checkpoint_every": ("train", "checkpoint_every"), "keep_checkpoints": ("train", "keep_checkpoints"),
-    "schedule": ("train", "schedule"), "warmup": ("train", "warmup"), "dtype": (None, "dtype"),
-    "train_anchors": ("train", "train_anchors"), "prefix_projection": ("train", "prefix_projection"),
-}
-
-
-def build_config(args: argparse.Namespace) -> RunConfig:
-    base: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    cfg = from_dict(RunConfig, base, args.config or "config") if base else RunConfig()
-    for dest, (section, name) in FLAG_MAP.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        check_value(name, value, "--" + dest.replace("_", "-"))  # the error names the flag the user typed
-        setattr(getattr(cfg, section) if section else cfg, name, value)
-    for part, where in ((cfg, "flags"), (cfg.train, "flags"), (cfg.hard, "flags")):
-        validate(part, where)
-    return cfg
-
-
-def _config_method(args: argparse.Namespace) -> str | None:
-    """The method a --config file names (a run's config.yaml does), so the run can be repeated from it."""
-    data = load_yaml(args.config) if getattr(args, "config", None) else {}
-    method = data.get("method") if isinstance(data, dict) else None
-    return method if isinstance(method, str) else None
-
-
-def add_common(p: argparse.ArgumentParser, out_required: bool = False, out: bool = True) -> None:
-    p.add_argument("--task", help="task name (promptlab tasks) or a task spec YAML")
-    p.add_argument("--data", help="data file or folder in the task's official format")
-    p.add_argument("--model", help="model alias (minilm), hub id or local directory")
+# -- flags: generated from the config fields (config.add_flags); those here are not settings of a run -------
+def add_common(p: argparse.ArgumentParser, command: str, out_required: bool = False) -> None:
+    add_flags(p, command)
     p.add_argument("--config", help="a YAML config (e.g. a run's config.yaml); flags override it")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="evaluation batch size")
-    p.add_argument("--dtype", help="frozen weights' dtype: float32 (default) or bfloat16 (half the memory, faster "
-                                   "on CPUs with AMX/AVX512-BF16; trainable parameters stay float32)")
-    p.add_argument("--max-input-tokens", type=int, help="input budget; long contexts are selected to fit")
-    p.add_argument("--max-new-tokens", type=int, help="generation length for text answers")
-    p.add_argument("--template", help="hard-prompt template name of the task")
-    p.add_argument("--shots", type=int, help="few-shot demonstrations (per class for choice tasks)")
-    p.add_argument("--selection", help="few-shot selection: random, balanced or nearest")
-    p.add_argument("--candidates", type=int, help="prompt-search: candidate prompts scored at most (default 30)")
-    p.add_argument("--dev-size", type=int, help="prompt-search: labelled examples scoring each candidate (200)")
-    p.add_argument("--search-on", help="prompt-search: score candidates on train (default) or dev")
-    if out:  # predict writes JSON lines to stdout: an --out it ignored would lose them silently
+    if command != "predict":  # predict writes JSON lines to stdout: an --out it ignored would lose them silently
         p.add_argument("--out", required=out_required, help="run directory to write")
-
-
-def add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-size", type=int, help="training examples to use (seeded sample)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (default per method)")
-    p.add_argument("--virtual-tokens", type=int, help="soft tokens (default 20)")
-    p.add_argument("--init", help="soft prompt init: random, vocab, text, labels, or prompt:DIR to start from "
-                                  "another run's trained prompt (same method and model; SPoT)")
-    p.add_argument("--init-text", help="text for --init text (given alone, it implies --init text)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--patience", type=int, help="early stopping patience in epochs")
-    p.add_argument("--train-anchors", action="store_true", default=None,
-                   help="encoders, choice tasks: train the label anchors too (a classes x hidden head, initialised "
-                        "from the label descriptions)")
-    p.add_argument("--prefix-projection", type=int, metavar="H",
-                   help="prefix-tuning: train the prefix through an H-wide MLP (Li & Liang); the artifact keeps "
-                        "only the computed prefix (default 0: train it directly)")
-    p.add_argument("--schedule", help="learning-rate schedule: constant (default) or linear (warm-up, then decay to 0)")
-    p.add_argument("--warmup", type=float, help="with --schedule linear: fraction of the planned steps warming up (0.06)")
-    p.add_argument("--train-batch-size", type=int, help="training batch size (default 16)")
-    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps and at each epoch end (default 100)")
-    p.add_argument("--keep-checkpoints", type=int, help="newest checkpoints kept while the run is in progress (2)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run into --out from its last checkpoint (its settings unless "
-                        "flags change them); rerunning the same command resumes too")
+    if command in TRAINING:
+        p.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run into --out from its last checkpoint (its settings unless "
+                            "flags change them); rerunning the same command resumes too")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,32 +67,19 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list registered methods")
 
     p = sub.add_parser("eval", help="evaluate a hard method or a saved artifact")
-    add_common(p)
-    p.add_argument("--method", help="a hard method (zero-shot, few-shot, cot)")
-    p.add_argument("--prompt", help="a saved artifact (or run) directory")
-    p.add_argument("--split", help="evaluation split (default the task's official one)")
-    p.add_argument("--limit", type=int, help="evaluate at most N examples")
+    add_common(p, "eval")
 
     p = sub.add_parser("train", help="train a soft prompt (or baseline) and evaluate it")
-    add_common(p, out_required=True)
-    add_train(p)
-    p.add_argument("--method", help="a soft method or baseline (or the method of --config)")
-    p.add_argument("--split")
-    p.add_argument("--limit", type=int)
+    add_common(p, "train", out_required=True)
 
     p = sub.add_parser("predict", help="predict for texts or a JSONL file (JSON lines on stdout)")
-    add_common(p, out=False)
-    p.add_argument("--prompt", help="a saved artifact (or run) directory")
-    p.add_argument("--method", help="a hard method, with --task")
+    add_common(p, "predict")
     p.add_argument("--input", help="JSONL file with the task's fields per line")
     p.add_argument("texts", nargs="*", help="input texts (single-field tasks)")
 
     p = sub.add_parser("compare", help="run several methods and lay them side by side")
-    add_common(p, out_required=True)
-    add_train(p)
+    add_common(p, "compare", out_required=True)
     p.add_argument("--methods", required=True, help="comma-separated method names")
-    p.add_argument("--eval-size", type=int)
-    p.add_argument("--split")
     p.add_argument("--train-sizes", help="data-efficiency curve: comma-separated training-set sizes (total labelled "
                    "examples, e.g. 8,32,128,512,2000); every method runs at each, into OUT/n{size}-s{seed}/{method}")
     p.add_argument("--seeds", type=int, help="with --train-sizes: seeds per size for sizes <= 128 (default 3)")
@@ -181,12 +104,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
                    help="data for a task, repeatable (default: what the prompt's run of that task used, else "
                         "the task's bundled data)")
-    p.add_argument("--limit", type=int, help="evaluate at most N examples per task (seeded sample, as eval --limit)")
+    p.add_argument("--eval-size", "--limit", type=int, action=FlagAction,
+                   help="evaluate at most N examples per task (seeded sample, as eval --eval-size)")
     p.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
     p.add_argument("--out", required=True, help="directory for transfer.json, .md, .png and .html")
 
     p = sub.add_parser("demo", help="hard vs soft prompts on the bundled sentiment set with MiniLM")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="directory for the comparison and its report")
     p.add_argument("--quick", action="store_true", help="4 methods, 240 training examples, 2 epochs: under 2 minutes")
 
     p = sub.add_parser("serve", help="serve many prompts over HTTP from one frozen model (docs at /docs)")
@@ -236,7 +160,7 @@ def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
 
     task = get_task(cfg.task)
     data = load_data(task, cfg)
-    backbone = load_backbone(cfg.model, dtype=cfg.dtype)
+    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype)
     return task, data, backbone
 
 
@@ -270,7 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .runs import check_out_dir
 
     cfg = build_config(args)
-    method = args.method or (None if cfg.prompt else _config_method(args))
+    method = args.method or (None if cfg.prompt else config_method(args))
     if bool(cfg.prompt) == bool(method):
         raise ConfigError("eval needs exactly one of --method HARD or --prompt DIR")
     if method:
@@ -312,46 +236,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"run written to {out}; artifact in {out / 'artifact'}")
 
 
-def train_config(args: argparse.Namespace) -> RunConfig:
-    """`train`'s config, with the checks that need the method (also what bench/ builds its training runs with)."""
-    from .methods import get_method
-
-    cfg = build_config(args)
-    if not (args.method or _config_method(args)):
-        raise ConfigError("train needs --method SOFT, e.g. --method prompt-tuning (promptlab methods lists them)")
-    method = get_method(cfg.method)
-    if not method.trains:
-        raise ConfigError(f"'{cfg.method}' is a {method.family} method and trains nothing; use promptlab eval "
-                          f"--method {cfg.method}, or train a soft method (prompt-tuning, prefix-tuning, ...)")
-    _check_prompt_flags(args, cfg, method)
-    return cfg
-
-
-def _check_prompt_flags(args: argparse.Namespace, cfg: RunConfig, method: Any) -> None:
-    """Flags that shape a soft prompt are refused where nothing would read them, instead of being ignored (and,
-    for --init, recorded in the run as if they had been). `compare` keeps them for the members they apply to."""
-    from .methods.soft import PROMPT_INIT, SoftMethod
-
-    if cfg.train.prefix_projection and cfg.method != "prefix-tuning":
-        raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
-                          "drop the flag")
-
-    given = [flag for flag, key in (("--virtual-tokens", "virtual_tokens"), ("--init", "init"),
-                                    ("--init-text", "init_text")) if getattr(args, key, None) is not None]
-    if not isinstance(method, SoftMethod):
-        if given:
-            raise ConfigError(f"{given[0]} shapes a soft prompt; {cfg.method} trains none, drop the flag")
-        return
-    how = method.init_of(cfg)
-    if cfg.train.init_text and how != "text":
-        raise ConfigError(f"--init-text is the text that --init text starts from; this run starts from {how}, "
-                          "drop one of the two")
-    if not method.takes_init() and how != "random" and not how.startswith(PROMPT_INIT):
-        flags = [f"--init {cfg.train.init}"] * bool(cfg.train.init) + ["--init-text"] * bool(cfg.train.init_text)
-        raise ConfigError(f"{method.name}'s prompt comes from its MLP encoder, which PEFT initialises; drop "
-                          f"{' and '.join(flags)}")
-
-
 def _resume_config(args: argparse.Namespace) -> None:
     """`--resume --out DIR` alone repeats the interrupted run: its recorded config is the base, flags override."""
     if not getattr(args, "resume", False) or getattr(args, "config", None):
@@ -376,56 +260,27 @@ def _checkpoint_plan(args: argparse.Namespace, cfg: RunConfig, out: Path, compar
 
 
 def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, title: str | None = None) -> Path:
-    from .checkpoints import discard
-    from .methods import get_method
-    from .pipeline import run_one
-    from .report import write_report
-    from .runs import check_out_dir, staged
-    from .training import is_main_process
+    from . import sweep
+    from .report import headline, load_runs
+    from .runs import check_out_dir
 
     _resume_config(args)
     cfg = build_config(args)
     names = methods or [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not names:
-        raise ConfigError("--methods is empty; name at least one method, e.g. zero-shot,prompt-tuning")
-    for n in names:
-        get_method(n)  # unknown names fail before any work
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:  # both would write the same run directory
-        raise ConfigError(f"--methods names '{twice[0]}' twice; list each method once")
-    if getattr(args, "seeds", None) is not None and not getattr(args, "train_sizes", None):
-        raise ConfigError("--seeds sets the seeds per size of a --train-sizes curve; add --train-sizes, or use "
-                          "--seed for one comparison")
+    sweep.check_methods(names, getattr(args, "seeds", None), getattr(args, "train_sizes", None))
     out = Path(args.out)
     if getattr(args, "train_sizes", None):
         return _compare_sizes(args, cfg, names, out, title)
     check_out_dir(out, compare=True)
     plan = _checkpoint_plan(args, cfg, out, compare=True)
     task, data, backbone = _setup(cfg)
-    for n in names:
-        get_method(n).check(backbone, task)
-    runs = []
-    main = is_main_process()  # under torchrun / accelerate launch every process trains; rank 0 writes
-    # all methods or none: a failure part-way leaves --out as it was (and each method's checkpoints)
-    with staged(out) if main else nullcontext(None) as stage:
-        for n in names:
-            run_cfg = from_dict(RunConfig, {**cfg.to_dict(), "method": n}, "config")
-            if main:
-                print(f"· {n} …", flush=True)
-            res = run_one(run_cfg, backbone, task, data, stage / n if stage else None,
-                          checkpoint=replace(plan, dir=plan.dir / n))
-            runs.append(res.metrics)
-        if stage:
-            write_report([stage / n for n in names], stage, title or "promptlab comparison")
-    if not main:
+    dirs = sweep.compare(cfg, names, out, task, data, backbone, plan, title or "promptlab comparison",
+                         log=lambda m: print(m, flush=True))
+    if dirs is None:  # not the main process of a distributed run
         return out / "report.md"
-    discard(plan.dir)
-    from .report import headline, load_runs
-
-    _print_table(headline(load_runs([out / n for n in names])), title or f"{task.name} · {backbone.name}")
-    report = out / "report.md"
-    print(f"report written to {report}; open {out / 'report.html'} in a browser (plots embedded)")
-    return report
+    _print_table(headline(load_runs(dirs)), title or f"{task.name} · {backbone.name}")
+    print(f"report written to {out / 'report.md'}; open {out / 'report.html'} in a browser (plots embedded)")
+    return out / "report.md"
 
 
 def _compare_sizes(args: argparse.Namespace, cfg: RunConfig, names: list[str], out: Path, title: str | None) -> Path:
@@ -485,63 +340,24 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .methods import get_method
     from .serving import Engine, hard_servable, load_servable
     from .tasks import get_task
+    from .tasks.predict_inputs import predict_inputs
 
     cfg = build_config(args)
     if bool(cfg.prompt) == bool(args.method):
         raise ConfigError("predict needs --prompt DIR, or --task T with --method HARD")
     if args.method and get_method(args.method).trains:
         raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
-    backbone = load_backbone(cfg.model, dtype=cfg.dtype)
+    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype)
     if cfg.prompt:
         servable = load_servable("predict", cfg.prompt, backbone, cfg, get_task(args.task) if args.task else None)
     else:
         servable = hard_servable("predict", args.method, get_task(cfg.task), backbone, cfg)
-    examples = _predict_inputs(args, servable.task)
+    examples = predict_inputs(args.input, args.texts, servable.task)
     engine = Engine(backbone)
     engine.attach(servable)
     for ex, a in zip(examples, engine.predict(servable, examples, batch_size=cfg.batch_size)):
         print(json.dumps({"id": ex.id, "prediction": a.prediction, "score": a.score if a.score is not None else 0.0,
                           "input": a.input}, ensure_ascii=False))
-
-
-def _predict_inputs(args: argparse.Namespace, task: Any) -> list[Any]:
-    from .tasks.base import Example
-
-    if args.input and args.texts:
-        raise ConfigError("predict takes TEXT arguments or --input FILE.jsonl, not both")
-    if args.input:
-        path = Path(args.input)
-        if path.is_dir():
-            raise DataError(f"--input '{path}' is a directory; pass a JSONL file with fields {task.input_fields}")
-        if not path.is_file():
-            raise DataError(f"--input '{path}' does not exist; pass a JSONL file with fields {task.input_fields}")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError:
-            raise DataError(f"--input '{path}' is not UTF-8 text; re-save it as UTF-8 (one JSON object per line)") from None
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON ({e.msg}); fix the line") from None
-            missing = [f for f in task.input_fields if not isinstance(row, dict) or f not in row]
-            if missing:
-                raise DataError(f"{path}:{n}: missing field '{missing[0]}'; task '{task.name}' needs {task.input_fields}")
-            empty = [f for f in task.input_fields if row[f] is None]
-            if empty:  # str(None) would be predicted on as the text "None"
-                raise DataError(f"{path}:{n}: field '{empty[0]}' is null; give it text")
-            out.append(Example(str(row.get("id", n)), {f: str(row[f]) for f in task.input_fields}))
-        if not out:
-            raise DataError(f"--input '{path}' has no rows; add one JSON object per line")
-        return out
-    if not args.texts:
-        raise ConfigError("predict needs input: TEXT arguments or --input FILE.jsonl")
-    if len(task.input_fields) != 1:
-        raise ConfigError(f"task '{task.name}' has fields {task.input_fields}; pass them with --input FILE.jsonl")
-    return [Example(str(i), {task.input_fields[0]: t}) for i, t in enumerate(args.texts)]
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -606,9 +422,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
     if not args.prompt:
         raise ConfigError("transfer needs at least one --prompt NAME=DIR, e.g. --prompt sst2=runs/sst2-prefix")
-    if args.limit is not None:
-        check_value("eval_size", args.limit, "--limit")
-    check_value("batch_size", args.batch_size, "--batch-size")
+    check_value(setting(RunConfig, "eval_size"), args.eval_size, typed_name(args, "eval_size"))
+    check_value(setting(RunConfig, "batch_size"), args.batch_size, "--batch-size")
     prompts = parse_pairs(args.prompt, "--prompt", "sst2=runs/sst2-prefix")
     data = dict(parse_pairs(args.data, "--data", "sst2=../shared/data/sst2"))
     tasks = list(dict.fromkeys(args.task))
@@ -620,7 +435,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     out = Path(args.out)
     check_out(out)
     backbone = load_backbone(args.model)
-    result = run(backbone, prompts, tasks, data, args.limit, args.batch_size, log=lambda m: print(m, flush=True))
+    result = run(backbone, prompts, tasks, data, args.eval_size, args.batch_size, log=lambda m: print(m, flush=True))
     write(out, result)
     header, body = table(result, mark_own=False)
     _print_rows(header, body, f"transfer · {backbone.name} · score % (rows: prompts, columns: tasks)")

@@ -1,83 +1,138 @@
-"""Run configuration: a dataclass tree with a default and a help line for every field.
+"""Run configuration: a dataclass tree where every setting is declared once, as a field.
 
-YAML in (`--config FILE`), flags over it, validated at load, unknown keys rejected, and written back
-as `config.yaml` into every run directory so a run can be repeated from its own record.
+A field's metadata holds its help line, its range or choices, and the `promptlab` commands it is a flag on
+(`--` + its name with dashes, unless it names another): the CLI's flags are generated from it (`add_flags`),
+as TRL's HfArgumentParser does. YAML in (`--config FILE`), flags over it (`build_config`), validated at load,
+unknown keys rejected, and written back as `config.yaml` into every run directory so a run can be repeated
+from its own record.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 import yaml
 
 from .errors import ConfigError, unknown
 
+ALL = ("eval", "train", "predict", "compare")  # the commands that build a RunConfig
+TRAINING = ("train", "compare")
+SPLITTING = ("eval", "train", "compare")  # the commands that load the task's data and carve its dev slice
 
-def _f(default: Any, help: str) -> Any:
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number field takes; `fix` follows the flag or key in the one-line error."""
+
+    ok: Callable[[Any], bool]
+    fix: str
+
+
+AT_LEAST_1 = Range(lambda v: v > 0, "must be a positive number, got {value}; use 1 or more")
+AT_LEAST_0 = Range(lambda v: v >= 0, "must be 0 or more, got {value}; use 0 to switch it off")
+
+
+def _f(default: Any, help: str, *, on: tuple[str, ...] | None = None, range: Range | None = None,
+       choices: tuple[str, ...] | None = None, flag: str | None = None, aliases: tuple[str, ...] = (),
+       metavar: str | None = None, or_dir: str | None = None) -> Any:
+    """A setting: its default, its help (what `--help` shows), the commands it is a flag on (default: its
+    section's `flags_on`; `()` for YAML only), its range or choices, and its flag's name and aliases when they
+    are not `--field-name`. `or_dir`: a prefix that also accepts a directory after it (`prompt:DIR`)."""
+    meta = {"help": help, "on": on, "range": range, "choices": choices, "flag": flag, "aliases": aliases,
+            "metavar": metavar, "or_dir": or_dir}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(3, "passes over the training examples")
-    lr: float | None = _f(None, "learning rate; default depends on the method (0.3 Adafactor for input prompts)")
-    batch_size: int = _f(16, "training batch size")
-    train_size: int | None = _f(None, "use this many training examples (seeded sample); default all")
-    dev_size: int = _f(200, "examples held out of the training split for model selection (at most 20% of it)")
-    virtual_tokens: int = _f(20, "soft tokens for prompt/prefix/p-tuning")
+    flags_on: ClassVar[tuple[str, ...]] = TRAINING
+
+    epochs: int = _f(3, "passes over the training examples", range=AT_LEAST_1)
+    lr: float | None = _f(None, "learning rate; default depends on the method (0.3 Adafactor for input prompts)",
+                          range=Range(lambda v: 0 < v < 100, "must be between 0 and 100, got {value}; e.g. 0.3 for "
+                                                             "prompt tuning"))
+    batch_size: int = _f(16, "training batch size", range=AT_LEAST_1, flag="--train-batch-size")
+    train_size: int | None = _f(None, "use this many training examples (seeded sample); default all", range=AT_LEAST_1)
+    dev_size: int = _f(200, "examples held out of the training split for model selection (at most 20% of it)",
+                       range=AT_LEAST_1, on=SPLITTING)
+    virtual_tokens: int = _f(20, "soft tokens for prompt/prefix/p-tuning", range=AT_LEAST_1)
     init: str | None = _f(None, "soft prompt init: random, vocab, text, labels, or prompt:DIR (another run's "
                                 "trained prompt of the same method and model, SPoT); default text for input-level "
-                                "prompts, random for prefix-tuning (whose text init, the words' keys and values at "
-                                "every layer, measured no better: bench/quality.md)")
+                                "prompts, random for prefix-tuning",
+                          choices=("random", "vocab", "text", "labels"), or_dir="prompt:")
     init_text: str | None = _f(None, "text for --init text (set alone, it implies init: text); default the task's "
                                      "first template, fields removed")
-    patience: int = _f(2, "stop after this many epochs without a better dev score")
-    max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)")
-    weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)")
+    patience: int = _f(2, "stop after this many epochs without a better dev score", range=AT_LEAST_1)
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (for quick runs)", range=AT_LEAST_1)
+    weight_decay: float = _f(0.0, "AdamW weight decay (Adafactor methods ignore it)", on=(),
+                             # NaN too: AdamW refused it at the first step
+                             range=Range(lambda v: 0 <= v < math.inf, "must be a finite number, 0 or more, got "
+                                                                      "{value}; e.g. 0.01"))
     prefix_projection: int = _f(0, "prefix-tuning: train the prefix through a two-layer MLP this wide (Li & Liang's "
                                    "reparameterisation; 0 = train it directly); the artifact stores the computed "
-                                   "prefix, so it loads and serves like any prefix")
+                                   "prefix, so it loads and serves like any prefix", range=AT_LEAST_0, metavar="H")
     train_anchors: bool = _f(False, "encoders, choice tasks: train the label anchors too (classes x hidden "
                                     "parameters, initialised from the label descriptions)")
-    schedule: str = _f("constant", "learning-rate schedule: constant, or linear (warm up, then decay to 0 at the last planned step)")
-    warmup: float = _f(0.06, "with --schedule linear: the fraction of the planned steps spent warming up")
-    checkpoint_every: int = _f(100, "save a resumable checkpoint every this many steps (and at each epoch end)")
-    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep while a run is in progress")
+    schedule: str = _f("constant", "learning-rate schedule: constant, or linear (warm up, then decay to 0 at the "
+                                   "last planned step)", choices=("constant", "linear"))
+    warmup: float = _f(0.06, "with --schedule linear: the fraction of the planned steps spent warming up",
+                       range=Range(lambda v: 0 <= v < 1, "must be a fraction in [0, 1), got {value}; e.g. 0.06"))
+    checkpoint_every: int = _f(100, "save a resumable checkpoint every this many steps (and at each epoch end)",
+                               range=AT_LEAST_1)
+    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep while a run is in progress",
+                               range=AT_LEAST_1)
 
 
 @dataclass
 class HardConfig:
+    flags_on: ClassVar[tuple[str, ...]] = ALL
+
     template: str | None = _f(None, "hard-prompt template name; default the task's first")
-    shots: int = _f(4, "few-shot demonstrations: per class for choice tasks, in total for text tasks")
-    selection: str = _f("balanced", "few-shot demo selection: random, balanced or nearest")
+    shots: int = _f(4, "few-shot demonstrations: per class for choice tasks, in total for text tasks",
+                    range=AT_LEAST_1)
+    selection: str = _f("balanced", "few-shot demo selection: random, balanced or nearest",
+                        choices=("random", "balanced", "nearest"))
     candidates: int = _f(30, "prompt-search: candidate prompts scored at most (the task's templates first, then a "
-                             "seeded sample of template x instruction x demo-set combinations)")
-    search_size: int = _f(200, "prompt-search (--dev-size): labelled examples that score each candidate, at most")
+                             "seeded sample of template x instruction x demo-set combinations)", range=AT_LEAST_1)
+    search_size: int = _f(200, "prompt-search: labelled examples that score each candidate, at most",
+                          range=AT_LEAST_1)
     search_on: str = _f("train", "prompt-search: labelled data that scores candidates: train (demos are scored on "
-                                 "the other training examples) or dev (the held-out dev slice)")
+                                 "the other training examples) or dev (the held-out dev slice)",
+                        choices=("train", "dev"))
 
 
 @dataclass
 class RunConfig:
+    flags_on: ClassVar[tuple[str, ...]] = ALL
+
     task: str = _f("sentiment", "task name (promptlab tasks) or a task spec YAML file")
     model: str = _f("minilm", "model: alias (minilm), hub id or local save_pretrained directory")
-    method: str = _f("zero-shot", "method name (promptlab methods)")
+    method: str = _f("zero-shot", "method name (promptlab methods lists them): a hard method for eval and predict "
+                                  "(or --prompt DIR instead), a soft method or baseline for train; no default",
+                     on=("eval", "train", "predict"))
     data: str | None = _f(None, "data file or folder in the task's official format; default bundled or hub")
-    split: str | None = _f(None, "evaluation split; default the task's official evaluation split")
-    prompt: str | None = _f(None, "a saved artifact directory to evaluate instead of fitting a method")
-    eval_size: int | None = _f(None, "evaluate on at most this many examples (seeded sample)")
-    max_input_tokens: int | None = _f(None, "input budget in tokens; long contexts are selected to fit")
-    max_new_tokens: int | None = _f(None, "generation length; default the task's")
-    batch_size: int = _f(32, "evaluation batch size")
+    split: str | None = _f(None, "evaluation split; default the task's official evaluation split", on=SPLITTING)
+    prompt: str | None = _f(None, "a saved artifact (or run) directory to evaluate instead of fitting a method",
+                            on=("eval", "predict"))
+    eval_size: int | None = _f(None, "evaluate on at most this many examples (seeded sample)", range=AT_LEAST_1,
+                               on=SPLITTING, aliases=("--limit",))
+    max_input_tokens: int | None = _f(None, "input budget in tokens: every input is cut to it (long contexts are "
+                                            "selected to fit); default the model's", range=AT_LEAST_1)
+    max_new_tokens: int | None = _f(None, "generation length; default the task's", range=AT_LEAST_1)
+    batch_size: int = _f(32, "evaluation batch size", range=AT_LEAST_1)
     dtype: str = _f("float32", "dtype of the frozen model's weights: float32, or bfloat16 (half the memory; 2-4x "
-                    "faster on CPUs with AMX or AVX512-BF16 and on GPUs; scores differ in the last digits)")
-    seed: int = _f(0, "seed for sampling, initialisation and data order")
+                    "faster on CPUs with AMX or AVX512-BF16 and on GPUs; scores differ in the last digits)",
+                    choices=("float32", "bfloat16"))
+    seed: int = _f(0, "seed for sampling, initialisation and data order",  # torch's generator takes a 64-bit seed
+                   range=Range(lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1, got {value}; e.g. 0"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})
     hard: HardConfig = field(default_factory=HardConfig, metadata={"help": "hard-prompt settings"})
 
@@ -86,14 +141,6 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-POSITIVE = {"epochs", "batch_size", "train_size", "dev_size", "virtual_tokens", "eval_size", "max_input_tokens",
-            "max_new_tokens", "shots", "max_steps", "checkpoint_every", "keep_checkpoints",
-            "candidates", "search_size", "patience"}
-NON_NEGATIVE = {"prefix_projection"}
-CHOICES = {"init": ("random", "vocab", "text", "labels"), "selection": ("random", "balanced", "nearest"),
-           "schedule": ("constant", "linear"), "search_on": ("train", "dev"), "dtype": ("float32", "bfloat16")}
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -135,29 +182,29 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def validate(cfg: Any, where: str = "config") -> None:
     for f in fields(cfg):
-        check_value(f.name, getattr(cfg, f.name), f"{where}.{f.name}")
+        check_value(f, getattr(cfg, f.name), f"{where}.{f.name}")
 
 
-def check_value(name: str, value: Any, label: str) -> None:
-    """One field's range check; `label` names it as the user wrote it (`--train-size`, `run.yaml.train.epochs`)."""
-    if name in POSITIVE and value is not None and value <= 0:
-        raise ConfigError(f"{label} must be a positive number, got {value}; use 1 or more")
-    if name == "init" and isinstance(value, str) and value.startswith("prompt:"):
-        if not value[len("prompt:"):].strip():
-            raise ConfigError(f"{label} prompt: needs a directory, e.g. prompt:runs/tweeteval-prefix")
+def setting(cls: type, name: str) -> dataclasses.Field:
+    """The field `name` of config dataclass `cls`, for checking a value against its range (`check_value`)."""
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def check_value(f: dataclasses.Field, value: Any, label: str) -> None:
+    """One field's range or choices check, as its metadata declares them; `label` names it as the user wrote it
+    (`--train-size`, `run.yaml.train.epochs`)."""
+    meta = f.metadata
+    if value is None:
+        return
+    prefix = meta.get("or_dir")
+    if prefix and isinstance(value, str) and value.startswith(prefix):
+        if not value[len(prefix):].strip():
+            raise ConfigError(f"{label} {prefix} needs a directory, e.g. {prefix}runs/tweeteval-prefix")
         return  # another run's trained prompt (SPoT); the method checks it when it loads it
-    if name in NON_NEGATIVE and value is not None and value < 0:
-        raise ConfigError(f"{label} must be 0 or more, got {value}; use 0 to switch it off")
-    if name in CHOICES and value is not None and value not in CHOICES[name]:
-        raise unknown(f"value of {label}", str(value), list(CHOICES[name]))
-    if name == "lr" and value is not None and not (0 < value < 100):
-        raise ConfigError(f"{label} must be between 0 and 100, got {value}; e.g. 0.3 for prompt tuning")
-    if name == "warmup" and not (0 <= value < 1):
-        raise ConfigError(f"{label} must be a fraction in [0, 1), got {value}; e.g. 0.06")
-    if name == "weight_decay" and not (0 <= value < math.inf):  # NaN too: AdamW refused it at the first step
-        raise ConfigError(f"{label} must be a finite number, 0 or more, got {value}; e.g. 0.01")
-    if name == "seed" and not (0 <= value < 2**63):  # torch's generator takes a 64-bit seed
-        raise ConfigError(f"{label} must be between 0 and 2**63 - 1, got {value}; e.g. 0")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise unknown(f"value of {label}", str(value), list(meta["choices"]))
+    if meta.get("range") and not meta["range"].ok(value):
+        raise ConfigError(f"{label} {meta['range'].fix.format(value=value)}")
 
 
 def load_yaml(path: str) -> dict[str, Any]:
@@ -175,3 +222,116 @@ def load_yaml(path: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8") from None
     return data
+
+
+# -- flags, generated from the fields -----------------------------------------------------------------
+SECTIONS: dict[str | None, type] = {None: RunConfig, "train": TrainConfig, "hard": HardConfig}
+TYPED = "flags_typed"  # Namespace attribute: dest -> the option string the user typed (`--limit`, `--eval-size`)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A config field's command-line flag: `names[0]` is canonical, the rest are aliases."""
+
+    section: str | None  # None: RunConfig itself; "train", "hard": its nested sections
+    field: dataclasses.Field
+    names: tuple[str, ...]
+    commands: tuple[str, ...]
+    kind: type  # int, float, str or bool (a bool is a switch: store_true, default None)
+
+    @property
+    def dest(self) -> str:
+        return self.names[0][2:].replace("-", "_")
+
+    def part(self, cfg: RunConfig) -> Any:
+        return getattr(cfg, self.section) if self.section else cfg
+
+
+def config_flags(command: str | None = None) -> list[Flag]:
+    """Every config field's flag (those on `command` only, when given), in declaration order."""
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            kind = next(t for t in getattr(hints[f.name], "__args__", (hints[f.name],)) if t is not type(None))
+            if dataclasses.is_dataclass(kind):
+                continue  # a nested section: its own fields are the flags
+            on = f.metadata.get("on")
+            on = cls.flags_on if on is None else on
+            if on and (command is None or command in on):  # on=(): YAML only
+                names = (f.metadata.get("flag") or "--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ()))
+                out.append(Flag(section, f, names, tuple(on), kind))
+    return out
+
+
+class FlagAction(argparse.Action):
+    """Stores a flag's value and records which of its names was typed, so an error names that one."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        setattr(namespace, TYPED, {**(getattr(namespace, TYPED, None) or {}), self.dest: option_string})
+
+
+def typed_name(args: argparse.Namespace, dest: str) -> str:
+    """The name the user typed for the flag stored in `dest` (its canonical `--dest-with-dashes` otherwise)."""
+    return (getattr(args, TYPED, None) or {}).get(dest) or "--" + dest.replace("_", "-")
+
+
+def _help(f: dataclasses.Field) -> str:
+    text = f.metadata["help"]
+    if "default" not in text and not any(f.default is v for v in (None, False, dataclasses.MISSING)):
+        text += f" (default {f.default})"
+    return text.replace("%", "%%")  # argparse %-formats help
+
+
+def add_flags(p: argparse.ArgumentParser, command: str) -> None:
+    """The flags of `command`'s config fields. Every default is None, so a flag not given leaves the --config
+    value (or the field's default) alone."""
+    for flag in config_flags(command):
+        kw: dict[str, Any] = {"nargs": 0} if flag.kind is bool else {
+            "type": flag.kind, "metavar": flag.field.metadata.get("metavar")}
+        p.add_argument(*flag.names, dest=flag.dest, action=FlagAction, default=None, help=_help(flag.field), **kw)
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The run's config: --config's YAML (or the defaults), then every flag given over it."""
+    path = getattr(args, "config", None)
+    base: dict[str, Any] = load_yaml(path) if path else {}
+    cfg = from_dict(RunConfig, base, path or "config") if base else RunConfig()
+    for flag in config_flags():
+        value = getattr(args, flag.dest, None)
+        if value is None:
+            continue
+        check_value(flag.field, value, typed_name(args, flag.dest))  # the error names the flag the user typed
+        setattr(flag.part(cfg), flag.field.name, value)
+    for part, where in ((cfg, "flags"), (cfg.train, "flags"), (cfg.hard, "flags")):
+        validate(part, where)
+    return cfg
+
+
+def given_fields(args: argparse.Namespace) -> set[str]:
+    """The config fields the user set by flag (not by --config or default)."""
+    return {flag.field.name for flag in config_flags() if getattr(args, flag.dest, None) is not None}
+
+
+def config_method(args: argparse.Namespace) -> str | None:
+    """The method a --config file names (a run's config.yaml does), so the run can be repeated from it."""
+    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    method = data.get("method") if isinstance(data, dict) else None
+    return method if isinstance(method, str) else None
+
+
+def train_config(args: argparse.Namespace) -> RunConfig:
+    """`train`'s config, with the checks that need the method (also what bench/ builds its training runs with)."""
+    from .methods import get_method  # the registry imports torch: parsing a command line must stay light
+
+    cfg = build_config(args)
+    if not (args.method or config_method(args)):
+        raise ConfigError("train needs --method SOFT, e.g. --method prompt-tuning (promptlab methods lists them)")
+    method = get_method(cfg.method)
+    if not method.trains:
+        raise ConfigError(f"'{cfg.method}' is a {method.family} method and trains nothing; use promptlab eval "
+                          f"--method {cfg.method}, or train a soft method (prompt-tuning, prefix-tuning, ...)")
+    method.check_flags(cfg, given_fields(args))
+    return cfg

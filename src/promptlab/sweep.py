@@ -1,4 +1,5 @@
-"""`compare --train-sizes`: every method at every training-set size -> the data-efficiency curve.
+"""`compare`: every method on the same data (`compare`), and with `--train-sizes` every method at every
+training-set size -> the data-efficiency curve (`run`).
 
 Each point is one ordinary run (`pipeline.run_one`) written to `OUT/n{size}-s{seed}/{method}/`, so any point
 can be repeated alone with `promptlab train --train-size SIZE --seed SEED`. Sizes count labelled training
@@ -16,17 +17,61 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import discard
 from .config import RunConfig, from_dict
 from .errors import ConfigError, PromptlabError
-from .runs import REPORT_FILES, check_writable
+from .methods import get_method
+from .pipeline import load_data, run_one
+from .report import write_report
+from .runs import REPORT_FILES, check_writable, staged
+from .training import is_main_process
 
 SMALL_SIZE = 128
 DEFAULT_SEEDS = 3
 SKIPPED_FILE = "skipped.json"
 _SWEEP_FILES = {*REPORT_FILES, SKIPPED_FILE}
+
+
+def check_methods(names: list[str], seeds: int | None, sizes: str | None) -> None:
+    """compare's --methods (and --seeds), before any loading: empty, unknown or repeated names fail here."""
+    if not names:
+        raise ConfigError("--methods is empty; name at least one method, e.g. zero-shot,prompt-tuning")
+    for n in names:
+        get_method(n)  # unknown names fail before any work
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # both would write the same run directory
+        raise ConfigError(f"--methods names '{twice[0]}' twice; list each method once")
+    if seeds is not None and not sizes:
+        raise ConfigError("--seeds sets the seeds per size of a --train-sizes curve; add --train-sizes, or use "
+                          "--seed for one comparison")
+
+
+def compare(cfg: RunConfig, names: list[str], out: Path, task: Any, data: Any, backbone: Any, checkpoint: Any,
+            title: str, log: Any = print) -> list[Path] | None:
+    """Every method on the same data into OUT/{method}, and the report. All methods or none: a failure part-way
+    leaves OUT as it was (and each method's checkpoints under `checkpoint.dir`, so a rerun continues). Returns
+    the run directories; None on every process of a distributed run but rank 0, which alone writes."""
+    for n in names:
+        get_method(n).check(backbone, task)
+    main = is_main_process()  # under torchrun / accelerate launch every process trains; rank 0 writes
+    with staged(out) if main else nullcontext(None) as stage:
+        for n in names:
+            run_cfg = from_dict(RunConfig, {**cfg.to_dict(), "method": n}, "config")
+            if main:
+                log(f"· {n} …")
+            run_one(run_cfg, backbone, task, data, stage / n if stage else None,
+                    checkpoint=replace(checkpoint, dir=checkpoint.dir / n))
+        if stage:
+            write_report([stage / n for n in names], stage, title)
+    if not main:
+        return None
+    discard(checkpoint.dir)
+    return [out / n for n in names]
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -83,8 +128,6 @@ def _done(run_dir: Path, cfg: RunConfig) -> bool:
 def run(cfg: RunConfig, names: list[str], out: Path, sizes: list[int], seeds: int, task: Any, backbone: Any,
         log: Any = print) -> list[Path]:
     """Run every (size, seed, method) point not already done; return the run directories that exist."""
-    from .pipeline import load_data, run_one
-
     points = plan(sizes, seeds, cfg.seed)
     data = {}
     for size, seed in points:  # resolve every sample first: a size beyond the pool fails before any training

@@ -148,3 +148,14 @@ class Method:
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         raise NotImplementedError
 
+    def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
+        """Refuse settings this method would not read instead of ignoring them (and, for --init, recording them in
+        the run as if they had been used). `given`: the config fields set by flag. Soft methods accept more."""
+        if cfg.train.prefix_projection:
+            raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
+                              "drop the flag")
+        shaping = [name for name in ("virtual_tokens", "init", "init_text") if name in given]
+        if shaping:
+            raise ConfigError(f"--{shaping[0].replace('_', '-')} shapes a soft prompt; {cfg.method} trains none, "
+                              "drop the flag")
+

@@ -135,7 +135,7 @@ class SearchPredictor(HardPredictor):
 @register
 class PromptSearch(Method):
     name, family = "prompt-search", "hard"
-    summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --dev-size)"
+    summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --search-size)"
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)

@@ -251,6 +251,22 @@ class SoftMethod(AdaptedMethod):
             raise ModelError(f"adapter_config.json says peft_type {cfg.get('peft_type')!r} but a {self.name} "
                              f"artifact needs {want!r}")
 
+    def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
+        """A soft prompt takes --virtual-tokens, --init and --init-text; an --init it cannot start from is refused."""
+        super().check_flags(cfg, given - {"virtual_tokens", "init", "init_text"})
+        self.check_init_flags(cfg)
+
+    def check_init_flags(self, cfg: RunConfig) -> None:
+        """--init-text only with a text start; no word start for a prompt that PEFT's encoder makes (p-tuning)."""
+        how = self.init_of(cfg)
+        if cfg.train.init_text and how != "text":
+            raise ConfigError(f"--init-text is the text that --init text starts from; this run starts from {how}, "
+                              "drop one of the two")
+        if not self.takes_init() and how != "random" and not how.startswith(PROMPT_INIT):
+            flags = [f"--init {cfg.train.init}"] * bool(cfg.train.init) + ["--init-text"] * bool(cfg.train.init_text)
+            raise ConfigError(f"{self.name}'s prompt comes from its MLP encoder, which PEFT initialises; drop "
+                              f"{' and '.join(flags)}")
+
 
 @register
 class PromptTuning(SoftMethod):
@@ -287,6 +303,9 @@ class PrefixTuning(SoftMethod):
         return PrefixTuningConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
                                   prefix_projection=hidden > 0, encoder_hidden_size=hidden or None,
                                   base_model_name_or_path=backbone.name)
+
+    def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
+        self.check_init_flags(cfg)  # --prefix-projection reparameterises this method's prefix: it applies here
 
 
 @register
