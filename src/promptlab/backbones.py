@@ -156,6 +156,12 @@ class Backbone:
         if hidden.shape[1] > mask.shape[1]:  # prompt tuning prepended virtual tokens; they pool like words
             extra = hidden.shape[1] - mask.shape[1]
             mask = torch.cat([mask.new_ones(mask.shape[0], extra), mask], dim=1)
+        return self.pool(hidden, mask)
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Hidden states [B, L, H] and their attention mask [B, L] to sentence embeddings, pooled as the encoder
+        was trained to (cls, max or mean; then normalised where it was). The serving engine pools through this
+        too, so served and offline embeddings agree. `dtype`: cast to before normalising. [B, H]"""
         mask = mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "cls":
             pooled = hidden[:, 0]
@@ -163,6 +169,8 @@ class Backbone:
             pooled = hidden.masked_fill(mask == 0, -1e4).max(dim=1).values
         else:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if dtype is not None:
+            pooled = pooled.to(dtype)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     @contextmanager
