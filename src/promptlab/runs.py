@@ -1,7 +1,7 @@
 """Run directories: written whole or not at all, and read back for reports.
 
-A run is built in a hidden sibling directory and renamed into place, with metrics.json written last,
-so a crash never leaves a directory that looks complete.
+A run is built in a hidden sibling directory and renamed into place (atomic.py), with metrics.json written
+last, so a crash never leaves a directory that looks complete.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .atomic import replacing, temp_sibling
 from .config import RunConfig
 from .errors import ConfigError, DataError
 from .inspect_prompt import INSPECT_FILE
@@ -79,15 +80,6 @@ def _is_compare_dir(out: Path) -> bool:
     return any((p / "metrics.json").exists() for p in out.iterdir() if p.is_dir() and p.name != "artifact")
 
 
-def _temp_sibling(out: Path) -> Path:
-    """A hidden directory beside `out`, with the permissions a plain mkdir would give (mkdtemp uses 0700)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
-
-
 # Diagnostics kept beside an artifact that using it never reads: not part of what a prompt costs to ship.
 NOT_SHIPPED = ("prompt_init.safetensors",)
 
@@ -102,8 +94,7 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
               predictor: Predictor | None, extra: dict[str, Any] | None = None) -> None:
     """`extra`: more JSON files of the run by name (inspect.json), written before metrics.json."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out)
-    try:
+    with replacing(out, temp_sibling(out)) as tmp:
         (tmp / "config.yaml").write_text(config.to_yaml())
         for name, value in (extra or {}).items():
             (tmp / name).write_text(json.dumps(value, indent=2, ensure_ascii=False))
@@ -113,12 +104,6 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
             predictor.save(tmp / "artifact")
             metrics["artifact_bytes"] = artifact_bytes(tmp / "artifact")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @contextmanager
@@ -129,7 +114,7 @@ def staged(out: Path) -> Iterator[Path]:
     """
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out)
+    tmp = temp_sibling(out)
     try:
         yield tmp
         out.mkdir(exist_ok=True)
