@@ -1,9 +1,9 @@
 """Runs laid side by side: report.md and a self-contained report.html with plots.
 
-A report reads finished run directories back (metrics.json, predictions.jsonl, config.yaml) and never
-re-runs a model, so `promptlab report` can rebuild it at any time. Scores carry a 95% percentile bootstrap
-interval over the evaluation examples, computed from the per-example records (`correct` for choice tasks,
-`em` / `score` = F1 for text tasks). When the runs span several training-set sizes (`compare
+A report reads finished run directories back (runs.load_runs: metrics.json, predictions.jsonl, config.yaml)
+and never re-runs a model, so `promptlab report` can rebuild it at any time. Scores carry a 95% percentile
+bootstrap interval over the evaluation examples, computed from the per-example records (`correct` for choice
+tasks, `em` / `score` = F1 for text tasks). When the runs span several training-set sizes (`compare
 --train-sizes`), the report adds the data-efficiency curve and lays the largest size out as the table.
 
 report.html embeds its plots as base64 PNG and its CSS inline (markup.py): it opens offline, from anywhere,
@@ -21,110 +21,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import DataError
 from .markup import family_badge, figure_html, md_table, page_html, plain_table_html
-from .metrics import bootstrap_ci
-from .runs import PLOTS_DIR, REPORT_HTML, REPORT_MD, read_run
+from .runs import PER_EXAMPLE, PLOTS_DIR, REPORT_HTML, REPORT_MD, load_runs
 
-# metric name -> field of a predictions.jsonl record holding that metric per example
-PER_EXAMPLE = {"accuracy": "correct", "em": "em", "f1": "score"}
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "em": "EM", "f1": "F1"}
 FAMILY_ORDER = {"hard": 0, "soft": 1, "baseline": 2}
-
-
-# -- reading runs back ---------------------------------------------------------------------------------
-def discover(paths: list[Path]) -> list[Path]:
-    """Run directories under each path: the path itself, or its finished runs up to three levels down
-    (a compare dir holds method/ runs; a --train-sizes sweep holds n{size}-s{seed}/method/ runs)."""
-    found: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if not p.is_dir():
-            raise DataError(f"'{p}' is not a directory; pass run directories or a compare --out directory")
-        if (p / "metrics.json").is_file():
-            found.append(p)
-            continue
-        below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
-                        if not any(part.startswith(".") for part in m.relative_to(p).parts)})
-        below = [d for d in below if "artifact" not in d.relative_to(p).parts]
-        if not below:
-            raise DataError(f"'{p}' holds no finished runs (no metrics.json); pass a run or compare directory")
-        found += below
-    return found
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    f = path / "predictions.jsonl"
-    if not f.is_file():
-        return []
-    try:
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError:
-        raise DataError(f"'{f}' is not valid JSON lines; rerun that run") from None
-
-
-def _labels(path: Path, records: list[dict[str, Any]]) -> list[str]:
-    meta = path / "artifact" / "promptlab.json"
-    if meta.is_file():
-        try:
-            labels = json.loads(meta.read_text()).get("labels") or []
-            if labels:
-                return list(labels)
-        except json.JSONDecodeError:
-            pass
-    seen: list[str] = []
-    for r in records:
-        for v in (r.get("gold"), r.get("prediction")):
-            if isinstance(v, str) and v not in seen:
-                seen.append(v)
-    return sorted(seen)
-
-
-def load_run(path: Path) -> dict[str, Any]:
-    """metrics.json plus what a report derives: seed, per-metric CI, confusion matrix, labels."""
-    run = read_run(path)
-    records = _records(path)
-    cfg = run.get("config")
-    if not isinstance(cfg, dict):
-        try:
-            cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-        except yaml.YAMLError:
-            cfg = {}
-    run["run_dir"] = str(path)
-    run["seed"] = (cfg or {}).get("seed")
-    if (cfg or {}).get("prompt"):  # a saved artifact evaluated again: it learnt from the run that trained it
-        run["evaluated_artifact"] = True
-    run["ci"] = {}
-    for name in run.get("metrics", {}):
-        key = PER_EXAMPLE.get(name)
-        scores = [float(r[key]) for r in records if key in r and r[key] is not None] if key else []
-        if scores and len(scores) == len(records):
-            lo, hi = bootstrap_ci(scores, n=1000, seed=0)
-            run["ci"][name] = [lo, hi]
-    has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
-    run["kind"] = "choices" if has_labels else "text"
-    inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)
-    if inspected.is_file():
-        try:
-            run["inspect"] = json.loads(inspected.read_text())
-        except json.JSONDecodeError:
-            pass
-    if run["kind"] == "choices" and records:
-        labels = _labels(path, records)
-        index = {lb: i for i, lb in enumerate(labels)}
-        mat = [[0] * len(labels) for _ in labels]
-        for r in records:
-            g, p = index.get(r.get("gold")), index.get(r.get("prediction"))
-            if g is not None and p is not None:
-                mat[g][p] += 1
-        run["labels"], run["confusion"] = labels, mat
-    return run
-
-
-def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
-    return [load_run(p) for p in discover(paths)]
 
 
 # -- numbers ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Run directories: written whole or not at all, and read back for reports.
 
 A run is built in a hidden sibling directory and renamed into place (atomic.py), with metrics.json written
-last, so a crash never leaves a directory that looks complete.
+last, so a crash never leaves a directory that looks complete. Read back, a run is its metrics.json plus what
+its predictions.jsonl gives a report: a 95% bootstrap interval per metric and, for choice tasks, the
+confusion matrix.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .atomic import replacing, temp_sibling
 from .config import RunConfig
 from .errors import ConfigError, DataError
 from .inspect_prompt import INSPECT_FILE
 from .methods.base import Predictor
+from .metrics import bootstrap_ci
 
 RUN_FILES = ("config.yaml", "metrics.json", "predictions.jsonl")
 
@@ -134,6 +139,11 @@ def staged(out: Path) -> Iterator[Path]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# -- reading runs back (report.py) ------------------------------------------------------------------------
+# metric name -> field of a predictions.jsonl record holding that metric per example
+PER_EXAMPLE = {"accuracy": "correct", "em": "em", "f1": "score"}
+
+
 def read_run(path: Path) -> dict[str, Any]:
     f = path / "metrics.json"
     if not f.is_file():
@@ -146,3 +156,95 @@ def read_run(path: Path) -> dict[str, Any]:
         raise DataError(f"'{f}' is not a promptlab run's metrics (no 'method' and 'metrics'); pass promptlab run "
                         "directories")
     return run
+
+
+def discover(paths: list[Path]) -> list[Path]:
+    """Run directories under each path: the path itself, or its finished runs up to three levels down
+    (a compare dir holds method/ runs; a --train-sizes sweep holds n{size}-s{seed}/method/ runs)."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            raise DataError(f"'{p}' is not a directory; pass run directories or a compare --out directory")
+        if (p / "metrics.json").is_file():
+            found.append(p)
+            continue
+        below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
+                        if not any(part.startswith(".") for part in m.relative_to(p).parts)})
+        below = [d for d in below if "artifact" not in d.relative_to(p).parts]
+        if not below:
+            raise DataError(f"'{p}' holds no finished runs (no metrics.json); pass a run or compare directory")
+        found += below
+    return found
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    f = path / "predictions.jsonl"
+    if not f.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        raise DataError(f"'{f}' is not valid JSON lines; rerun that run") from None
+
+
+def _labels(path: Path, records: list[dict[str, Any]]) -> list[str]:
+    meta = path / "artifact" / "promptlab.json"
+    if meta.is_file():
+        try:
+            labels = json.loads(meta.read_text()).get("labels") or []
+            if labels:
+                return list(labels)
+        except json.JSONDecodeError:
+            pass
+    seen: list[str] = []
+    for r in records:
+        for v in (r.get("gold"), r.get("prediction")):
+            if isinstance(v, str) and v not in seen:
+                seen.append(v)
+    return sorted(seen)
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """metrics.json plus what a report derives: seed, per-metric CI, confusion matrix, labels."""
+    run = read_run(path)
+    records = _records(path)
+    cfg = run.get("config")
+    if not isinstance(cfg, dict):
+        try:
+            cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+        except yaml.YAMLError:
+            cfg = {}
+    run["run_dir"] = str(path)
+    run["seed"] = (cfg or {}).get("seed")
+    if (cfg or {}).get("prompt"):  # a saved artifact evaluated again: it learnt from the run that trained it
+        run["evaluated_artifact"] = True
+    run["ci"] = {}
+    for name in run.get("metrics", {}):
+        key = PER_EXAMPLE.get(name)
+        scores = [float(r[key]) for r in records if key in r and r[key] is not None] if key else []
+        if scores and len(scores) == len(records):
+            lo, hi = bootstrap_ci(scores, n=1000, seed=0)
+            run["ci"][name] = [lo, hi]
+    has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
+    run["kind"] = "choices" if has_labels else "text"
+    inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)
+    if inspected.is_file():
+        try:
+            run["inspect"] = json.loads(inspected.read_text())
+        except json.JSONDecodeError:
+            pass
+    if run["kind"] == "choices" and records:
+        labels = _labels(path, records)
+        index = {lb: i for i, lb in enumerate(labels)}
+        mat = [[0] * len(labels) for _ in labels]
+        for r in records:
+            g, p = index.get(r.get("gold")), index.get(r.get("prediction"))
+            if g is not None and p is not None:
+                mat[g][p] += 1
+        run["labels"], run["confusion"] = labels, mat
+    return run
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    return [load_run(p) for p in discover(paths)]
