@@ -118,9 +118,6 @@ class Backbone:
     def total_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
-
     def input_budget(self, model: Any = None, new_tokens: int = 0, virtual: int | None = None) -> int:
         """Tokens an input may keep: `max_length`, and room left in an absolute-position model (BERT, GPT-2)
         for the virtual tokens a PEFT prompt puts in front (`model`'s, or `virtual` of a prompt not built yet)

@@ -51,8 +51,6 @@ class Predictor:
     history: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
-    trainable_params: ClassVar[int] = 0
-
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
         raise NotImplementedError
 

@@ -225,18 +225,15 @@ class _Scorer:
         return W_TITLE * self.share(self.title_terms[j], query) + bonus
 
 
-def rank_paragraphs(question: str, paragraphs: list[tuple[str, list[str]]]) -> list[int]:
-    """Paragraph indices, most relevant first: the best (hop 1, hop 2) pair, then the rest.
+def _rank(sc: _Scorer, q: set[str], qn: str) -> list[int]:
+    """Paragraph indices, most relevant to the question (terms `q`, normalised text `qn`) first: the best
+    (hop 1, hop 2) pair, then the rest.
 
     Hop 2 is what finds bridge answers: "the director of Big Stone Gap" matches the film's paragraph,
     and the director's own paragraph (which holds the answer) matches only through the name the film's
     paragraph mentions. Hop 2 starts from each of the top HOP1_BEAM paragraphs, because the question
     alone puts the right first hop on top only ~90% of the time.
     """
-    return _rank(_Scorer(paragraphs), set(_terms(question)), _norm(question))
-
-
-def _rank(sc: _Scorer, q: set[str], qn: str) -> list[int]:
     n = len(sc.titles)
     if n <= 1:
         return list(range(n))
