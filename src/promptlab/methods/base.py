@@ -100,7 +100,7 @@ class Method:
         """The text around the input; long-context tasks select what fits around this template.
 
         A sentence encoder embeds an instruction along with the input, which pulls every input toward
-        the same point: measured on MiniLM, templates cost zero-shot SST-2 1-9 points. So encoders
+        the same point and costs zero-shot accuracy (DESIGN.md, "Decisions"). So encoders
         default to the bare input, and `--template` still chooses one.
         """
         if self.bare_input or (config.hard.template is None and kind == "encoder"):
