@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from promptlab.backbones import BIAS_ATTENTION, load_backbone, position_bias_attention
+from promptlab.attention import BIAS_ATTENTION, position_bias_attention
+from promptlab.backbones import load_backbone
 
 
 def test_kind_detected_from_config(tiny_models):

@@ -20,10 +20,9 @@ from promptlab.report import (
     crossing,
     curve,
     headline,
-    load_run,
-    load_runs,
     score_cell,
 )
+from promptlab.runs import load_run, load_runs
 from promptlab.sweep import parse_sizes, plan
 
 CI_CELL = re.compile(r"(\d+\.\d) \[(\d+\.\d), (\d+\.\d)\]")

@@ -2,10 +2,9 @@ import os as _os
 from importlib.metadata import version as _v
 
 # torch's OpenMP threads (GNU libgomp) spin ~300,000 rounds waiting for work before they sleep. On a machine
-# shared with another torch process that spinning takes the cores the other one needs: two `promptlab demo
-# --quick` at once on 2 cores took 65.7 s with the default and 24.1 s with 10,000 rounds, while one alone took
-# the same either way (15.0 / 14.4 s; bench/README.md, "Threads on a shared machine"). libgomp reads this when
-# torch loads, so it is set before anything imports torch; a value the user set wins.
+# shared with another torch process that spinning takes the cores the other one needs; a process alone runs
+# as fast with fewer rounds (bench/README.md, "Threads on a shared machine", has the timings). libgomp reads
+# this when torch loads, so it is set before anything imports torch; a value the user set wins.
 _os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 __version__ = _v("promptlab")

@@ -3,15 +3,15 @@
 glibc's malloc serves every block above its mmap threshold (32 MB at most) with a fresh mmap and returns it with
 munmap on free. A t5-small encoder pass over 32 × 512 tokens allocates and frees dozens of such blocks (each
 feed-forward activation is 70 MB in bf16), so the same memory is faulted in and zeroed by the kernel again and
-again: measured 18% of a HotpotQA `eval` (6.8 → 5.6 s, bench P1's bf16 arm). jemalloc or tcmalloc via LD_PRELOAD
-fix this too (Intel's PyTorch CPU tuning guide recommends them), but they are not installed with pip and must be
-set before the process starts; mallopt can be called from inside it. Outputs do not change: only where the bytes
-come from does.
+again, a noticeable share of a HotpotQA `eval` (bench/README.md, "What changed"). jemalloc or tcmalloc via
+LD_PRELOAD fix this too (Intel's PyTorch CPU tuning guide recommends them), but they are not installed with pip
+and must be set before the process starts; mallopt can be called from inside it. Outputs do not change: only
+where the bytes come from does.
 
 Only commands that run a frozen model forward (eval, predict, serve, transfer) set it. In training the same
-setting makes a prompt-tuning step ~20% faster but raises its peak RSS ~22% (bench P2's job, bf16: 2.19 vs 1.83
-examples/s, 2.59 vs 2.11 GB): freed activations of many sizes fragment a heap that is never trimmed, where mmap
-gave each big block back. Peak memory is what prompt tuning is chosen for, so training keeps glibc's defaults.
+setting makes a prompt-tuning step faster but raises its peak RSS (bench P2's job; numbers in bench/README.md):
+freed activations of many sizes fragment a heap that is never trimmed, where mmap gave each big block back.
+Peak memory is what prompt tuning is chosen for, so training keeps glibc's defaults.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def keep_freed_memory() -> bool:
     except (AttributeError, OSError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # Inference peaks barely move (bench P1's eval: ~1.0 GB either way); memory freed after the peak is kept for
+    # Inference peaks barely move (bench P1's eval, bench/README.md); memory freed after the peak is kept for
     # reuse rather than returned, the trade every long-running tensor server makes.
     return all(mallopt(opt, val) == 1 for opt, val in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**30),
                                                          (M_TOP_PAD, 2**28)))

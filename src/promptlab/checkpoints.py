@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import replacing, temp_siblings
 from .errors import ConfigError
 
 FORMAT = 1
@@ -81,7 +82,7 @@ def clear_stale_staging(out: Path) -> None:
 
     Called only when that run is being resumed: its process is gone, so nothing else owns them.
     """
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+    for stale in temp_siblings(out):
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -230,21 +231,14 @@ class CheckpointStore:
             tensors[f"best.{k}"] = v.detach().cpu().clone().contiguous()
         doc = {"format": FORMAT, **state, "optimizer": _encode(optimizer, "optim", tensors),
                "rng": capture_rng(tensors), "trainable": sorted(trainable), "best": sorted(best)}
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-        try:
+        final = self.root / name
+        with replacing(final, Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))) as tmp:
             save_file(tensors, str(tmp / TENSOR_FILE))
             # state.json last, then fsync and rename: a directory named step-* is always whole.
             with open(tmp / STATE_FILE, "w") as f:
                 json.dump(doc, f)
                 f.flush()
                 os.fsync(f.fileno())
-            final = self.root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         for old in self.complete()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         for stale in self.root.glob(".tmp-*"):  # left by a process killed while writing

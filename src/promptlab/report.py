@@ -1,131 +1,34 @@
 """Runs laid side by side: report.md and a self-contained report.html with plots.
 
-A report reads finished run directories back (metrics.json, predictions.jsonl, config.yaml) and never
-re-runs a model, so `promptlab report` can rebuild it at any time. Scores carry a 95% percentile bootstrap
-interval over the evaluation examples, computed from the per-example records (`correct` for choice tasks,
-`em` / `score` = F1 for text tasks). When the runs span several training-set sizes (`compare
+A report reads finished run directories back (runs.load_runs: metrics.json, predictions.jsonl, config.yaml)
+and never re-runs a model, so `promptlab report` can rebuild it at any time. Scores carry a 95% percentile
+bootstrap interval over the evaluation examples, computed from the per-example records (`correct` for choice
+tasks, `em` / `score` = F1 for text tasks). When the runs span several training-set sizes (`compare
 --train-sizes`), the report adds the data-efficiency curve and lays the largest size out as the table.
 
-report.html embeds its plots as base64 PNG and its CSS inline: it opens offline, from anywhere, alone.
-The same PNGs are written to `plots/` for report.md.
+report.html embeds its plots as base64 PNG and its CSS inline (markup.py): it opens offline, from anywhere,
+alone. The same PNGs are written to `plots/` for report.md.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import html
 import json
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
+from . import plots
+from .inspect_prompt import summary, table_rows
+from .markup import family_badge, figure_html, md_table, page_html, plain_table_html
+from .methods import method_names
+from .runs import PER_EXAMPLE, PLOTS_DIR, REPORT_HTML, REPORT_MD, load_runs
 
-from .errors import DataError
-from .metrics import bootstrap_ci
-from .runs import PLOTS_DIR, REPORT_HTML, REPORT_MD, read_run
-
-# metric name -> field of a predictions.jsonl record holding that metric per example
-PER_EXAMPLE = {"accuracy": "correct", "em": "em", "f1": "score"}
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "em": "EM", "f1": "F1"}
 FAMILY_ORDER = {"hard": 0, "soft": 1, "baseline": 2}
-
-
-# -- reading runs back ---------------------------------------------------------------------------------
-def discover(paths: list[Path]) -> list[Path]:
-    """Run directories under each path: the path itself, or its finished runs up to three levels down
-    (a compare dir holds method/ runs; a --train-sizes sweep holds n{size}-s{seed}/method/ runs)."""
-    found: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if not p.is_dir():
-            raise DataError(f"'{p}' is not a directory; pass run directories or a compare --out directory")
-        if (p / "metrics.json").is_file():
-            found.append(p)
-            continue
-        below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
-                        if not any(part.startswith(".") for part in m.relative_to(p).parts)})
-        below = [d for d in below if "artifact" not in d.relative_to(p).parts]
-        if not below:
-            raise DataError(f"'{p}' holds no finished runs (no metrics.json); pass a run or compare directory")
-        found += below
-    return found
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    f = path / "predictions.jsonl"
-    if not f.is_file():
-        return []
-    try:
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError:
-        raise DataError(f"'{f}' is not valid JSON lines; rerun that run") from None
-
-
-def _labels(path: Path, records: list[dict[str, Any]]) -> list[str]:
-    meta = path / "artifact" / "promptlab.json"
-    if meta.is_file():
-        try:
-            labels = json.loads(meta.read_text()).get("labels") or []
-            if labels:
-                return list(labels)
-        except json.JSONDecodeError:
-            pass
-    seen: list[str] = []
-    for r in records:
-        for v in (r.get("gold"), r.get("prediction")):
-            if isinstance(v, str) and v not in seen:
-                seen.append(v)
-    return sorted(seen)
-
-
-def load_run(path: Path) -> dict[str, Any]:
-    """metrics.json plus what a report derives: seed, per-metric CI, confusion matrix, labels."""
-    run = read_run(path)
-    records = _records(path)
-    cfg = run.get("config")
-    if not isinstance(cfg, dict):
-        try:
-            cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-        except yaml.YAMLError:
-            cfg = {}
-    run["run_dir"] = str(path)
-    run["seed"] = (cfg or {}).get("seed")
-    if (cfg or {}).get("prompt"):  # a saved artifact evaluated again: it learnt from the run that trained it
-        run["evaluated_artifact"] = True
-    run["ci"] = {}
-    for name in run.get("metrics", {}):
-        key = PER_EXAMPLE.get(name)
-        scores = [float(r[key]) for r in records if key in r and r[key] is not None] if key else []
-        if scores and len(scores) == len(records):
-            lo, hi = bootstrap_ci(scores, n=1000, seed=0)
-            run["ci"][name] = [lo, hi]
-    has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
-    run["kind"] = "choices" if has_labels else "text"
-    inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)
-    if inspected.is_file():
-        try:
-            run["inspect"] = json.loads(inspected.read_text())
-        except json.JSONDecodeError:
-            pass
-    if run["kind"] == "choices" and records:
-        labels = _labels(path, records)
-        index = {lb: i for i, lb in enumerate(labels)}
-        mat = [[0] * len(labels) for _ in labels]
-        for r in records:
-            g, p = index.get(r.get("gold")), index.get(r.get("prediction"))
-            if g is not None and p is not None:
-                mat[g][p] += 1
-        run["labels"], run["confusion"] = labels, mat
-    return run
-
-
-def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
-    return [load_run(p) for p in discover(paths)]
 
 
 # -- numbers ---------------------------------------------------------------------------------------------
@@ -216,8 +119,6 @@ def headline(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _order(r: dict[str, Any]) -> tuple[int, int]:
     """Hard, soft, baseline; within a family the registry's order (zero-shot before few-shot), so every
     report of the same methods lists and colours them alike, however its runs were found."""
-    from .methods import method_names
-
     names = method_names()
     return FAMILY_ORDER.get(r.get("family", ""), 3), names.index(r["method"]) if r["method"] in names else len(names)
 
@@ -340,8 +241,6 @@ def _meta_line(runs: list[dict[str, Any]]) -> str:
 # -- figures ---------------------------------------------------------------------------------------------------
 def figures(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every plot of a report: {name, title, caption, png}; choice-only plots are left out for text tasks."""
-    from . import plots
-
     head = headline(runs)
     series = curve(runs)
     styles = plots.method_styles([(r.get("display", r["method"]), r.get("family", "")) for r in head]
@@ -412,15 +311,11 @@ def curve_table(series: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     return header, body
 
 
-def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
-
-
 def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
              figs: list[dict[str, Any]] | None = None, all_runs: list[dict[str, Any]] | None = None,
              skipped: dict[str, str] | None = None) -> str:
     lines = [f"# {title}", "", _meta_line(runs), ""]
-    lines += _md_table(HEADER, rows(runs))
+    lines += md_table(HEADER, rows(runs))
     lines += ["", ("Scores in %; brackets: 95% percentile bootstrap interval over the evaluation examples "
               "(1,000 resamples)."), ""]
     found = findings(runs)
@@ -435,7 +330,7 @@ def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
         header, body = curve_table(series)
         lines += ["## Data efficiency", "", ("Mean ± standard deviation over seeds of the headline score by number of "
                   "labelled training examples (total over all classes)."), ""]
-        lines += _md_table(header, body) + [""]
+        lines += md_table(header, body) + [""]
         if cross:
             lines += [cross["text"], ""]
         lines += [f"![Data efficiency]({PLOTS_DIR}/data_efficiency.png)", ""] if any(
@@ -451,7 +346,7 @@ def markdown(runs: list[dict[str, Any]], title: str = "promptlab comparison",
         lines += ["## What the trained prompts learned", "", INSPECT_NOTE, ""]
         for name, line, header, body in learnt:
             lines += [f"**{name}** — {line}", ""]
-            lines += _md_table(header, [[c.replace("|", "\\|") for c in r] for r in body]) + [""]
+            lines += md_table(header, [[c.replace("|", "\\|") for c in r] for r in body]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -463,8 +358,6 @@ INSPECT_NOTE = ("Input-level prompts, per soft token: its 3 nearest vocabulary t
 
 def soft_prompt_tables(runs: list[dict[str, Any]]) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """(method, one-line summary, header, rows) for every run with an inspect.json."""
-    from .inspect_prompt import summary, table_rows
-
     out = []
     for r in runs:
         if r.get("inspect"):
@@ -474,33 +367,6 @@ def soft_prompt_tables(runs: list[dict[str, Any]]) -> list[tuple[str, str, list[
 
 
 # -- HTML -------------------------------------------------------------------------------------------------------
-CSS = """
-:root{--ink:#1d2330;--mute:#5d6677;--line:#e3e6ec;--bg:#f7f8fa;--hard:#1f4e9c;--soft:#c0392b;--baseline:#2e7d32}
-*{box-sizing:border-box}body{margin:0;font:15px/1.5 -apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
-color:var(--ink);background:var(--bg)}main{max-width:1180px;margin:0 auto;padding:28px 24px 60px}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 10px;padding-top:8px;border-top:1px solid var(--line)}
-.meta{color:var(--mute);margin:0 0 18px}.meta code{background:#eceff4;padding:1px 5px;border-radius:4px}
-.findings{background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px 18px;margin:14px 0}
-.findings li{margin:3px 0}table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);
-border-radius:10px;overflow:hidden;font-size:14px}th,td{padding:8px 10px;text-align:right;border-bottom:1px solid var(--line);
-white-space:nowrap}th{background:#eef1f6;font-weight:600;color:#333}td.l,th.l{text-align:left}tr:last-child td{border-bottom:0}
-tr.best td{font-weight:600}.fam{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;color:#fff}
-.fam.hard{background:var(--hard)}.fam.soft{background:var(--soft)}.fam.baseline{background:var(--baseline)}
-.ci{color:var(--mute);font-weight:400}.bar{position:relative;height:6px;background:#edf0f5;border-radius:3px;margin-top:4px;
-min-width:150px}.bar b{position:absolute;left:0;top:0;bottom:0;background:#9fb3cf;border-radius:3px}
-.bar i{position:absolute;top:-2px;bottom:-2px;background:rgba(29,35,48,.28);border-radius:2px}
-figure{margin:14px 0;background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px}
-figure img{max-width:100%;height:auto;display:block;margin:0 auto}figcaption{color:var(--mute);font-size:13.5px;margin-top:6px}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:14px}.grid figure{margin:0}
-.note{color:var(--mute);font-size:13px}footer{margin-top:40px;color:var(--mute);font-size:12.5px}
-footer code{font-size:12px}
-"""
-
-
-def _fam_badge(fam: str) -> str:
-    return f'<span class="fam {html.escape(fam)}">{html.escape(fam)}</span>' if fam else ""
-
-
 def _score_html(r: dict[str, Any]) -> str:
     m = primary(r)
     v = r["metrics"].get(m, 0.0)
@@ -518,34 +384,10 @@ def _html_table(runs: list[dict[str, Any]]) -> str:
     body = []
     for r, cells in zip(runs, rows(runs)):
         cls = ' class="best"' if r["metrics"].get(primary(r)) == best else ""
-        tds = [f'<td class="l">{html.escape(cells[0])}</td>', f'<td class="l">{_fam_badge(cells[1])}</td>',
+        tds = [f'<td class="l">{html.escape(cells[0])}</td>', f'<td class="l">{family_badge(cells[1])}</td>',
                f"<td>{_score_html(r)}</td>"] + [f"<td>{html.escape(c)}</td>" for c in cells[3:]]
         body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def plain_table_html(header: list[str], body: list[list[str]], left: set[int],
-                     cell: Callable[[int, int, str], str] | None = None) -> str:
-    """A table of text cells; columns in `left` align left; `cell(row, col, text)` gives a cell's HTML when
-    set (a family badge, a bold own-task score), else the text escaped."""
-    def cls(i: int) -> str:
-        return "l" if i in left else ""
-
-    head = "".join(f'<th class="{cls(i)}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    trs = "".join("<tr>" + "".join(f'<td class="{cls(i)}">{cell(r, i, c) if cell else html.escape(c)}</td>'
-                                   for i, c in enumerate(row)) + "</tr>" for r, row in enumerate(body))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-
-
-def _figure_html(f: dict[str, Any]) -> str:
-    w, h = _png_size(f["png"])
-    data = base64.b64encode(f["png"]).decode("ascii")
-    return (f'<figure id="{f["name"]}"><img src="data:image/png;base64,{data}" width="{w}" height="{h}" '
-            f'alt="{html.escape(f["title"])}"><figcaption>{html.escape(f["caption"])}</figcaption></figure>')
 
 
 def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any]],
@@ -570,17 +412,17 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
     if "data_efficiency" in by_name:
         header, body = curve_table(series)
         table = plain_table_html(header, body, {0, 1},
-                                 lambda _r, i, c: _fam_badge(c) if i == 1 else html.escape(c))
-        parts += ["<h2>Data efficiency</h2>", _figure_html(by_name["data_efficiency"]), table]
+                                 lambda _r, i, c: family_badge(c) if i == 1 else html.escape(c))
+        parts += ["<h2>Data efficiency</h2>", figure_html(by_name["data_efficiency"]), table]
     if skipped:
         parts.append('<p class="note">Points that could not run: ' + "; ".join(
             f"<code>{html.escape(k)}</code>: {html.escape(v)}" for k, v in sorted(skipped.items())) + "</p>")
     cost = [by_name[n] for n in ("accuracy_vs_params", "accuracy_vs_time") if n in by_name]
     if cost:
-        parts += ["<h2>Score against cost</h2>", '<div class="grid">' + "".join(_figure_html(f) for f in cost) + "</div>"]
+        parts += ["<h2>Score against cost</h2>", '<div class="grid">' + "".join(figure_html(f) for f in cost) + "</div>"]
     for name in ("training_curves", "confusion"):
         if name in by_name:
-            parts += [f"<h2>{html.escape(by_name[name]['title'])}</h2>", _figure_html(by_name[name])]
+            parts += [f"<h2>{html.escape(by_name[name]['title'])}</h2>", figure_html(by_name[name])]
     learnt = soft_prompt_tables(runs)
     if learnt:
         parts += ["<h2>What the trained prompts learned</h2>", f'<p class="note">{html.escape(INSPECT_NOTE)}</p>']
@@ -595,14 +437,6 @@ def render_html(runs: list[dict[str, Any]], title: str, figs: list[dict[str, Any
                  + f". Written by <code>promptlab report</code> on {stamp}; rebuild with "
                  "<code>promptlab report RUN_DIR...</code>.</footer>")
     return page_html(title, "\n".join(parts))
-
-
-def page_html(title: str, body: str) -> str:
-    """One self-contained page in the report's style (CSS inline, no script): the report's and transfer's."""
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-            + body + "\n</main></body></html>\n")
 
 
 # -- writing -------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Run directories: written whole or not at all, and read back for reports.
 
-A run is built in a hidden sibling directory and renamed into place, with metrics.json written last,
-so a crash never leaves a directory that looks complete.
+A run is built in a hidden sibling directory and renamed into place (atomic.py), with metrics.json written
+last, so a crash never leaves a directory that looks complete. Read back, a run is its metrics.json plus what
+its predictions.jsonl gives a report: a 95% bootstrap interval per metric and, for choice tasks, the
+confusion matrix.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .artifacts import INSPECT_FILE
+from .atomic import replacing, temp_sibling
 from .config import RunConfig
 from .errors import ConfigError, DataError
 from .methods.base import Predictor
+from .metrics import bootstrap_ci
 
 RUN_FILES = ("config.yaml", "metrics.json", "predictions.jsonl")
 
@@ -79,15 +85,6 @@ def _is_compare_dir(out: Path) -> bool:
     return any((p / "metrics.json").exists() for p in out.iterdir() if p.is_dir() and p.name != "artifact")
 
 
-def _temp_sibling(out: Path) -> Path:
-    """A hidden directory beside `out`, with the permissions a plain mkdir would give (mkdtemp uses 0700)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
-    return tmp
-
-
 # Diagnostics kept beside an artifact that using it never reads: not part of what a prompt costs to ship.
 NOT_SHIPPED = ("prompt_init.safetensors",)
 
@@ -102,8 +99,7 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
               predictor: Predictor | None, extra: dict[str, Any] | None = None) -> None:
     """`extra`: more JSON files of the run by name (inspect.json), written before metrics.json."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out)
-    try:
+    with replacing(out, temp_sibling(out)) as tmp:
         (tmp / "config.yaml").write_text(config.to_yaml())
         for name, value in (extra or {}).items():
             (tmp / name).write_text(json.dumps(value, indent=2, ensure_ascii=False))
@@ -113,12 +109,6 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
             predictor.save(tmp / "artifact")
             metrics["artifact_bytes"] = artifact_bytes(tmp / "artifact")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @contextmanager
@@ -129,7 +119,7 @@ def staged(out: Path) -> Iterator[Path]:
     """
     created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out)
+    tmp = temp_sibling(out)
     try:
         yield tmp
         out.mkdir(exist_ok=True)
@@ -149,6 +139,11 @@ def staged(out: Path) -> Iterator[Path]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+# -- reading runs back (report.py) ------------------------------------------------------------------------
+# metric name -> field of a predictions.jsonl record holding that metric per example
+PER_EXAMPLE = {"accuracy": "correct", "em": "em", "f1": "score"}
+
+
 def read_run(path: Path) -> dict[str, Any]:
     f = path / "metrics.json"
     if not f.is_file():
@@ -161,3 +156,95 @@ def read_run(path: Path) -> dict[str, Any]:
         raise DataError(f"'{f}' is not a promptlab run's metrics (no 'method' and 'metrics'); pass promptlab run "
                         "directories")
     return run
+
+
+def discover(paths: list[Path]) -> list[Path]:
+    """Run directories under each path: the path itself, or its finished runs up to three levels down
+    (a compare dir holds method/ runs; a --train-sizes sweep holds n{size}-s{seed}/method/ runs)."""
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            raise DataError(f"'{p}' is not a directory; pass run directories or a compare --out directory")
+        if (p / "metrics.json").is_file():
+            found.append(p)
+            continue
+        below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
+                        if not any(part.startswith(".") for part in m.relative_to(p).parts)})
+        below = [d for d in below if "artifact" not in d.relative_to(p).parts]
+        if not below:
+            raise DataError(f"'{p}' holds no finished runs (no metrics.json); pass a run or compare directory")
+        found += below
+    return found
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    f = path / "predictions.jsonl"
+    if not f.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        raise DataError(f"'{f}' is not valid JSON lines; rerun that run") from None
+
+
+def _labels(path: Path, records: list[dict[str, Any]]) -> list[str]:
+    meta = path / "artifact" / "promptlab.json"
+    if meta.is_file():
+        try:
+            labels = json.loads(meta.read_text()).get("labels") or []
+            if labels:
+                return list(labels)
+        except json.JSONDecodeError:
+            pass
+    seen: list[str] = []
+    for r in records:
+        for v in (r.get("gold"), r.get("prediction")):
+            if isinstance(v, str) and v not in seen:
+                seen.append(v)
+    return sorted(seen)
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """metrics.json plus what a report derives: seed, per-metric CI, confusion matrix, labels."""
+    run = read_run(path)
+    records = _records(path)
+    cfg = run.get("config")
+    if not isinstance(cfg, dict):
+        try:
+            cfg = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+        except yaml.YAMLError:
+            cfg = {}
+    run["run_dir"] = str(path)
+    run["seed"] = (cfg or {}).get("seed")
+    if (cfg or {}).get("prompt"):  # a saved artifact evaluated again: it learnt from the run that trained it
+        run["evaluated_artifact"] = True
+    run["ci"] = {}
+    for name in run.get("metrics", {}):
+        key = PER_EXAMPLE.get(name)
+        scores = [float(r[key]) for r in records if key in r and r[key] is not None] if key else []
+        if scores and len(scores) == len(records):
+            lo, hi = bootstrap_ci(scores, n=1000, seed=0)
+            run["ci"][name] = [lo, hi]
+    has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
+    run["kind"] = "choices" if has_labels else "text"
+    inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)
+    if inspected.is_file():
+        try:
+            run["inspect"] = json.loads(inspected.read_text())
+        except json.JSONDecodeError:
+            pass
+    if run["kind"] == "choices" and records:
+        labels = _labels(path, records)
+        index = {lb: i for i, lb in enumerate(labels)}
+        mat = [[0] * len(labels) for _ in labels]
+        for r in records:
+            g, p = index.get(r.get("gold")), index.get(r.get("prediction"))
+            if g is not None and p is not None:
+                mat[g][p] += 1
+        run["labels"], run["confusion"] = labels, mat
+    return run
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    return [load_run(p) for p in discover(paths)]

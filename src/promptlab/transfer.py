@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from . import plots
 from .artifacts import ADAPTER_WEIGHTS, artifact_dir, artifact_meta, check_compatible, load_anchors
 from .backbones import Backbone
 from .config import RunConfig
 from .errors import ConfigError, PromptlabError
 from .evaluation import evaluate
 from .inputs import fit_inputs, reservations
+from .markup import figure_html, md_table, page_html, plain_table_html
 from .methods import get_method
 from .methods.readout import label_anchors
 from .pipeline import load_data
@@ -240,23 +242,19 @@ def notes(result: dict[str, Any]) -> list[str]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from .report import _md_table
-
     header, body = table(result)
     metric = ", ".join(sorted({t["metric"] for t in result["tasks"]}))
     lines = [f"# Soft-prompt transfer · {result['model']}", "",
              f"{metric} (%) of each prompt (rows) on each task's evaluation examples (columns; "
              + ", ".join(f"`{t['name']}` n={t['n']}" for t in result["tasks"])
              + "). **Bold**: the prompt's own task. n/a: the prompt cannot answer that task.", ""]
-    lines += _md_table(header, body)
+    lines += md_table(header, body)
     lines += ["", "![transfer matrix](transfer.png)", "", "Label mapping by name and n/a reasons:", ""]
     lines += [f"- {n}" for n in notes(result)]
     return "\n".join(lines) + "\n"
 
 
 def heatmap(result: dict[str, Any]) -> bytes:
-    from . import plots
-
     rows, cols, grid = matrix(result)
     return plots.transfer_heatmap([[c["score"] for c in line] for line in grid],
                                   [[c["own"] for c in line] for line in grid], rows, cols)
@@ -265,8 +263,6 @@ def heatmap(result: dict[str, Any]) -> bytes:
 def html_page(result: dict[str, Any], png: bytes) -> str:
     import html
 
-    from .report import _figure_html, page_html, plain_table_html
-
     header, body = table(result, mark_own=False)
     _, _, grid = matrix(result)
 
@@ -274,8 +270,8 @@ def html_page(result: dict[str, Any], png: bytes) -> str:
         return f"<b>{html.escape(v)}</b>" if i and grid[r][i - 1]["own"] else html.escape(v)
 
     title = f"Soft-prompt transfer · {result['model']}"
-    fig = _figure_html({"name": "transfer", "title": "transfer matrix", "png": png,
-                        "caption": "Score (%) of each prompt on each task; outlined: the prompt's own task."})
+    fig = figure_html({"name": "transfer", "title": "transfer matrix", "png": png,
+                       "caption": "Score (%) of each prompt on each task; outlined: the prompt's own task."})
     items = "".join(f"<li>{html.escape(n)}</li>" for n in notes(result))
     return page_html(title, f"<h1>{html.escape(title)}</h1>\n{plain_table_html(header, body, {0}, own)}\n"
                             f"{fig}\n<ul class=\"findings\">{items}</ul>")

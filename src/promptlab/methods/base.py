@@ -63,8 +63,6 @@ class Predictor:
     train_info: dict[str, Any] = field(default_factory=dict)
     readout: Readout | None = field(default=None, init=False, repr=False, compare=False)
 
-    trainable_params: ClassVar[int] = 0
-
     def inputs(self, examples: list[Example]) -> list[str]:
         """The exact text the model reads for each example."""
         return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
@@ -123,7 +121,7 @@ class Method:
         """The text around the input; long-context tasks select what fits around this template.
 
         A sentence encoder embeds an instruction along with the input, which pulls every input toward
-        the same point: measured on MiniLM, templates cost zero-shot SST-2 1-9 points. So encoders
+        the same point and costs zero-shot accuracy (DESIGN.md, "Decisions"). So encoders
         default to the bare input, and `--template` still chooses one.
         """
         if self.bare_input or (config.hard.template is None and kind == "encoder"):

@@ -86,9 +86,10 @@ def selection_key(task: Task, score: float, n: int) -> float:
     """What the search maximises: for accuracy, the Wilson 95% lower bound rather than the raw score.
 
     Candidates with demos are scored on fewer examples (their demos are left out), and at 16 training examples
-    the best raw score among 30 noisy ones is mostly luck: measured on SST-2 with MiniLM, 7/8 beat 13/16 and lost
-    7 points on the full dev set. The bound prefers the score backed by more examples; at equal n it orders
-    candidates exactly as the score does. Token F1 (text tasks) is no proportion, so it is used as it is.
+    the best raw score among 30 noisy ones is mostly luck: on SST-2 with MiniLM a candidate scored on fewer
+    examples won and lost on the full dev set (bench/prompt_search.md). The bound prefers the score backed by
+    more examples; at equal n it orders candidates exactly as the score does. Token F1 (text tasks) is no
+    proportion, so it is used as it is.
     """
     if task.kind != "choices" or n == 0:
         return score

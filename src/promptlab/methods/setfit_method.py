@@ -11,8 +11,8 @@ library itself (setfit 1.x, its default recipe), not a re-implementation:
 - pairs: the paper's recipe, R = 20 positive and 20 negative pairs per example (`num_iterations=20`,
   also the default of SetFit's original trainer), one epoch, batch `--train-batch-size` (16), body lr 2e-5
   (`--lr` overrides). Why not setfit 1.x's newer default (`oversampling`, every unique pair once): at 8
-  examples per class it makes 144 pairs, 9 steps, which barely moves the encoder — measured on SST-2 with
-  MiniLM, the default head then predicts one class for every input (49% and 54% on two seeds);
+  examples per class it makes 144 pairs, 9 steps, which barely moves the encoder: on SST-2 with MiniLM the
+  default head then predicts one class for every input (bench/quality.md);
 - a CPU budget: 40 x N pairs is 5,000 steps at N = 2,000, so training stops after `--max-steps` optimizer
   steps, by default `DEFAULT_MAX_STEPS` (250 steps = 4,000 pairs). Up to N = 100 (e.g. 8 or 32 per class
   on SST-2) the cap never binds; above it SetFit runs on that budget, not its full recipe;

@@ -217,22 +217,14 @@ class Engine:
         return [_choice_answer(r, lg) for r, lg in zip(rows, logits)]
 
     def _encode(self, prompts: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
-        """Pooled embeddings of `[P_i, x_i]`, pooled as `Backbone.encode` pools. [B, H]"""
+        """Pooled embeddings of `[P_i, x_i]`, through `Backbone.pool` as `Backbone.encode` pools them. [B, H]"""
         bb = self.backbone
         enc = bb._tok(texts)
         emb, mask = self._contiguous(prompts, enc["input_ids"], enc["attention_mask"])
         self.forwards += 1
         out = self.model(inputs_embeds=emb, attention_mask=mask)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # [B, W, H]
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        if bb.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif bb.pooling == "max":
-            pooled = hidden.masked_fill(m == 0, -1e4).max(dim=1).values
-        else:
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        pooled = pooled.float()
-        return F.normalize(pooled, dim=-1) if bb.normalize else pooled
+        return bb.pool(hidden, mask, dtype=torch.float32)
 
     def _logprob(self, servables: list[Servable], texts: list[str], targets: list[str]) -> torch.Tensor:
         """Summed log p(target | prompt_i, text) per row, as `Backbone.sequence_logprob` computes it. [R]"""

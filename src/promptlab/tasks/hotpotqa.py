@@ -225,18 +225,15 @@ class _Scorer:
         return W_TITLE * self.share(self.title_terms[j], query) + bonus
 
 
-def rank_paragraphs(question: str, paragraphs: list[tuple[str, list[str]]]) -> list[int]:
-    """Paragraph indices, most relevant first: the best (hop 1, hop 2) pair, then the rest.
+def _rank(sc: _Scorer, q: set[str], qn: str) -> list[int]:
+    """Paragraph indices, most relevant to the question (terms `q`, normalised text `qn`) first: the best
+    (hop 1, hop 2) pair, then the rest.
 
     Hop 2 is what finds bridge answers: "the director of Big Stone Gap" matches the film's paragraph,
     and the director's own paragraph (which holds the answer) matches only through the name the film's
     paragraph mentions. Hop 2 starts from each of the top HOP1_BEAM paragraphs, because the question
     alone puts the right first hop on top only ~90% of the time.
     """
-    return _rank(_Scorer(paragraphs), set(_terms(question)), _norm(question))
-
-
-def _rank(sc: _Scorer, q: set[str], qn: str) -> list[int]:
     n = len(sc.titles)
     if n <= 1:
         return list(range(n))
@@ -383,15 +380,16 @@ def _count_words(tokenizer: Any, texts: list[str], memo: dict[str, int]) -> list
     """Token counts as sums over whitespace-separated words, each distinct word tokenised once (`memo`).
 
     SentencePiece (Metaspace) and WordPiece tokenizers split on whitespace before their model runs, so the sum
-    is the text's own count: on the 300 HotpotQA dev examples with the T5 tokenizer the packed contexts are
-    byte-identical to costing whole sentences (T5 and MiniLM tokenizers), and selection takes 0.8 s instead of
-    1.7 s (the 10 paragraphs of an example, and the examples of a split, share most of their words). Byte-level BPE (GPT-2) marks a word's leading space,
-    so there the sum is an estimate; the exact count of every final input corrects an overshoot either way."""
+    is the text's own count: on the 300 HotpotQA dev examples the packed contexts are byte-identical to costing
+    whole sentences (T5 and MiniLM tokenizers, tested), in much less time, since the 10 paragraphs of an example,
+    and the examples of a split, share most of their words (bench/README.md, P5). Byte-level BPE (GPT-2) marks a
+    word's leading space, so there the sum is an estimate; the exact count of every final input corrects an
+    overshoot either way."""
     split = [t.split() for t in texts]
     todo = list({w for ws in split for w in ws if w not in memo})
     if todo and _splits_at_spaces(tokenizer):
         # Words joined into long texts and counted by each token's start offset: one encode per 2,000 words
-        # instead of one per word (half the time; per-text overhead dominates for single words).
+        # instead of one per word (per-text overhead dominates for single words).
         chunks = [todo[s : s + 2000] for s in range(0, len(todo), 2000)]
         encoded = _encode(tokenizer, [" ".join(c) for c in chunks], False, offsets=True)
         for chunk, enc in zip(chunks, encoded):
