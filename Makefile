@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench gpu-check lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-all: $(STAMP)
 # Pass options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--only P1,P4 --repeats 5".
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# On a CUDA machine: train, evaluate and serve a ~0.5B random Qwen2-shaped model in bf16 (bench/gpu_check.py);
+# elsewhere it says in one line that there is no GPU.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

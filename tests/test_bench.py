@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT.parent / "shared" / "peer" / "seed_recipe.py"
@@ -96,3 +97,19 @@ def test_readme_table_is_written_and_other_sections_kept(suite):
     assert block.count("| P") >= 5 and "thread(s) per process" in block
     bench.write_table(suite[2] / "results", readme)  # rewriting replaces the block, never duplicates it
     assert readme.read_text().count(bench.MARK_START) == 1
+
+
+def test_gpu_check_says_so_without_cuda_and_runs_its_code_on_the_cpu():
+    """bench/gpu_check.py: one line and exit 2 without CUDA; --cpu-smoke runs the same train/eval/serve/device
+    checks on a tiny model on the CPU."""
+    import subprocess
+
+    script = str(Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py")
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no CUDA device" in proc.stderr
+    proc = subprocess.run([sys.executable, script, "--cpu-smoke"], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert report["serving_equals_offline"] and report["devices_seen"] == ["cpu"]
+    assert {r["steps"] for r in report["runs"].values()} == {4}

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import use_fast_attention
+from .devices import resolve_device, resolve_dtype
 from .errors import ModelError, first_line
 
 Kind = Literal["encoder", "seq2seq", "causal"]
@@ -111,6 +112,15 @@ class Backbone:
                 )
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's input embeddings live: every batch is built there."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
 
@@ -138,9 +148,10 @@ class Backbone:
 
     def _tok(self, texts: Sequence[str], side: str = "right", max_length: int | None = None) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = side
-        return self.tokenizer(
+        enc = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=max_length or self.max_length, return_tensors="pt"
         )
+        return {k: v.to(self.device) for k, v in enc.items()}
 
     # -- encoder --------------------------------------------------------------------------------
     def encode(self, texts: Sequence[str], model: Any = None) -> torch.Tensor:
@@ -197,7 +208,7 @@ class Backbone:
     def _embed(self, texts: Sequence[str], model: Any, batch_size: int) -> torch.Tensor:
         out = torch.empty(len(texts), self.hidden_size)
         for idx in self._batches(texts, batch_size):
-            out[idx] = self.encode([texts[i] for i in idx], model).float()
+            out[idx] = self.encode([texts[i] for i in idx], model).float().cpu()
         return out
 
     def _mean_hidden(self, texts: Sequence[str], model: Any, batch_size: int) -> torch.Tensor:
@@ -211,7 +222,7 @@ class Backbone:
             else:
                 hidden = base(**enc, output_hidden_states=True).hidden_states[-1]
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float()
+            out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu()
         return out
 
     # -- generative: log-likelihood ---------------------------------------------------------------
@@ -223,7 +234,7 @@ class Backbone:
             enc = self._tok(prompts)
             labels = self.tokenizer(list(targets), padding=True, truncation=True, max_length=self.max_length,
                                     return_tensors="pt")
-            lab = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100)
+            lab = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100).to(self.device)
             return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab}
         # causal: prompt and target tokenised apart so the boundary is exact; right padding keeps the
         # absolute positions of GPT-2-style models right (PEFT prompt learning drops position_ids).
@@ -242,7 +253,7 @@ class Backbone:
             ids[r, : len(seq)] = torch.tensor(seq)
             att[r, : len(seq)] = 1
             lab[r, len(p) : len(seq)] = torch.tensor(t)
-        return {"input_ids": ids, "attention_mask": att, "labels": lab}
+        return {"input_ids": ids.to(self.device), "attention_mask": att.to(self.device), "labels": lab.to(self.device)}
 
     def sequence_logprob(self, batch: dict[str, torch.Tensor], model: Any = None, **extra: Any) -> torch.Tensor:
         """Sum of log p(target token) per row, with gradients. [B] `extra`: e.g. precomputed encoder_outputs."""
@@ -279,12 +290,13 @@ class Backbone:
                 # Each prompt sits in c rows: encode one copy (one decoder step rides along) and share the states,
                 # instead of encoding the same input once per choice.
                 one = torch.arange(0, len(rows_p), c)
-                start = torch.full((len(idx), 1), int(self.model.config.decoder_start_token_id or 0))
+                start = torch.full((len(idx), 1), int(self.model.config.decoder_start_token_id or 0),
+                                   device=self.device)
                 enc = (model or self.model)(input_ids=batch["input_ids"][one], attention_mask=batch["attention_mask"][one],
                                             decoder_input_ids=start)
                 extra = {"encoder_outputs": (enc.encoder_last_hidden_state.repeat_interleave(c, dim=0),)}
             lp = self.sequence_logprob(batch, model, **extra)
-            scores[idx] = lp.view(len(idx), c).float()
+            scores[idx] = lp.view(len(idx), c).float().cpu()
         return scores
 
     # -- generative: text -------------------------------------------------------------------------
@@ -368,37 +380,40 @@ def left_padded_embeds(model: Any, prompts: Sequence[torch.Tensor],
     emb_layer = model.get_input_embeddings()
     width = max(p.shape[0] + len(x) for p, x in zip(prompts, ids))
     emb = emb_layer.weight.new_zeros(len(ids), width, emb_layer.weight.shape[1])
-    mask = torch.zeros(len(ids), width, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.long, device=emb.device)
     for b, (p, x) in enumerate(zip(prompts, ids)):
         start = width - p.shape[0] - len(x)
         emb[b, start : start + p.shape[0]] = p.to(emb.dtype)
-        emb[b, start + p.shape[0] :] = emb_layer(torch.tensor(x, dtype=torch.long))
+        emb[b, start + p.shape[0] :] = emb_layer(torch.tensor(x, dtype=torch.long, device=emb.device))
         mask[b, start:] = 1
     return emb, mask
 
 
 def load_backbone(name: str, max_length: int | None = None, attention: str | None = None,
-                  dtype: str | None = None) -> Backbone:
-    """Load a model by alias, hub id or local directory; freeze it; detect its kind.
+                  dtype: str | None = None, device: str | None = None) -> Backbone:
+    """Load a model by alias, hub id or local directory onto `device` (devices.resolve_device); freeze it; detect
+    its kind.
 
     `attention`: transformers' attn_implementation to keep as is (e.g. "sdpa", to measure against it); by
-    default T5-family models get `attention.position_bias_attention` for inference. `dtype` "bfloat16" loads the
-    frozen weights in bf16; trainable parameters (PEFT prompts, LoRA) stay float32 and are cast where they meet
-    the model.
+    default T5-family models get `attention.position_bias_attention` for inference. `dtype` (devices.resolve_dtype:
+    auto is bf16 on CUDA) is the frozen weights'; trainable parameters (PEFT prompts, LoRA) stay float32 and are
+    cast where they meet the model.
     """
     import pickle
 
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    where = resolve_device(device)
+    weights = resolve_dtype(dtype, where)
     path = resolve_model_path(name)
     try:
         config = AutoConfig.from_pretrained(path)
         kind = detect_kind(config)
         cls = {"encoder": AutoModel, "seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM}[kind]
         kw: dict[str, Any] = {"attn_implementation": attention} if attention else {}
-        if dtype and dtype != "float32":
-            kw["dtype"] = getattr(torch, dtype)
+        if weights != torch.float32:
+            kw["dtype"] = weights
         try:
             model = cls.from_pretrained(path, config=config, **kw)
         except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as e:
@@ -418,7 +433,12 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
         # every word would read as the unknown token, and every prediction would be the same.
         raise ModelError(f"model '{name}' has no tokenizer vocabulary (no tokenizer.json, vocab.txt or spiece.model "
                          "beside its weights); copy the tokenizer files saved with the model into its directory")
-    return from_pretrained_objects(name, model, tokenizer, path=path, max_length=max_length,
+    if not tokenizer("the", add_special_tokens=False)["input_ids"]:
+        # transformers 5 loads the tokenizer class of the config's model_type, not the one saved beside it: a
+        # Qwen2 or Llama directory holding another family's tokenizer files reads every text as no tokens at all.
+        raise ModelError(f"model '{name}''s tokenizer turns text into no tokens ({type(tokenizer).__name__} found no "
+                         "vocabulary it can use); save the model's own tokenizer (tokenizer.json) beside it")
+    return from_pretrained_objects(name, model.to(where), tokenizer, path=path, max_length=max_length,
                                    fast_attention=attention is None)
 
 

@@ -60,6 +60,14 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _device_flags(p: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """--device (and --dtype) for the commands that load a model without a run config (serve, inspect, transfer):
+    the same settings, with the same help, as the config's."""
+    for name in ("device", "dtype") if dtype else ("device",):
+        f = setting(RunConfig, name)
+        p.add_argument(f"--{name}", default=f.default, choices=f.metadata.get("choices"), help=f.metadata["help"])
+
+
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="promptlab", description="Prompt engineering vs prompt tuning, measured.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -92,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="what a soft prompt learnt: nearest words, norms, movement from its init")
     p.add_argument("dir", metavar="DIR", help="a soft-prompt run directory or its artifact directory")
     p.add_argument("--model", help="the model it was trained on (default: the one the run records)")
+    _device_flags(p, dtype=False)
     p.add_argument("--top", type=int, default=5, help="nearest vocabulary tokens per soft token (default 5)")
     p.add_argument("--json", action="store_true", help="print the analysis as JSON instead of a table")
 
@@ -107,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-size", "--limit", type=int, action=FlagAction,
                    help="evaluate at most N examples per task (seeded sample, as eval --eval-size)")
     p.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
+    _device_flags(p)
     p.add_argument("--out", required=True, help="directory for transfer.json, .md, .png and .html")
 
     p = sub.add_parser("demo", help="hard vs soft prompts on the bundled sentiment set with MiniLM")
@@ -118,8 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=[], metavar="NAME=SOURCE",
                    help="a prompt to serve, repeatable: NAME=DIR (artifact or run directory) or "
                         "NAME=METHOD:TASK[:TEMPLATE] for a hard prompt, e.g. zs=zero-shot:sentiment")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="frozen weights' dtype (bfloat16: half the memory, faster on CPUs with AMX/AVX512-BF16)")
+    _device_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 0-65535 (0: any free one)")
     p.add_argument("--token", help="bearer token for PUT/DELETE /v1/prompts (default $PROMPTLAB_TOKEN; "
@@ -160,7 +169,7 @@ def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
 
     task = get_task(cfg.task)
     data = load_data(task, cfg)
-    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype)
+    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device)
     return task, data, backbone
 
 
@@ -347,7 +356,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ConfigError("predict needs --prompt DIR, or --task T with --method HARD")
     if args.method and get_method(args.method).trains:
         raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
-    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype)
+    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device)
     if cfg.prompt:
         servable = load_servable("predict", cfg.prompt, backbone, cfg, get_task(args.task) if args.task else None)
     else:
@@ -401,7 +410,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     if name is None:
         raise ConfigError(f"'{args.dir}' does not record its model; pass --model, the one it was trained on")
     try:
-        backbone = load_backbone(name)
+        backbone = load_backbone(name, device=args.device)
     except ModelError as e:
         if args.model:
             raise
@@ -434,7 +443,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     check_data_names(data, tasks)  # before the model loads
     out = Path(args.out)
     check_out(out)
-    backbone = load_backbone(args.model)
+    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
     result = run(backbone, prompts, tasks, data, args.eval_size, args.batch_size, log=lambda m: print(m, flush=True))
     write(out, result)
     header, body = table(result, mark_own=False)

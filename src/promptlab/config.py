@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from .errors import ConfigError, unknown
 
 ALL = ("eval", "train", "predict", "compare")  # the commands that build a RunConfig
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 TRAINING = ("train", "compare")
 SPLITTING = ("eval", "train", "compare")  # the commands that load the task's data and carve its dev slice
 
@@ -81,6 +83,9 @@ class TrainConfig:
                                    "prefix, so it loads and serves like any prefix", range=AT_LEAST_0, metavar="H")
     train_anchors: bool = _f(False, "encoders, choice tasks: train the label anchors too (classes x hidden "
                                     "parameters, initialised from the label descriptions)")
+    gradient_checkpointing: bool = _f(False, "recompute each layer's activations in the backward pass instead of "
+                                             "keeping them: less memory for about a third more compute (methods "
+                                             "trained by the shared loop: soft prompts, LoRA, full fine-tuning)")
     schedule: str = _f("constant", "learning-rate schedule: constant, or linear (warm up, then decay to 0 at the "
                                    "last planned step)", choices=("constant", "linear"))
     warmup: float = _f(0.06, "with --schedule linear: the fraction of the planned steps spent warming up",
@@ -128,9 +133,12 @@ class RunConfig:
                                             "selected to fit); default the model's", range=AT_LEAST_1)
     max_new_tokens: int | None = _f(None, "generation length; default the task's", range=AT_LEAST_1)
     batch_size: int = _f(32, "evaluation batch size", range=AT_LEAST_1)
-    dtype: str = _f("float32", "dtype of the frozen model's weights: float32, or bfloat16 (half the memory; 2-4x "
-                    "faster on CPUs with AMX or AVX512-BF16 and on GPUs; scores differ in the last digits)",
-                    choices=("float32", "bfloat16"))
+    device: str = _f("auto", "where the model runs: auto (CUDA when there is a GPU, else the CPU), cpu, cuda or "
+                             "cuda:N", range=Range(lambda v: bool(DEVICE_RE.match(v)), "is not a device, got "
+                                                   "{value}; use auto, cpu, cuda or cuda:N"))
+    dtype: str = _f("auto", "dtype of the frozen model's weights: auto (bfloat16 on a GPU, float32 on the CPU), "
+                    "float32, or bfloat16 (half the memory; faster on GPUs and on CPUs with AMX or AVX512-BF16; scores "
+                    "differ in the last digits); what trains stays float32", choices=("auto", "float32", "bfloat16"))
     seed: int = _f(0, "seed for sampling, initialisation and data order",  # torch's generator takes a 64-bit seed
                    range=Range(lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1, got {value}; e.g. 0"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})

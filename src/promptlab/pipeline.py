@@ -19,6 +19,7 @@ import peft
 import torch
 import transformers
 
+from . import devices
 from .artifacts import INSPECT_FILE
 from .backbones import Backbone
 from .checkpoints import CheckpointPlan
@@ -56,6 +57,7 @@ def load_data(task: Task, cfg: RunConfig) -> Data:
 def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Path | None,
             checkpoint: CheckpointPlan | None = None) -> RunResult:
     """`checkpoint`: where a training method checkpoints and resumes from (the CLI's hidden work dir)."""
+    devices.reset_peak(backbone.device)
     if cfg.prompt:
         predictor = load_predictor(cfg.prompt, backbone, task)
         if cfg.max_new_tokens and predictor.readout is not None:  # the flag beats the length saved at training
@@ -95,6 +97,7 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         "eval_examples_per_second": round(result.examples_per_second, 3),
         "train_examples": len(data.train), "dev_examples": len(data.dev), "data": data.info,
         "history": predictor.history, "input_stats": input_stats, "template": template.text,
+        "device": devices.describe(backbone.device, backbone.dtype),
         "versions": versions(), "git": git_revision(), "config": cfg.to_dict(),
     }
     info = predictor.run_info()

@@ -142,7 +142,9 @@ def train_loop(
     assert params, "nothing to train: every parameter is frozen"
     n_examples, epochs, batch_size, max_steps = len(lengths), cfg.epochs, cfg.batch_size, cfg.max_steps
     lr, weight_decay, patience = (cfg.lr if cfg.lr is not None else default_lr), cfg.weight_decay, cfg.patience
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # The backbone's device decides (--device): accelerate would otherwise move a model the user put on the CPU
+    # to a GPU it finds.
+    accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
     optimizer = make_optimizer(optimizer, params, lr, weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)  # parameter names without DDP's "module." prefix

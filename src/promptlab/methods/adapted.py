@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,11 +19,17 @@ from safetensors.torch import save_file
 
 from .. import metrics
 from ..artifacts import ANCHORS_FILE, PROMPT_INIT_FILE
+from ..backbones import input_prompt, virtual_tokens
 from ..errors import ConfigError
 from ..tasks.base import Example, Task
 from ..training import OPTIMIZERS, train_loop
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout
+
+# transformers' checkpointed layers drop the cache they are given (its update would run twice on the replay), and
+# prefix tuning's keys and values arrive as that cache.
+NO_PREFIX_CHECKPOINTING = ("--gradient-checkpointing cannot run prefix-tuning: transformers' checkpointed layers drop "
+                           "the cache its prefix is passed in; drop the flag (prompt tuning and LoRA take it)")
 
 
 class AdaptedMethod(Method):
@@ -116,9 +124,10 @@ def fit_adapted(ctx: FitContext, method: AdaptedMethod, model: torch.nn.Module) 
         pred.model = m
         return dev_score(ctx.task, ctx.dev, pred.predict(ctx.dev, cfg.batch_size))
 
-    result = train_loop(model, lengths, cfg.train, loss_fn=loss_fn, dev_fn=dev_fn, seed=cfg.seed,
-                        optimizer=method.optimizer, default_lr=method.default_lr, label=method.name,
-                        checkpoint=ctx.checkpoint, data_fingerprint=training_fingerprint(inputs, ctx.train))
+    with recomputed_activations(model, cfg.train.gradient_checkpointing, ctx.backbone.name):
+        result = train_loop(model, lengths, cfg.train, loss_fn=loss_fn, dev_fn=dev_fn, seed=cfg.seed,
+                            optimizer=method.optimizer, default_lr=method.default_lr, label=method.name,
+                            checkpoint=ctx.checkpoint, data_fingerprint=training_fingerprint(inputs, ctx.train))
     if anchors is not None:  # the trained anchors go in anchors.safetensors like frozen ones; the model stays clean
         del model.promptlab_anchors
         pred.anchors = pred.readout.anchors = torch.nn.functional.normalize(anchors.detach(), dim=-1).clone()
@@ -131,6 +140,27 @@ def fit_adapted(ctx: FitContext, method: AdaptedMethod, model: torch.nn.Module) 
     pred.train_info = {"processes": result.processes, "examples_per_process": result.local_examples,
                        "resumed_from_step": result.resumed_from}
     return pred
+
+
+@contextmanager
+def recomputed_activations(model: Any, on: bool, name: str) -> Iterator[None]:
+    """--gradient-checkpointing for the length of a fit: transformers' own, non-reentrant (torch.utils.checkpoint
+    with use_reentrant=False), which needs no `enable_input_require_grads` for a frozen embedding layer and keeps
+    dropout's draws; switched off after, since soft prompts train the shared backbone that later methods use."""
+    if not on:
+        yield
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if virtual_tokens(model) and input_prompt(model) is None:
+        raise ConfigError(NO_PREFIX_CHECKPOINTING)
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"--gradient-checkpointing: transformers has no gradient checkpointing for '{name}' "
+                          f"({type(base).__name__}); drop the flag")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        base.gradient_checkpointing_disable()
 
 
 def _trainable_anchors(model: torch.nn.Module, pred: AdaptedPredictor) -> torch.nn.Parameter | None:
@@ -167,9 +197,12 @@ def dev_score(task: Task, dev: list[Example], preds: list[Prediction]) -> float:
     return sum(metrics.f1(p.prediction, list(ex.answers)) for p, ex in zip(preds, dev)) / max(len(dev), 1)
 
 
-def unfrozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """Weight-changing baselines work on a copy: the shared backbone must stay frozen for other methods."""
+def unfrozen_copy(model: torch.nn.Module, float32: bool = False) -> torch.nn.Module:
+    """Weight-changing baselines work on a copy: the shared backbone must stay frozen for other methods.
+    `float32`: the copy trains in float32 whatever the frozen weights' dtype (--dtype auto on a GPU)."""
     clone = copy.deepcopy(model)
+    if float32:
+        clone.float()
     clone.requires_grad_(True)
     return clone
 

@@ -123,7 +123,8 @@ class FullFinetune(WeightBaseline):
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
-        return fit_adapted(ctx, self, unfrozen_copy(ctx.backbone.model))
+        # --dtype auto (bf16 frozen weights on a GPU) trains a float32 copy; an explicit bfloat16 is refused
+        return fit_adapted(ctx, self, unfrozen_copy(ctx.backbone.model, float32=ctx.config.dtype == "auto"))
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         try:

@@ -37,7 +37,8 @@ class VocabProjection:
         tok = backbone.tokenizer
         weight = backbone.model.get_input_embeddings().weight.detach()  # [V, H], frozen
         special = set(tok.all_special_ids)
-        self.allowed = torch.tensor([i for i in range(min(len(tok), weight.shape[0])) if i not in special])
+        self.allowed = torch.tensor([i for i in range(min(len(tok), weight.shape[0])) if i not in special],
+                                    device=weight.device)
         self.weight = weight  # [V, H]: projected rows are read by token id, no second copy of the vocabulary
         self.unit = F.normalize(weight[self.allowed].float(), dim=-1)  # [A, H]
 
@@ -70,7 +71,7 @@ def prompt_model(backbone: Backbone, method: PromptTuning, ids: list[int]) -> An
     model = get_peft_model(backbone.model, method.peft_config(backbone, len(ids)))
     words = backbone.model.get_input_embeddings().weight
     with torch.no_grad():
-        model.prompt_encoder["default"].embedding.weight.copy_(words[torch.tensor(ids)])
+        model.prompt_encoder["default"].embedding.weight.copy_(words[torch.tensor(ids, device=words.device)])
     model.requires_grad_(False)
     return model.eval()
 

@@ -58,12 +58,13 @@ class Readout:
     def _anchor_logits(self, emb: torch.Tensor) -> torch.Tensor:
         # Trained anchors (--train-anchors) drift off the unit sphere; frozen ones are unit-norm already.
         anchors = F.normalize(self.anchors, dim=-1) if self.anchors.requires_grad else self.anchors
-        return ANCHOR_SCALE * F.normalize(emb.float(), dim=-1) @ anchors.T
+        return ANCHOR_SCALE * F.normalize(emb.float(), dim=-1) @ anchors.to(emb.device).T
 
     def loss(self, model: Any, inputs: list[str], examples: list[Example]) -> torch.Tensor:
         if self.task.kind == "choices" and self.backbone.kind == "encoder":
-            gold = torch.tensor([ex.label for ex in examples])
-            return F.cross_entropy(self.choice_logits(model, inputs), gold)
+            logits = self.choice_logits(model, inputs)
+            gold = torch.tensor([ex.label for ex in examples], device=logits.device)
+            return F.cross_entropy(logits, gold)
         targets = [self.task.verbalizers[ex.label] if self.task.kind == "choices" else ex.answers[0] for ex in examples]
         batch = self.backbone.lm_batch(inputs, targets, model)
         return model(**batch).loss

@@ -24,7 +24,7 @@ from ..artifacts import (
 from ..backbones import Backbone
 from ..errors import ConfigError, ModelError, first_line
 from ..tasks.base import Example, Task, Template
-from .adapted import AdaptedMethod, AdaptedPredictor, fit_adapted
+from .adapted import NO_PREFIX_CHECKPOINTING, AdaptedMethod, AdaptedPredictor, fit_adapted
 from .base import FitContext, Predictor
 from .registry import register
 
@@ -102,7 +102,7 @@ def word_keys_values(backbone: Backbone, ids: list[int]) -> torch.Tensor | None:
     cache; None for other layouts (seq2seq prefixes feed T5's decoder cache, whose words would have to be
     decoder states, not encoder ones)."""
     model = backbone.model
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=backbone.device)
     was = model.training
     model.eval()  # the words' activations without dropout noise
     try:
@@ -189,7 +189,7 @@ class SoftMethod(AdaptedMethod):
             return
         words = ctx.backbone.model.get_input_embeddings().weight
         with torch.no_grad():
-            model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids)].clone()
+            model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids, device=words.device)].clone()
         return None
 
     def _init_from_activations(self, model: Any, ctx: FitContext, n: int, how: str) -> dict[str, Any] | None:
@@ -306,6 +306,8 @@ class PrefixTuning(SoftMethod):
 
     def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
         self.check_init_flags(cfg)  # --prefix-projection reparameterises this method's prefix: it applies here
+        if cfg.train.gradient_checkpointing:
+            raise ConfigError(NO_PREFIX_CHECKPOINTING)
 
 
 @register

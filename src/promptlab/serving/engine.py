@@ -90,6 +90,7 @@ class Engine:
     def __init__(self, backbone: Backbone, kv_cache: bool = True, max_rows: int = 128) -> None:
         self.backbone = backbone
         self.model = backbone.model
+        self.device = backbone.device  # every tensor a batch is made of is made here
         self.max_rows = max_rows
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -99,7 +100,8 @@ class Engine:
         self._plain_greedy = gc is None or all(getattr(gc, k, None) in ok for k, ok in _GREEDY_NEUTRAL.items())
         eos = getattr(gc, "eos_token_id", None) if gc is not None else None
         eos = backbone.tokenizer.eos_token_id if eos is None else eos
-        self._eos = torch.tensor(eos if isinstance(eos, list) else [eos] if eos is not None else [], dtype=torch.long)
+        self._eos = torch.tensor(eos if isinstance(eos, list) else [eos] if eos is not None else [], dtype=torch.long,
+                                 device=self.device)
         self.forwards = 0  # model calls made for batched rows (not counting grouped fallbacks)
         cfg = self.model.config
         # absolute (or rotary) position limit; relative-position models such as T5 have none
@@ -114,8 +116,8 @@ class Engine:
     @torch.inference_mode()
     def _prompt_kv(self, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         n = prompt.shape[0]
-        out = self.model(inputs_embeds=prompt[None], attention_mask=torch.ones(1, n, dtype=torch.long),
-                         position_ids=torch.arange(n)[None], use_cache=True)
+        out = self.model(inputs_embeds=prompt[None], attention_mask=torch.ones(1, n, dtype=torch.long, device=self.device),
+                         position_ids=torch.arange(n, device=self.device)[None], use_cache=True)
         cache = _out_cache(out)
         return [(layer.keys[0].clone(), layer.values[0].clone()) for layer in cache.layers]  # [heads, n, d]
 
@@ -203,7 +205,7 @@ class Engine:
     def _choices(self, rows: list[_Row]) -> list[Answer]:
         if self.backbone.kind == "encoder":
             pooled = F.normalize(self._encode([r.servable.prompt for r in rows], [r.text for r in rows]), dim=-1)
-            logits = [ANCHOR_SCALE * pooled[i] @ r.servable.anchors.T for i, r in enumerate(rows)]
+            logits = [ANCHOR_SCALE * pooled[i] @ r.servable.anchors.to(pooled.device).T for i, r in enumerate(rows)]
         else:
             ex_s = [r.servable for r in rows for _ in r.servable.task.verbalizers]
             ex_x = [r.text for r in rows for _ in r.servable.task.verbalizers]
@@ -244,8 +246,8 @@ class Engine:
                 emb, mask = self._contiguous(prompts, ids, att)
                 kw = {"position_ids": _positions(mask)} if self._takes_positions else {}
                 full = self.model(inputs_embeds=emb, attention_mask=mask, **kw).logits  # [R, W, V]
-                n = torch.tensor([p.shape[0] for p in prompts])
-                idx = (n[:, None] + torch.arange(ids.shape[1])[None]).clamp(max=full.shape[1] - 1)
+                n = torch.tensor([p.shape[0] for p in prompts], device=self.device)
+                idx = (n[:, None] + torch.arange(ids.shape[1], device=self.device)[None]).clamp(max=full.shape[1] - 1)
                 logits = full.gather(1, idx[..., None].expand(-1, -1, full.shape[-1]))
             logits, tgt = logits[:, :-1], labels[:, 1:]  # position t predicts token t+1
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -287,22 +289,23 @@ class Engine:
         """Greedy decoding from each row's cached prompt: the prompt's keys/values are never recomputed."""
         bb = self.backbone
         ids_list = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
-        lens = torch.tensor([len(x) for x in ids_list])
+        dev = self.device
+        lens = torch.tensor([len(x) for x in ids_list], device=dev)
         width = int(lens.max())
         pad = bb.tokenizer.pad_token_id
-        ids = torch.full((len(texts), width), pad, dtype=torch.long)
-        att = torch.zeros((len(texts), width), dtype=torch.long)
+        ids = torch.full((len(texts), width), pad, dtype=torch.long, device=dev)
+        att = torch.zeros((len(texts), width), dtype=torch.long, device=dev)
         for b, x in enumerate(ids_list):  # right padding: every query sees at least one real key
-            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
+            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
             att[b, : len(x)] = 1
         cache, prefix, n = self._batch_cache(servables)
         mask = torch.cat([prefix, att], dim=1)
-        pos = (n[:, None] + torch.arange(width)[None]) * att
+        pos = (n[:, None] + torch.arange(width, device=dev)[None]) * att
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache})
         cache = _out_cache(out)
-        nxt = out.logits[torch.arange(len(texts)), lens - 1].argmax(-1)
+        nxt = out.logits[torch.arange(len(texts), device=dev), lens - 1].argmax(-1)
         cur = n + lens  # the next token's position
-        done = torch.zeros(len(texts), dtype=torch.bool)
+        done = torch.zeros(len(texts), dtype=torch.bool, device=dev)
         steps = []
         for step in range(max_new):
             tok = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -310,13 +313,13 @@ class Engine:
             done |= torch.isin(tok, self._eos)
             if bool(done.all()) or step == max_new - 1:
                 break
-            mask = torch.cat([mask, torch.ones(len(texts), 1, dtype=mask.dtype)], dim=1)
+            mask = torch.cat([mask, mask.new_ones(len(texts), 1)], dim=1)
             out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=cur[:, None], use_cache=True,
                              **{self._cache_kw: cache})
             cache = _out_cache(out)
             cur = cur + 1
             nxt = out.logits[:, -1].argmax(-1)
-        return torch.stack(steps, dim=1) if steps else torch.empty(len(texts), 0, dtype=torch.long)
+        return torch.stack(steps, dim=1) if steps else torch.empty(len(texts), 0, dtype=torch.long, device=dev)
 
     # -- KV cache -----------------------------------------------------------------------------------
     def _use_kv(self, servables: list[Servable]) -> bool:
@@ -327,7 +330,7 @@ class Engine:
         """Logits over the input tokens only, the prompts' keys/values coming from the cache. [R, T, V]"""
         cache, prefix, n = self._batch_cache(servables)
         mask = torch.cat([prefix, att], dim=1)
-        pos = (n[:, None] + torch.arange(ids.shape[1])[None]) * att  # padding's position is irrelevant (masked)
+        pos = (n[:, None] + torch.arange(ids.shape[1], device=self.device)[None]) * att  # padding: masked anyway
         return self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                           **{self._cache_kw: cache}).logits
 
@@ -335,9 +338,9 @@ class Engine:
         """Each row's prompt keys/values, padded to the longest prompt: (DynamicCache, prefix mask [R, P], n [R])."""
         from transformers import DynamicCache
 
-        n = torch.tensor([s.prompt.shape[0] for s in servables])
+        n = torch.tensor([s.prompt.shape[0] for s in servables], device=self.device)
         width = int(n.max())
-        prefix = (torch.arange(width)[None] < n[:, None]).long()
+        prefix = (torch.arange(width, device=self.device)[None] < n[:, None]).long()
         distinct: dict[int, int] = {}
         for s in servables:
             if s.kv is not None:
@@ -345,7 +348,7 @@ class Engine:
         uniq = {id(s): s for s in servables if s.kv is not None}
         order = sorted(uniq.values(), key=lambda s: distinct[id(s)])
         # row -> slot in the stacked prompts; rows without a prompt point at an all-zero (masked) slot
-        slot = torch.tensor([distinct.get(id(s), len(distinct)) for s in servables])
+        slot = torch.tensor([distinct.get(id(s), len(distinct)) for s in servables], device=self.device)
         layers = []
         k0, v0 = order[0].kv[0]
         for layer in range(len(order[0].kv)):

@@ -167,7 +167,7 @@ def _from_predictor(name: str, source: str, predictor: Predictor, backbone: Back
         backbone.kind == "encoder" and predictor.selection == "nearest" and predictor.demos
     ):
         # Zero virtual tokens: the text is the whole prompt, so it rides in the mixed batch.
-        s.prompt = torch.zeros(0, backbone.hidden_size)
+        s.prompt = torch.zeros(0, backbone.hidden_size, device=backbone.device, dtype=backbone.dtype)
         s.anchors = predictor.readout.anchors
     return s
 
@@ -192,7 +192,7 @@ def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], m
     if prompt.shape[1] != backbone.hidden_size:
         raise ModelError(f"artifact '{value}' has {prompt.shape[1]}-wide soft tokens but '{backbone.name}' has hidden "
                          f"size {backbone.hidden_size}; serve it with the model it was trained on")
-    prompt = prompt.to(backbone.model.get_input_embeddings().weight.dtype).contiguous()
+    prompt = prompt.to(device=backbone.device, dtype=backbone.dtype).contiguous()
     t = meta.get("template") or {}
     extras = meta.get("extras", {})
     anchors = None

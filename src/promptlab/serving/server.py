@@ -70,7 +70,7 @@ def serve(args: Any) -> None:
                               "from")
     check_listen(args.host, args.port)
     token = args.token or os.environ.get("PROMPTLAB_TOKEN") or None
-    backbone = load_backbone(args.model, dtype=getattr(args, "dtype", None))
+    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                     max_input_chars=args.max_input_chars, max_batch=args.max_batch,
                     max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
