@@ -25,7 +25,7 @@ from .checkpoints import CheckpointPlan
 from .config import RunConfig
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
-from .inputs import fit_inputs, reservations
+from .inputs import fit_for, fit_inputs, predictor_budget, received_stats
 from .inspect_prompt import analyse_predictor
 from .methods import FitContext, Predictor, get_method, load_predictor
 from .runs import write_run
@@ -81,8 +81,12 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         # A search (prompt-search) trains nothing but costs time: every fit is timed, so its cost shows.
         train_seconds = time.perf_counter() - t0
         method_name = cfg.method
-    examples, input_stats = fit_inputs(task, backbone, template, cfg, data.eval, **reservations(predictor))
+    budget = predictor_budget(predictor, cfg)
+    predictor.check_room(budget)
+    examples, _ = fit_for(predictor, cfg, data.eval)
     result = evaluate(predictor, task, examples, batch_size=cfg.batch_size)
+    # What the model read, demonstrations and all, tokenised as the backbone tokenises it: not what was selected.
+    input_stats = received_stats(predictor, examples, [r["input"] for r in result.records], budget)
     total = backbone.total_params
     trainable = predictor.n_trainable()
     metrics: dict[str, Any] = {

@@ -67,6 +67,19 @@ class Predictor:
         """The exact text the model reads for each example."""
         return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
 
+    def input_template(self) -> Template:
+        """Everything the model reads around one example's fields, as one template: what a long context is
+        fitted around (inputs.fit_for). A few-shot prompt's demonstrations are part of it."""
+        return self.template
+
+    def reserved_tokens(self) -> int:
+        """Tokens this predictor adds after the input that the template cannot show (chain-of-thought's
+        generated reasoning): the input is fitted to that much less."""
+        return 0
+
+    def check_room(self, budget: int) -> None:
+        """Refuse, in one line, a prompt whose fixed text leaves an input no room in `budget` tokens."""
+
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
         raise NotImplementedError
 

@@ -33,7 +33,7 @@ from ..artifacts import (
 from ..backbones import INPUT_PROMPT_TYPES, Backbone
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError, unknown
-from ..inputs import fit_inputs
+from ..inputs import fit_for, fit_inputs
 from ..methods import FitContext, Predictor, get_method, method_names
 from ..methods.hard import HardPredictor
 from ..methods.readout import label_anchors
@@ -78,6 +78,8 @@ class Servable:
         are taken as given (and truncated to the model's length like any input)."""
         if not any(ex.meta for ex in examples):
             return examples
+        if self.predictor is not None:  # around everything it reads: a few-shot prompt's demonstrations too
+            return fit_for(self.predictor, self.config, examples)[0]
         return fit_inputs(self.task, backbone, self.template, self.config, examples, virtual=self.virtual_tokens,
                           new_tokens=self.max_new_tokens)[0]
 
