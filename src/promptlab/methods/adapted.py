@@ -10,7 +10,7 @@ import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors.torch import save_file
@@ -23,6 +23,9 @@ from ..training import OPTIMIZERS, train_loop
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout
 
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
 
 class AdaptedMethod(Method):
     """A method trained by the shared loop (training.py): soft prompts, LoRA, full fine-tuning. Each declares the
@@ -31,6 +34,9 @@ class AdaptedMethod(Method):
     trains = True
     optimizer: ClassVar[str] = ""  # one of training.OPTIMIZERS
     default_lr: ClassVar[float] = 0.0  # used when --lr is not given
+
+    def reads(self, cfg: RunConfig) -> set[str]:
+        return super().reads(cfg) | {"grad_accum"}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

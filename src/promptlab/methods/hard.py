@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from ..tasks.base import Example, Task, Template
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout, label_anchors, predictions_from_scores
 from .registry import register
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 COT_TRIGGER = "Let's think step by step."
 COT_ANSWER = "Therefore, the answer is"
@@ -135,7 +138,6 @@ class HardPredictor(Predictor):
     shots: int = 0
     cot: bool = False
     max_new_tokens: int = 16
-    note: dict[str, Any] = field(default_factory=dict)  # how the demonstrations were fitted (method_info)
 
     def __post_init__(self) -> None:
         self.readout = Readout(self.backbone, self.task, max_new_tokens=self.max_new_tokens)
@@ -154,9 +156,6 @@ class HardPredictor(Predictor):
             return
         protos = [F.normalize(torch.cat([desc[c : c + 1], emb[labels == c]]).mean(0), dim=-1) for c in range(len(desc))]
         self.readout.anchors = torch.stack(protos)
-
-    def run_info(self) -> dict[str, Any]:
-        return dict(self.note)
 
     def input_template(self) -> Template:
         """The template with the demonstrations in front (for nearest selection, the longest k: each input
@@ -246,6 +245,9 @@ class FewShot(Method):
     name, family = "few-shot", "hard"
     summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
 
+    def reads(self, cfg: RunConfig) -> set[str]:
+        return {"template", "shots", "selection"}
+
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
         hard = ctx.config.hard
@@ -256,7 +258,7 @@ class FewShot(Method):
             demos = select_demos(pool, ctx.task, hard.shots, hard.selection, ctx.config.seed)
         demos, shots, note = fit_demos(ctx, demos, hard.selection, hard.shots)
         return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, demos=demos, selection=hard.selection,
-                             shots=shots, max_new_tokens=_new_tokens(ctx), note=note)
+                             shots=shots, max_new_tokens=_new_tokens(ctx), info=note)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         return _load_hard(self.name, backbone, task, meta)

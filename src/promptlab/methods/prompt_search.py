@@ -19,7 +19,7 @@ import math
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backbones import Backbone
 from ..errors import ConfigError
@@ -29,6 +29,9 @@ from .adapted import dev_score
 from .base import FitContext, Method, Predictor
 from .hard import HardPredictor, _load_hard, _new_tokens, fit_demos, render, select_demos
 from .registry import register
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 # Generic phrasings, combined with every template. `{choices}` expands to the label words, so those only
 # apply to choice tasks. A task spec adds its own under `instructions:`.
@@ -121,7 +124,7 @@ class SearchPredictor(HardPredictor):
     base_template: str = ""
 
     def run_info(self) -> dict[str, Any]:
-        return {**self.note, **self.search_info, "candidates": self.record}
+        return {**self.info, **self.search_info, "candidates": self.record}
 
     def _save_files(self, out: Path) -> None:
         """The prompt in one readable file, to copy into any other tool (promptlab.json has it too)."""
@@ -137,6 +140,9 @@ class SearchPredictor(HardPredictor):
 class PromptSearch(Method):
     name, family = "prompt-search", "hard"
     summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --search-size)"
+
+    def reads(self, cfg: RunConfig) -> set[str]:
+        return {"template", "shots", "selection", "candidates", "search_size", "search_on"}
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
@@ -173,7 +179,7 @@ class PromptSearch(Method):
         assert best is not None, "the candidate list always holds the bare input"
         chosen, won = cands[best[1]], preds[best[1]]
         pred = SearchPredictor(self.name, ctx.backbone, task, won.template, demos=won.demos, selection=hard.selection,
-                               shots=won.shots, max_new_tokens=new_tokens, note=won.note, record=record,
+                               shots=won.shots, max_new_tokens=new_tokens, info=won.info, record=record,
                                instruction=chosen.instruction, base_template=chosen.template.name)
         pred.search_info = {"search_on": hard.search_on, "scoring_pool": len(scoring), "max_scored": hard.search_size,
                             "demo_sets": len(sets), "evaluated": len(cands), "chosen": best[1],
@@ -189,7 +195,7 @@ class PromptSearch(Method):
         hard = ctx.config.hard
         demos, shots, note = fit_demos(replace(ctx, template=tmpl), demos, hard.selection, hard.shots)
         return HardPredictor(self.name, ctx.backbone, ctx.task, tmpl, demos=demos, selection=hard.selection,
-                             shots=shots, max_new_tokens=new_tokens, note=note)
+                             shots=shots, max_new_tokens=new_tokens, info=note)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         pred = _load_hard(self.name, backbone, task, meta)

@@ -29,6 +29,7 @@ from ..artifacts import (
     read_adapter_config,
     read_meta,
     read_prompt_rows,
+    recorded_run,
 )
 from ..backbones import INPUT_PROMPT_TYPES, Backbone
 from ..config import RunConfig
@@ -178,6 +179,8 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     adir = artifact_dir(value)
     meta = read_meta(adir)
     refuse_pickles(adir)
+    if config.max_input_tokens is None:  # the budget its run selected long contexts to (serve sets none)
+        config.max_input_tokens = recorded_run(value).get("max_input_tokens")
     task = artifact_task(meta, task)
     check_compatible(meta, backbone, task, f"artifact '{value}'")
     nbytes = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())
