@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -38,6 +39,38 @@ def artifact_dir(path: str | Path) -> Path:
 def artifact_meta(path: str | Path) -> dict[str, Any]:
     """An artifact's promptlab.json, checked for what loading it needs: a damaged file fails in one line."""
     return read_meta(artifact_dir(path))
+
+
+# What a run that made an artifact used and `eval --prompt` repeats unless told otherwise (RunConfig fields).
+RUN_SETTINGS = ("model", "data", "max_input_tokens")
+
+
+def run_record(cfg: Any) -> dict[str, Any]:
+    """The settings of `cfg` (a RunConfig) that promptlab.json records under extras.run."""
+    return {key: getattr(cfg, key) for key in RUN_SETTINGS}
+
+
+def recorded_run(path: str | Path) -> dict[str, Any]:
+    """The model, data and input budget of the run that made the artifact at `path`: its promptlab.json's
+    extras.run, else (artifacts made before it was recorded) the run directory's config.yaml, else the model the
+    backbone fingerprint names. Only keys with a value of the right type are returned."""
+    adir = artifact_dir(path)
+    meta = read_meta(adir)
+    found = (meta.get("extras") or {}).get("run")
+    if not isinstance(found, dict) and adir.name == "artifact" and (adir.parent / "config.yaml").is_file():
+        try:
+            found = yaml.safe_load((adir.parent / "config.yaml").read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            found = None
+    found = found if isinstance(found, dict) else {"model": (meta.get("backbone") or {}).get("name")}
+    kinds = {"model": str, "data": str, "max_input_tokens": int}
+
+    def usable(key: str, value: Any) -> bool:  # a hand-edited record is skipped, not trusted
+        if value is None:
+            return key != "model"
+        return isinstance(value, kinds[key]) and not isinstance(value, bool)
+
+    return {k: found[k] for k in RUN_SETTINGS if k in found and usable(k, found[k])}
 
 
 # What loaders read from promptlab.json, and its JSON type: required keys, then optional ones (null allowed).

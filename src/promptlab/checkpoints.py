@@ -38,7 +38,7 @@ PREFIX = "step-"
 # describes another run, so resuming across a change in these is refused outright.
 IDENTITY_KEYS = ("task", "model", "method", "data", "seed", "max_input_tokens", "hard.template",
                  "train.train_size", "train.dev_size", "train.virtual_tokens", "train.init", "train.init_text",
-                 "train.batch_size")
+                 "train.batch_size", "train.grad_accum", "train.lora_r", "train.lora_alpha", "train.lora_targets")
 # Settings that only say how checkpoints are taken: never a reason to refuse a resume.
 IGNORED_KEYS = ("train.checkpoint_every", "train.keep_checkpoints")
 

@@ -20,7 +20,9 @@ from .config import (
     add_flags,
     build_config,
     check_value,
-    config_method,
+    eval_config,
+    given_fields,
+    prompt_config,
     setting,
     train_config,
     typed_name,
@@ -202,26 +204,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .pipeline import run_one
     from .runs import check_out_dir
 
-    cfg = build_config(args)
-    method = args.method or (None if cfg.prompt else config_method(args))
-    if bool(cfg.prompt) == bool(method):
-        raise ConfigError("eval needs exactly one of --method HARD or --prompt DIR")
-    if method:
-        from .methods import get_method
-
-        if get_method(method).trains:
-            raise ConfigError(f"'{method}' must be trained first: promptlab train --method {method} "
-                              "--out DIR, then promptlab eval --prompt DIR")
+    cfg = eval_config(args)
     out = Path(args.out) if args.out else None
     if out:
         check_out_dir(out)
-    if cfg.prompt and not getattr(args, "task", None):
-        from .artifacts import artifact_meta
-
-        cfg.task = artifact_meta(cfg.prompt)["task"]
     task, data, backbone = _setup(cfg)
     res = run_one(cfg, backbone, task, data, out)
-    _print_table([res.metrics], f"{task.name} · {backbone.name}")
+    _print_table([res.row], f"{task.name} · {backbone.name}")
     if out:
         print(f"run written to {out}")
 
@@ -241,7 +230,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     res = run_one(cfg, backbone, task, data, out, checkpoint=plan)
     if is_main_process():
         discard(plan.dir)  # the run directory is complete: its checkpoints have served
-        _print_table([res.metrics], f"{task.name} · {backbone.name}")
+        _print_table([res.row], f"{task.name} · {backbone.name}")
         print(f"run written to {out}; artifact in {out / 'artifact'}")
 
 
@@ -277,6 +266,7 @@ def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, titl
     cfg = build_config(args)
     names = methods or [m.strip() for m in args.methods.split(",") if m.strip()]
     sweep.check_methods(names, getattr(args, "seeds", None), getattr(args, "train_sizes", None))
+    sweep.check_flags(names, cfg, given_fields(args))
     out = Path(args.out)
     if getattr(args, "train_sizes", None):
         return _compare_sizes(args, cfg, names, out, title)
@@ -356,6 +346,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise ConfigError("predict needs --prompt DIR, or --task T with --method HARD")
     if args.method and get_method(args.method).trains:
         raise ConfigError(f"'{args.method}' must be trained first; pass its artifact with --prompt DIR")
+    if cfg.prompt:  # the run that made it: its model and input budget, unless flags say otherwise
+        prompt_config(cfg, args, own_task=False)
+    else:
+        get_method(args.method).check_flags(cfg, given_fields(args))
     backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device)
     if cfg.prompt:
         servable = load_servable("predict", cfg.prompt, backbone, cfg, get_task(args.task) if args.task else None)

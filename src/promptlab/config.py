@@ -86,6 +86,14 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "recompute each layer's activations in the backward pass instead of "
                                              "keeping them: less memory for about a third more compute (methods "
                                              "trained by the shared loop: soft prompts, LoRA, full fine-tuning)")
+    lora_r: int = _f(8, "lora: the rank of each low-rank update", range=AT_LEAST_1, metavar="R")
+    lora_alpha: int = _f(16, "lora: the updates' scale numerator (they are scaled by alpha / r)", range=AT_LEAST_1)
+    lora_targets: str | None = _f(None, "lora: comma-separated names of the linear modules to adapt, e.g. q,k,v,o or "
+                                        "query,value; default the attention's query and value projections",
+                                  metavar="NAMES")
+    grad_accum: int = _f(1, "accumulate gradients over this many batches per optimizer step: the step one batch of "
+                            "--train-batch-size x N would take, in the memory of one of N", range=AT_LEAST_1,
+                         metavar="N")
     schedule: str = _f("constant", "learning-rate schedule: constant, or linear (warm up, then decay to 0 at the "
                                    "last planned step)", choices=("constant", "linear"))
     warmup: float = _f(0.06, "with --schedule linear: the fraction of the planned steps spent warming up",
@@ -341,5 +349,57 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     if not method.trains:
         raise ConfigError(f"'{cfg.method}' is a {method.family} method and trains nothing; use promptlab eval "
                           f"--method {cfg.method}, or train a soft method (prompt-tuning, prefix-tuning, ...)")
-    method.check_flags(cfg, given_fields(args))
+    given = given_fields(args)
+    check_schedule(cfg, given)
+    method.check_flags(cfg, given)
+    return cfg
+
+
+def check_schedule(cfg: RunConfig, given: set[str]) -> None:
+    """--warmup shapes --schedule linear only: under the constant schedule it was read by nothing."""
+    if "warmup" in given and cfg.train.schedule != "linear":
+        raise ConfigError(f"--warmup is the warm-up of --schedule linear, but this run's schedule is "
+                          f"{cfg.train.schedule}; add --schedule linear, or drop --warmup")
+
+
+def eval_config(args: argparse.Namespace) -> RunConfig:
+    """`eval`'s config: a hard method, with the flags it reads (its check_flags), or a saved prompt (`--prompt`)."""
+    from .methods import get_method  # the registry imports torch: parsing a command line must stay light
+
+    cfg = build_config(args)
+    method = args.method or (None if cfg.prompt else config_method(args))
+    if bool(cfg.prompt) == bool(method):
+        raise ConfigError("eval needs exactly one of --method HARD or --prompt DIR")
+    if method is None:
+        return prompt_config(cfg, args, own_task=not getattr(args, "task", None))
+    if get_method(method).trains:
+        raise ConfigError(f"'{method}' must be trained first: promptlab train --method {method} --out DIR, then "
+                          "promptlab eval --prompt DIR")
+    get_method(method).check_flags(cfg, given_fields(args))
+    return cfg
+
+
+HARD_SETTINGS = tuple(f.name for f in fields(HardConfig))  # what chooses a hard prompt: a saved one brings its own
+
+
+def prompt_config(cfg: RunConfig, args: argparse.Namespace, own_task: bool) -> RunConfig:
+    """`eval --prompt DIR` and `predict --prompt DIR`: the artifact is the prompt, so the settings that would choose
+    one (--template, --shots, ...) are refused, not recorded as if used; and the run repeats the one that made it —
+    its model, input budget and (on its own task) data — unless a flag or --config sets them. `own_task`: the
+    task is the artifact's (no --task given), which eval then takes."""
+    from .artifacts import artifact_meta, recorded_run  # torch: as above
+
+    given = given_fields(args)
+    meta = artifact_meta(cfg.prompt)
+    hard = [name for name in HARD_SETTINGS if name in given]
+    if hard:
+        raise ConfigError(f"--{hard[0].replace('_', '-')} chooses a hard prompt to build, but --prompt "
+                          f"{cfg.prompt} brings its own ({meta['method']}, template '{meta['template']['name']}'); "
+                          "drop the flag")
+    if own_task:
+        cfg.task = meta["task"]
+    explicit = given | set(load_yaml(args.config) if getattr(args, "config", None) else {})
+    for key, value in recorded_run(cfg.prompt).items():
+        if key not in explicit and (key != "data" or cfg.task == meta["task"]):  # not another task's data
+            setattr(cfg, key, value)
     return cfg

@@ -37,7 +37,7 @@ def evaluate(predictor: Predictor, task: Task, examples: list[Example], batch_si
         golds = [list(ex.answers) for ex in examples]
         scores = metrics.compute(task.metrics, [p.prediction for p in preds], golds)
         for ex, p in zip(examples, preds):
+            f1 = round(metrics.f1(p.prediction, list(ex.answers)), 6)  # "score" too: what every record has
             records.append({"id": ex.id, "input": p.input, "prediction": p.prediction, "gold": list(ex.answers),
-                            "score": round(metrics.f1(p.prediction, list(ex.answers)), 6),
-                            "em": metrics.exact_match(p.prediction, list(ex.answers))})
+                            "score": f1, "em": metrics.exact_match(p.prediction, list(ex.answers)), "f1": f1})
     return EvalResult(metrics=scores, records=records, seconds=seconds)

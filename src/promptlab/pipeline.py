@@ -20,16 +20,16 @@ import torch
 import transformers
 
 from . import devices
-from .artifacts import INSPECT_FILE
+from .artifacts import INSPECT_FILE, run_record
 from .backbones import Backbone
 from .checkpoints import CheckpointPlan
 from .config import RunConfig
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate
-from .inputs import fit_inputs, reservations
+from .inputs import fit_for, fit_inputs, predictor_budget, received_stats
 from .inspect_prompt import analyse_predictor
 from .methods import FitContext, Predictor, get_method, load_predictor
-from .runs import write_run
+from .runs import confidence, write_run
 from .splits import Data, resolve
 from .tasks.base import Task
 from .tasks.loaders import recording
@@ -41,6 +41,11 @@ class RunResult:
     metrics: dict[str, Any]
     predictor: Predictor
     eval: EvalResult
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The run as a report's table reads it: metrics.json plus the 95% bootstrap intervals (runs.confidence)."""
+        return {**self.metrics, "ci": confidence(self.metrics["metrics"], self.eval.records)}
 
 
 def load_data(task: Task, cfg: RunConfig) -> Data:
@@ -58,6 +63,9 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
             checkpoint: CheckpointPlan | None = None) -> RunResult:
     """`checkpoint`: where a training method checkpoints and resumes from (the CLI's hidden work dir)."""
     devices.reset_peak(backbone.device)
+    if cfg.max_new_tokens is not None and backbone.kind == "encoder":
+        raise ConfigError(f"--max-new-tokens sets the length of a generated answer, but '{backbone.name}' is an "
+                          "encoder, which generates none (it compares the input with the labels); drop the flag")
     if cfg.prompt:
         predictor = load_predictor(cfg.prompt, backbone, task)
         if cfg.max_new_tokens and predictor.readout is not None:  # the flag beats the length saved at training
@@ -83,8 +91,13 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         # A search (prompt-search) trains nothing but costs time: every fit is timed, so its cost shows.
         train_seconds = time.perf_counter() - t0
         method_name = cfg.method
-    examples, input_stats = fit_inputs(task, backbone, template, cfg, data.eval, **reservations(predictor))
+    predictor.extras["run"] = run_record(cfg)  # what eval --prompt repeats: model, data, input budget
+    budget = predictor_budget(predictor, cfg)
+    predictor.check_room(budget)
+    examples, _ = fit_for(predictor, cfg, data.eval)
     result = evaluate(predictor, task, examples, batch_size=cfg.batch_size)
+    # What the model read, demonstrations and all, tokenised as the backbone tokenises it: not what was selected.
+    input_stats = received_stats(predictor, examples, [r["input"] for r in result.records], budget)
     total = backbone.total_params
     trainable = predictor.n_trainable()
     metrics: dict[str, Any] = {

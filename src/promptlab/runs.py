@@ -140,8 +140,9 @@ def staged(out: Path) -> Iterator[Path]:
 
 
 # -- reading runs back (report.py) ------------------------------------------------------------------------
-# metric name -> field of a predictions.jsonl record holding that metric per example
-PER_EXAMPLE = {"accuracy": "correct", "em": "em", "f1": "score"}
+# metric name -> fields of a predictions.jsonl record holding that metric per example, the first found used
+# (runs written before records had an "f1" field hold a text task's F1 in "score")
+PER_EXAMPLE = {"accuracy": ("correct",), "em": ("em",), "f1": ("f1", "score")}
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -205,6 +206,20 @@ def _labels(path: Path, records: list[dict[str, Any]]) -> list[str]:
     return sorted(seen)
 
 
+def confidence(metrics: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """A 95% bootstrap interval per metric, from the per-example scores the records hold (none where they lack
+    one): what a report shows beside each score, and a single run's table too."""
+    out = {}
+    for name in metrics:
+        keys = PER_EXAMPLE.get(name, ())
+        key = next((k for k in keys if records and k in records[0]), None)
+        scores = [float(r[key]) for r in records if key in r and r[key] is not None] if key else []
+        if scores and len(scores) == len(records):
+            lo, hi = bootstrap_ci(scores, n=1000, seed=0)
+            out[name] = [lo, hi]
+    return out
+
+
 def load_run(path: Path) -> dict[str, Any]:
     """metrics.json plus what a report derives: seed, per-metric CI, confusion matrix, labels."""
     run = read_run(path)
@@ -219,13 +234,7 @@ def load_run(path: Path) -> dict[str, Any]:
     run["seed"] = (cfg or {}).get("seed")
     if (cfg or {}).get("prompt"):  # a saved artifact evaluated again: it learnt from the run that trained it
         run["evaluated_artifact"] = True
-    run["ci"] = {}
-    for name in run.get("metrics", {}):
-        key = PER_EXAMPLE.get(name)
-        scores = [float(r[key]) for r in records if key in r and r[key] is not None] if key else []
-        if scores and len(scores) == len(records):
-            lo, hi = bootstrap_ci(scores, n=1000, seed=0)
-            run["ci"][name] = [lo, hi]
+    run["ci"] = confidence(run.get("metrics", {}), records)
     has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
     run["kind"] = "choices" if has_labels else "text"
     inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoints import discard
-from .config import RunConfig, from_dict
+from .config import RunConfig, check_schedule, from_dict
 from .errors import ConfigError, PromptlabError
 from .methods import get_method
 from .pipeline import load_data, run_one
@@ -49,6 +49,22 @@ def check_methods(names: list[str], seeds: int | None, sizes: str | None) -> Non
     if seeds is not None and not sizes:
         raise ConfigError("--seeds sets the seeds per size of a --train-sizes curve; add --train-sizes, or use "
                           "--seed for one comparison")
+
+
+def check_flags(names: list[str], cfg: RunConfig, given: set[str]) -> None:
+    """A comparison keeps a flag that at least one of its methods reads (the others run without it); one that
+    none reads is refused, as train and eval refuse it for their one method, and so is a value that conflicts."""
+    check_schedule(cfg, given)
+    refused = {n: {r.setting: r for r in get_method(n).refusals(cfg, given)} for n in names}
+    for setting in dict.fromkeys(s for per in refused.values() for s in per):
+        by = [per[setting] for per in refused.values() if setting in per]
+        conflict = next((r for r in by if r.conflict), None)
+        if len(by) < len(names) and conflict is None:
+            continue
+        if conflict is not None or len(names) == 1:
+            raise ConfigError((conflict or by[0]).reason)
+        raise ConfigError(f"--{setting.replace('_', '-')} is read by none of the compared methods "
+                          f"({', '.join(names)}); drop the flag, or compare a method that reads it")
 
 
 def compare(cfg: RunConfig, names: list[str], out: Path, task: Any, data: Any, backbone: Any, checkpoint: Any,

@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -171,7 +172,8 @@ def train_loop(
                  "n_examples": n_examples, "data": data_fingerprint, "local_examples": result.local_examples}
         store.save(name, state, _trainable_state(core), best_state, optimizer.state_dict())
 
-    per_epoch = -(-n_examples // batch_size)
+    accum = cfg.grad_accum  # one step per `accum` batches: the epoch's batches are the steps' whole batches
+    per_epoch = -(-n_examples // (batch_size * accum))
     planned = min(epochs * per_epoch, max_steps) if max_steps else epochs * per_epoch
     t0 = time.perf_counter() - prior_seconds
     while not pos.stopped and pos.epoch <= epochs:
@@ -179,7 +181,7 @@ def train_loop(
         if pos.epoch_done:  # resumed from an epoch-end checkpoint: the next epoch starts afresh
             pos = _Position(epoch=epoch + 1, since_best=pos.since_best)
             continue
-        batches = epoch_batches(lengths, batch_size, seed, epoch)
+        batches = epoch_batches(lengths, batch_size * accum, seed, epoch)
         model.train()
         bar = tqdm(total=len(batches), initial=pos.batch, desc=f"{label} epoch {epoch}/{epochs}", leave=False,
                    disable=not progress or not accelerator.is_main_process or None)
@@ -195,15 +197,25 @@ def train_loop(
                 weight = len(shard) * world / len(batch)
                 if not shard:  # fewer examples than processes: join the collectives with a zero-weight copy
                     shard, weight = batch[:1], 0.0
-            loss = loss_fn(model, shard)  # scalar, mean over the shard
-            n = len(shard) if weight else 0
-            result.local_examples += n
-            stats = accelerator.reduce(torch.tensor([loss.item() * n if n else 0.0, float(n)],
-                                                    dtype=torch.float64, device=accelerator.device), "sum")
+            # Gradient accumulation: the shard in `accum` pieces, each mean loss weighted by its share of the
+            # shard, so the summed gradients are the whole shard's mean: the step a batch `accum` times as big takes.
+            size = -(-len(shard) // accum)
+            pieces = [shard[i : i + size] for i in range(0, len(shard), size)]
+            sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+            for j, piece in enumerate(pieces):
+                share = weight * len(piece) / len(shard)
+                sync = world == 1 or j == len(pieces) - 1  # DDP averages gradients once, after the last piece
+                with nullcontext() if sync else accelerator.no_sync(model):
+                    loss = loss_fn(model, piece)  # scalar, mean over the piece
+                    n = len(piece) if weight else 0
+                    sums += torch.tensor([loss.item() * n if n else 0.0, float(n)], dtype=torch.float64,
+                                         device=accelerator.device)
+                    accelerator.backward(loss * share if share != 1.0 else loss)
+            result.local_examples += int(sums[1].item())
+            stats = accelerator.reduce(sums, "sum")
             batch_loss = stats[0].item() / max(stats[1].item(), 1.0)
-            if not math.isfinite(batch_loss):
+            if not math.isfinite(batch_loss):  # before any step: a non-finite gradient never reaches the parameters
                 raise _non_finite("training loss", batch_loss, result.steps + 1, epoch, lr, weight_decay, store)
-            accelerator.backward(loss * weight if world > 1 else loss)
             norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             if not torch.isfinite(norm):  # checked before the step: parameters (and checkpoints) stay finite
                 raise _non_finite("gradient norm", norm.item(), result.steps + 1, epoch, lr, weight_decay, store)

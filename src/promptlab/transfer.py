@@ -184,7 +184,7 @@ def run(backbone: Backbone, pairs: list[tuple[str, str]], task_names: list[str],
                 predictor = get_method(src.meta["method"]).load(artifact_dir(src.path), backbone, task, src.meta)
                 own = load_anchors(artifact_dir(src.path))
             kept = mapped_readout(predictor, src, task, backbone, anchors[task.name], own)
-            examples, _ = fit_inputs(task, backbone, predictor.template, RunConfig(task=task.name), col.examples,
+            examples, _ = fit_inputs(task, backbone, predictor.input_template(), RunConfig(task=task.name), col.examples,
                                      **reservations(predictor))
             res = evaluate(predictor, task, examples, batch_size=batch_size)
             cell.update({"score": res.metrics[task.metrics[0]], "metrics": res.metrics, "labels_from_prompt": kept})

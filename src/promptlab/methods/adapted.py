@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors.torch import save_file
@@ -25,6 +25,9 @@ from ..tasks.base import Example, Task
 from ..training import OPTIMIZERS, train_loop
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 # transformers' checkpointed layers drop the cache they are given (its update would run twice on the replay), and
 # prefix tuning's keys and values arrive as that cache.
@@ -39,6 +42,9 @@ class AdaptedMethod(Method):
     trains = True
     optimizer: ClassVar[str] = ""  # one of training.OPTIMIZERS
     default_lr: ClassVar[float] = 0.0  # used when --lr is not given
+
+    def reads(self, cfg: RunConfig) -> set[str]:
+        return super().reads(cfg) | {"grad_accum", "gradient_checkpointing"}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

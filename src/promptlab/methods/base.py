@@ -61,11 +61,25 @@ class Predictor:
     model: Any = None
     max_new_tokens: int = 16
     train_info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # how the fit went beyond the artifact: method_info
     readout: Readout | None = field(default=None, init=False, repr=False, compare=False)
 
     def inputs(self, examples: list[Example]) -> list[str]:
         """The exact text the model reads for each example."""
         return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
+
+    def input_template(self) -> Template:
+        """Everything the model reads around one example's fields, as one template: what a long context is
+        fitted around (inputs.fit_for). A few-shot prompt's demonstrations are part of it."""
+        return self.template
+
+    def reserved_tokens(self) -> int:
+        """Tokens this predictor adds after the input that the template cannot show (chain-of-thought's
+        generated reasoning): the input is fitted to that much less."""
+        return 0
+
+    def check_room(self, budget: int) -> None:
+        """Refuse, in one line, a prompt whose fixed text leaves an input no room in `budget` tokens."""
 
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
         raise NotImplementedError
@@ -89,8 +103,9 @@ class Predictor:
         return 0
 
     def run_info(self) -> dict[str, Any]:
-        """What metrics.json records about this fit beyond the artifact (every candidate a search scored)."""
-        return {}
+        """What metrics.json records about this fit beyond the artifact (every candidate a search scored, how
+        demonstrations were fitted, where a soft prompt's start came from)."""
+        return dict(self.info)
 
     def soft_prompt(self) -> tuple[Any, Any, dict[str, Any]] | None:
         """(trained rows as PEFT saves them, the rows they started from, PEFT's config) of a soft prompt; None
@@ -146,14 +161,54 @@ class Method:
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         raise NotImplementedError
 
-    def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
-        """Refuse settings this method would not read instead of ignoring them (and, for --init, recording them in
-        the run as if they had been used). `given`: the config fields set by flag. Soft methods accept more."""
-        if cfg.train.prefix_projection:
-            raise ConfigError(f"--prefix-projection reparameterises prefix-tuning's prefix; {cfg.method} has none, "
-                              "drop the flag")
-        shaping = [name for name in ("virtual_tokens", "init", "init_text") if name in given]
-        if shaping:
-            raise ConfigError(f"--{shaping[0].replace('_', '-')} shapes a soft prompt; {cfg.method} trains none, "
-                              "drop the flag")
+    def reads(self, cfg: RunConfig) -> set[str]:
+        """Which of METHOD_SETTINGS this method reads under `cfg`: the template, unless it sees the bare input."""
+        return set() if self.bare_input else {"template"}
 
+    def refusals(self, cfg: RunConfig, given: set[str]) -> list[Refusal]:
+        """The settings given (`given`: config fields set by flag) that this run would not read, or not with these
+        values; check_flags refuses the first, compare those that no method of it reads."""
+        if cfg.train.prefix_projection:  # a YAML value is refused too: it would be recorded as if it had shaped a prefix
+            given = given | {"prefix_projection"}
+        unread = [name for name in METHOD_SETTINGS if name in given and name not in self.reads(cfg)]
+        return [Refusal(name, f"--{name.replace('_', '-')} {self.why_unread(name)}, drop the flag") for name in unread]
+
+    def why_unread(self, name: str) -> str:
+        return WHY_UNREAD[name].format(m=self.name)
+
+    def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
+        """Refuse settings this method would not read instead of ignoring them (and recording them in the run's
+        config.yaml as if they had been used)."""
+        refused = self.refusals(cfg, given)
+        if refused:
+            raise ConfigError(refused[0].reason)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A setting a method would not read (`conflict`: it reads it, but not beside the other settings given)."""
+
+    setting: str  # the config field, e.g. "init_text"
+    reason: str  # the one-line error: why, and what to do
+    conflict: bool = False
+
+
+# Settings only some methods read; each method says which it reads (Method.reads), the rest are refused.
+WHY_UNREAD = {
+    "template": "chooses the hard-prompt template; {m} reads the bare input",
+    "shots": "sets few-shot's demonstrations; {m} shows none",
+    "selection": "chooses few-shot's demonstrations; {m} shows none",
+    "candidates": "is a prompt-search budget; {m} searches nothing",
+    "search_size": "is a prompt-search budget; {m} searches nothing",
+    "search_on": "chooses what prompt-search scores on; {m} searches nothing",
+    "virtual_tokens": "shapes a soft prompt; {m} trains none",
+    "init": "shapes a soft prompt; {m} trains none",
+    "init_text": "shapes a soft prompt; {m} trains none",
+    "prefix_projection": "reparameterises prefix-tuning's prefix; {m} has none",
+    "lora_r": "shapes LoRA's update; {m} has none",
+    "lora_alpha": "shapes LoRA's update; {m} has none",
+    "lora_targets": "chooses LoRA's modules; {m} has none",
+    "grad_accum": "accumulates gradients in the shared training loop; {m} does not train through it",
+    "gradient_checkpointing": "recomputes activations in the shared training loop; {m} does not train through it",
+}
+METHOD_SETTINGS = tuple(WHY_UNREAD)

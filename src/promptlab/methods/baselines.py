@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from .base import FitContext, Predictor
 from .linear_head import HEAD_FILE, HeadMethod, HeadPredictor, head_as_logits
 from .registry import register
 from .soft import TASK_TYPES
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 @dataclass
@@ -78,8 +81,11 @@ class WeightBaseline(AdaptedMethod):
 @register
 class LoRA(WeightBaseline):
     name = "lora"
-    summary = "low-rank updates to the attention weights (PEFT LoRA, r=8)"
+    summary = "low-rank updates to the attention weights (PEFT LoRA; --lora-r 8, --lora-alpha 16, --lora-targets)"
     optimizer, default_lr = "adamw", 1e-3
+
+    def reads(self, cfg: RunConfig) -> set[str]:
+        return super().reads(cfg) | {"lora_r", "lora_alpha", "lora_targets"}
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import LoraConfig, get_peft_model
@@ -87,9 +93,13 @@ class LoRA(WeightBaseline):
         self.check(ctx.backbone, ctx.task)
         base = unfrozen_copy(ctx.backbone.model)  # LoRA injects layers in place: keep the shared backbone clean
         base.requires_grad_(False)
-        cfg = LoraConfig(task_type=TASK_TYPES[ctx.backbone.kind], r=8, lora_alpha=16, lora_dropout=0.0,
-                         target_modules=_lora_targets(base), base_model_name_or_path=ctx.backbone.name)
-        return fit_adapted(ctx, self, get_peft_model(base, cfg))
+        tc = ctx.config.train
+        targets = _lora_targets(base, tc.lora_targets, ctx.backbone.name)
+        cfg = LoraConfig(task_type=TASK_TYPES[ctx.backbone.kind], r=tc.lora_r, lora_alpha=tc.lora_alpha,
+                         lora_dropout=0.0, target_modules=targets, base_model_name_or_path=ctx.backbone.name)
+        pred = fit_adapted(ctx, self, get_peft_model(base, cfg))
+        pred.extras["lora"] = {"r": tc.lora_r, "alpha": tc.lora_alpha, "targets": targets}
+        return pred
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         import copy
@@ -103,16 +113,25 @@ class LoRA(WeightBaseline):
         return _adapted(self.name, backbone, task, meta, model, path)
 
 
-def _lora_targets(model: torch.nn.Module) -> list[str]:
-    """Attention projections by name, so tiny test models and unknown architectures work too."""
+def _lora_targets(model: torch.nn.Module, asked: str | None = None, model_name: str = "") -> list[str]:
+    """The modules --lora-targets names (each must be a linear layer of the model), else the attention's query
+    and value projections found by name, so tiny test models and unknown architectures work too."""
     names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    names |= {n.split(".")[-1] for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}  # GPT-2's
+    if asked is not None:
+        targets = list(dict.fromkeys(t.strip() for t in asked.split(",") if t.strip()))
+        missing = [t for t in targets if t not in names]
+        if not targets or missing:
+            raise ConfigError(f"--lora-targets '{asked}' names {'nothing' if not targets else repr(missing[0])}, "
+                              f"not a linear module of '{model_name}'; name some of {', '.join(sorted(names))}")
+        return targets
     for pair in (("query", "value"), ("q", "v"), ("q_proj", "v_proj")):
         if set(pair) <= names:
             return list(pair)
-    names |= {n.split(".")[-1] for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
     if "c_attn" in names:
         return ["c_attn"]
-    raise ConfigError("lora cannot find attention projections in this model; use prompt-tuning or full-finetune")
+    raise ConfigError("lora cannot find attention projections in this model; name them with --lora-targets, or use "
+                      "prompt-tuning or full-finetune")
 
 
 @register

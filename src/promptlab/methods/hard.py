@@ -5,17 +5,21 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..errors import ConfigError
+from ..inputs import count_tokens, input_budget
 from ..tasks.base import Example, Task, Template
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout, label_anchors, predictions_from_scores
 from .registry import register
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 COT_TRIGGER = "Let's think step by step."
 COT_ANSWER = "Therefore, the answer is"
@@ -28,6 +32,16 @@ def render(task: Task, template: Template, ex: Example) -> str:
 
 def answer_text(task: Task, ex: Example) -> str:
     return task.verbalizers[ex.label] if task.kind == "choices" else ex.answers[0]
+
+
+def demo_text(task: Task, template: Template, d: Example) -> str:
+    """One demonstration as the prompt shows it: the rendered input, its answer, a blank line."""
+    return f"{render(task, template, d)} {answer_text(task, d)}\n\n"
+
+
+def escape(text: str) -> str:
+    """Literal text inside a template (a rendered demonstration may hold braces)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def example_to_json(ex: Example) -> dict[str, Any]:
@@ -52,6 +66,67 @@ def select_demos(examples: list[Example], task: Task, k: int, how: str, seed: in
         return picked
     n = k * len(task.labels) if task.kind == "choices" else k
     return pool[:n]
+
+
+def per_class(task: Task, how: str) -> bool:
+    return task.kind == "choices" and how in ("balanced", "nearest")
+
+
+def trim_demos(demos: list[Example], task: Task, k: int, how: str) -> list[Example]:
+    """The first k demonstrations of each class (`balanced`) or k per class in total (`random`; k in total for
+    text tasks), in their order: what select_demos would pick with a smaller k, from the same shuffle."""
+    if not per_class(task, how):
+        return demos[: k * len(task.labels) if task.kind == "choices" else k]
+    seen: dict[int | None, int] = {}
+    out = []
+    for d in demos:
+        if seen.get(d.label, 0) < k:
+            out.append(d)
+            seen[d.label] = seen.get(d.label, 0) + 1
+    return out
+
+
+def in_prompt(task: Task, k: int, how: str, pool: int) -> int:
+    """How many demonstrations one prompt shows: all of them, or the k per class nearest to each input."""
+    return min(k * max(1, len(task.labels)), pool) if how == "nearest" else pool
+
+
+def fit_demos(ctx: FitContext, demos: list[Example], how: str, k: int) -> tuple[list[Example], int, dict[str, Any]]:
+    """Demonstrations that fit half the input budget, so that the example itself keeps the other half (a prompt
+    longer than the model keeps loses its end: the example's question). A long context (HotpotQA) is selected for
+    each demonstration to its share of that half, as the example's own is to the rest; where the demonstrations'
+    fixed text (question, answer) alone does not fit, fewer of them: k per class lowered until they do (for
+    nearest selection, the longest candidates are left out first). Returns (demos, k, a note for the run's
+    method_info); refuses in one line when not one fits."""
+    backbone, task = ctx.backbone, ctx.task
+    if backbone.kind == "encoder" or not demos:  # an encoder never reads demonstrations in its input
+        return demos, k, {}
+    half = input_budget(task, backbone, ctx.config, new_tokens=_new_tokens(ctx)) // 2
+    template = Template(ctx.template.name, ctx.template.text + " {_answer}\n\n")
+    for shots in range(k, 0, -1):
+        pool = demos if how == "nearest" else trim_demos(demos, task, shots, how)
+        n = in_prompt(task, shots, how, len(pool))
+        fitted, note = pool, {}
+        if task.fit_context is not None:
+            tagged = [d.with_fields(_answer=answer_text(task, d)) for d in pool]
+            fitted, _ = task.fit_context(tagged, backbone.tokenizer, max(1, half // n), template)
+            fitted = [Example(d.id, {f: v for f, v in d.fields.items() if f != "_answer"}, d.label, d.answers,
+                              d.meta) for d in fitted]
+            note = {"tokens_each": half // n}
+        costs = count_tokens(backbone.tokenizer, [demo_text(task, ctx.template, d) for d in fitted], False)
+        order = sorted(range(len(fitted)), key=lambda i: costs[i])
+        # the shortest m whose n longest fit: every prompt then fits, whichever n of them it shows
+        m = max((m for m in range(n, len(order) + 1) if sum(costs[i] for i in order[m - n : m]) <= half), default=0)
+        if m and (how == "nearest" or m == len(fitted)):
+            if m < len(fitted):
+                note["candidates"], note["candidates_asked"] = m, len(fitted)
+                fitted = [fitted[i] for i in sorted(order[:m])]
+            if shots < k:
+                note["shots"], note["asked"] = shots, k
+            return fitted, shots, {"demonstrations": {**note, "tokens_at_most": half}} if note else {}
+    unit = "per class " if per_class(task, how) else ""
+    raise ConfigError(f"few-shot: not even one demonstration {unit}fits half the {2 * half}-token input budget "
+                      f"(the shortest takes {min(costs)} tokens); raise --max-input-tokens, or use zero-shot")
 
 
 @dataclass
@@ -82,23 +157,50 @@ class HardPredictor(Predictor):
         protos = [F.normalize(torch.cat([desc[c : c + 1], emb[labels == c]]).mean(0), dim=-1) for c in range(len(desc))]
         self.readout.anchors = torch.stack(protos)
 
+    def input_template(self) -> Template:
+        """The template with the demonstrations in front (for nearest selection, the longest k: each input
+        gets its own k) and chain-of-thought's cues after, so a long context is fitted around all of it."""
+        text = self.template.text
+        if self.demos and self.backbone.kind != "encoder":
+            demos = [demo_text(self.task, self.template, d) for d in self.demos]
+            if self.selection == "nearest":
+                k = in_prompt(self.task, self.shots, "nearest", len(demos))
+                costs = count_tokens(self.backbone.tokenizer, demos, special=False)
+                demos = [demos[i] for i in sorted(range(len(demos)), key=lambda i: costs[i])[len(demos) - k:]]
+            text = escape("".join(demos)) + text
+        if self.cot:
+            text += escape(f"\n{COT_TRIGGER} \n{COT_ANSWER}")
+        return Template(self.template.name, text)
+
+    def reserved_tokens(self) -> int:
+        return COT_TOKENS if self.cot else 0
+
+    def check_room(self, budget: int) -> None:
+        empty = Example("room", {f: "" for f in self.task.input_fields})
+        fixed = count_tokens(self.backbone.tokenizer, [render(self.task, self.input_template(), empty)])[0]
+        if fixed >= budget:
+            what = f"its template and {len(self.demos)} demonstrations" if self.demos else "its template"
+            raise ConfigError(f"the prompt's fixed text ({what}) takes {fixed} tokens of the {budget}-token input "
+                              "budget, leaving the input none; raise --max-input-tokens"
+                              + (", or use fewer --shots" if self.demos else ""))
+
     def inputs(self, examples: list[Example]) -> list[str]:
         base = [render(self.task, self.template, ex) for ex in examples]
         if self.backbone.kind == "encoder" or not self.demos:
             return base
         if self.selection == "nearest":
             return self._nearest_contexts(examples, base)
-        context = "".join(f"{render(self.task, self.template, d)} {answer_text(self.task, d)}\n\n" for d in self.demos)
+        context = "".join(demo_text(self.task, self.template, d) for d in self.demos)
         return [context + b for b in base]
 
     def _nearest_contexts(self, examples: list[Example], base: list[str]) -> list[str]:
-        demo_text = [render(self.task, self.template, d) for d in self.demos]
-        sims = F.normalize(self.backbone.embed(base), dim=-1) @ F.normalize(self.backbone.embed(demo_text), dim=-1).T
-        k = min(self.shots * max(1, len(self.task.labels)), len(self.demos))
+        rendered = [render(self.task, self.template, d) for d in self.demos]
+        sims = F.normalize(self.backbone.embed(base), dim=-1) @ F.normalize(self.backbone.embed(rendered), dim=-1).T
+        k = in_prompt(self.task, self.shots, "nearest", len(self.demos))
         out = []
         for row, b in zip(sims, base):
             idx = row.topk(k).indices.flip(0).tolist()  # most similar last, nearest the question
-            out.append("".join(f"{demo_text[i]} {answer_text(self.task, self.demos[i])}\n\n" for i in idx) + b)
+            out.append("".join(demo_text(self.task, self.template, self.demos[i]) for i in idx) + b)
         return out
 
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
@@ -143,6 +245,9 @@ class FewShot(Method):
     name, family = "few-shot", "hard"
     summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
 
+    def reads(self, cfg: RunConfig) -> set[str]:
+        return {"template", "shots", "selection"}
+
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
         hard = ctx.config.hard
@@ -151,8 +256,9 @@ class FewShot(Method):
             demos = select_demos(pool, ctx.task, max(hard.shots, 16), "balanced", ctx.config.seed)
         else:
             demos = select_demos(pool, ctx.task, hard.shots, hard.selection, ctx.config.seed)
-        return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, demos=demos,
-                             selection=hard.selection, shots=hard.shots, max_new_tokens=_new_tokens(ctx))
+        demos, shots, note = fit_demos(ctx, demos, hard.selection, hard.shots)
+        return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, demos=demos, selection=hard.selection,
+                             shots=shots, max_new_tokens=_new_tokens(ctx), info=note)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         return _load_hard(self.name, backbone, task, meta)

@@ -95,7 +95,7 @@ class PezPredictor(AdaptedPredictor):
 
     def run_info(self) -> dict[str, Any]:
         d = describe_ids(self.backbone, self.ids)
-        return {"hard_prompt": d["text"], "ids": d["ids"], "tokens": d["tokens"], "retokenizes": d["retokenizes"]}
+        return {**self.info, "hard_prompt": d["text"], "ids": d["ids"], "tokens": d["tokens"], "retokenizes": d["retokenizes"]}
 
     def variants(self) -> dict[str, Predictor]:
         return {"continuous": self.continuous} if self.continuous is not None else {}
@@ -113,7 +113,8 @@ class Pez(PromptTuning):
         self.check(ctx.backbone, ctx.task)
         n = ctx.config.train.virtual_tokens
         model = get_peft_model(ctx.backbone.model, self.peft_config(ctx.backbone, n))
-        source = self._init(model, ctx, n)
+        notes: dict[str, Any] = {}
+        source = self._init(model, ctx, n, notes)
         projection = VocabProjection(ctx.backbone)
         embedding = model.prompt_encoder["default"].embedding
         handle = embedding.register_forward_hook(project_hook(projection))
@@ -124,13 +125,15 @@ class Pez(PromptTuning):
         # The continuous copy, scored without projection beside the hard prompt it yields.
         soft.model.requires_grad_(False)
         ids = projection.nearest_ids(embedding.weight).tolist()
-        extras = {**soft.extras, "virtual_tokens": n, "init": self.init_of(ctx.config), "ids": ids,
+        extras = {**soft.extras, "virtual_tokens": n, "ids": ids,
+                  "init": notes.get("init", {}).get("init", self.init_of(ctx.config)),
                   "text": describe_ids(ctx.backbone, ids)["text"]}
         if source:  # --init prompt:DIR, recorded as SoftMethod.fit records it
             extras["init_from"] = soft.train_info["init_from"] = source
         return PezPredictor(self.name, ctx.backbone, ctx.task, ctx.template, history=soft.history, extras=extras,
                             model=prompt_model(ctx.backbone, self, ids), anchors=soft.anchors,
-                            max_new_tokens=soft.max_new_tokens, train_info=soft.train_info, ids=ids, continuous=soft)
+                            max_new_tokens=soft.max_new_tokens, train_info=soft.train_info, info=notes, ids=ids,
+                            continuous=soft)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         f = path / PEZ_FILE

@@ -17,18 +17,21 @@ import itertools
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backbones import Backbone
 from ..errors import ConfigError
-from ..inputs import fit_inputs
+from ..inputs import fit_for
 from ..tasks.base import Example, Task, Template
 from .adapted import dev_score
 from .base import FitContext, Method, Predictor
-from .hard import HardPredictor, _load_hard, _new_tokens, render, select_demos
+from .hard import HardPredictor, _load_hard, _new_tokens, fit_demos, render, select_demos
 from .registry import register
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 # Generic phrasings, combined with every template. `{choices}` expands to the label words, so those only
 # apply to choice tasks. A task spec adds its own under `instructions:`.
@@ -121,7 +124,7 @@ class SearchPredictor(HardPredictor):
     base_template: str = ""
 
     def run_info(self) -> dict[str, Any]:
-        return {**self.search_info, "candidates": self.record}
+        return {**self.info, **self.search_info, "candidates": self.record}
 
     def _save_files(self, out: Path) -> None:
         """The prompt in one readable file, to copy into any other tool (promptlab.json has it too)."""
@@ -138,6 +141,9 @@ class PromptSearch(Method):
     name, family = "prompt-search", "hard"
     summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --search-size)"
 
+    def reads(self, cfg: RunConfig) -> set[str]:
+        return {"template", "shots", "selection", "candidates", "search_size", "search_on"}
+
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
         cfg, task, hard = ctx.config, ctx.task, ctx.config.hard
@@ -153,15 +159,15 @@ class PromptSearch(Method):
         new_tokens = _new_tokens(ctx)
         record: list[dict[str, Any]] = []
         best: tuple[float, int] | None = None
+        preds: dict[int, HardPredictor] = {}
         with ctx.backbone.embedding_cache():  # candidates differing only in demos share an encoder's inputs
             for i, c in enumerate(cands):
                 demos = sets[c.demo_set] if c.demo_set is not None else []
                 ids = {d.id for d in demos}
                 # Never score a candidate on its own demonstrations.
                 examples = [ex for ex in scoring if ex.id not in ids][: hard.search_size]
-                tmpl = Template(c.name(), c.text())
-                examples, _ = fit_inputs(task, ctx.backbone, tmpl, cfg, examples)
-                pred = self._predictor(ctx, tmpl, demos, new_tokens)
+                pred = preds[i] = self._predictor(ctx, Template(c.name(), c.text()), demos, new_tokens)
+                examples, _ = fit_for(pred, cfg, examples)  # around the candidate's demonstrations too
                 score = score_candidate(pred, task, examples, cfg.batch_size)
                 key = selection_key(task, score, len(examples))
                 record.append({"index": i, "name": c.name(), "template": c.template.name,
@@ -171,10 +177,9 @@ class PromptSearch(Method):
                 if best is None or key > best[0]:  # ties keep the earlier, simpler candidate
                     best = (key, i)
         assert best is not None, "the candidate list always holds the bare input"
-        chosen = cands[best[1]]
-        demos = sets[chosen.demo_set] if chosen.demo_set is not None else []
-        pred = SearchPredictor(self.name, ctx.backbone, task, Template(chosen.name(), chosen.text()), demos=demos,
-                               selection=hard.selection, shots=hard.shots, max_new_tokens=new_tokens, record=record,
+        chosen, won = cands[best[1]], preds[best[1]]
+        pred = SearchPredictor(self.name, ctx.backbone, task, won.template, demos=won.demos, selection=hard.selection,
+                               shots=won.shots, max_new_tokens=new_tokens, info=won.info, record=record,
                                instruction=chosen.instruction, base_template=chosen.template.name)
         pred.search_info = {"search_on": hard.search_on, "scoring_pool": len(scoring), "max_scored": hard.search_size,
                             "demo_sets": len(sets), "evaluated": len(cands), "chosen": best[1],
@@ -186,9 +191,11 @@ class PromptSearch(Method):
         return pred
 
     def _predictor(self, ctx: FitContext, tmpl: Template, demos: list[Example], new_tokens: int) -> HardPredictor:
+        """A candidate: its demonstrations fitted to the input budget around its own template (few-shot's rule)."""
         hard = ctx.config.hard
+        demos, shots, note = fit_demos(replace(ctx, template=tmpl), demos, hard.selection, hard.shots)
         return HardPredictor(self.name, ctx.backbone, ctx.task, tmpl, demos=demos, selection=hard.selection,
-                             shots=hard.shots, max_new_tokens=new_tokens)
+                             shots=shots, max_new_tokens=new_tokens, info=note)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         pred = _load_hard(self.name, backbone, task, meta)

@@ -25,7 +25,7 @@ from ..backbones import Backbone
 from ..errors import ConfigError, ModelError, first_line
 from ..tasks.base import Example, Task, Template
 from .adapted import NO_PREFIX_CHECKPOINTING, AdaptedMethod, AdaptedPredictor, fit_adapted
-from .base import FitContext, Predictor
+from .base import FitContext, Predictor, Refusal
 from .registry import register
 
 if TYPE_CHECKING:
@@ -70,9 +70,12 @@ def init_text(task: Task, config: RunConfig) -> str:
     return " ".join(t.render(Example("init", {f: "" for f in task.input_fields}), task.verbalizers or None).split())
 
 
-def init_token_ids(backbone: Backbone, task: Task, config: RunConfig, n: int,
-                   how: str | None = None) -> list[int] | None:
-    """Token ids whose embeddings start the soft prompt (None = PEFT's random init); `how` defaults to --init."""
+def init_token_ids(backbone: Backbone, task: Task, config: RunConfig, n: int, how: str | None = None,
+                   notes: dict[str, Any] | None = None) -> list[int] | None:
+    """Token ids whose embeddings start the soft prompt (None = PEFT's random init); `how` defaults to --init.
+
+    A text start with no --init-text takes the template's words; a template that has none (`{text}`) starts a
+    choice task's prompt from its label words instead, said in `notes` (the run's method_info)."""
     how = how or config.train.init or "text"
     tok = backbone.tokenizer
     if how == "random":
@@ -88,6 +91,17 @@ def init_token_ids(backbone: Backbone, task: Task, config: RunConfig, n: int,
     else:
         text = init_text(task, config)
     ids = tok(text, add_special_tokens=False)["input_ids"]
+    if not ids and how == "text" and not config.train.init_text:
+        name = task.template(config.hard.template).name
+        if task.kind != "choices":
+            raise ConfigError(f"--init text starts the soft prompt from the template's words, but template '{name}' "
+                              f"of task '{task.name}' has none besides its fields; pass --init-text with an "
+                              "instruction, e.g. --init-text 'Answer the question:', or --init vocab")
+        text = " ".join(task.verbalizers)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if notes is not None:
+            notes["init"] = {"init": "labels", "asked": "text", "why": f"template '{name}' has no words besides its "
+                             "fields, so the label words start the prompt (--init-text sets other words)"}
     if not ids:
         raise ConfigError(f"--init-text {text!r} has no tokens; give a non-empty text")
     return (ids * (n // len(ids) + 1))[:n]  # repeat to fill, as PEFT's TEXT init does
@@ -162,29 +176,32 @@ class SoftMethod(AdaptedMethod):
         self.check(ctx.backbone, ctx.task)
         n = ctx.config.train.virtual_tokens
         model = get_peft_model(ctx.backbone.model, self.peft_config(ctx.backbone, n, ctx.config))
-        source = self._init(model, ctx, n)
+        notes: dict[str, Any] = {}
+        source = self._init(model, ctx, n, notes)
         # The starting point, as PEFT would save it: `promptlab inspect` measures how far training moved it.
         init = model.get_prompt_embedding_to_save("default").clone()
         pred = fit_adapted(ctx, self, model)
         pred.prompt_init = init
-        pred.extras.update({"virtual_tokens": n, "init": self.init_of(ctx.config)})
+        pred.info.update(notes)
+        pred.extras.update({"virtual_tokens": n, "init": notes.get("init", {}).get("init", self.init_of(ctx.config))})
         if source:
             pred.extras["init_from"] = source
             pred.train_info["init_from"] = source
         return pred
 
-    def _init(self, model: Any, ctx: FitContext, n: int) -> dict[str, Any] | None:
+    def _init(self, model: Any, ctx: FitContext, n: int, notes: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Initialise input prompts from token embeddings ourselves: PEFT's TEXT init reloads the tokenizer
         by name (fails for local or in-memory models offline) and has no label-word init.
-        `--init prompt:DIR` starts from another run's trained prompt (SPoT); returns what it copied."""
+        `--init prompt:DIR` starts from another run's trained prompt (SPoT); returns what it copied. `notes`
+        receives what the start was when it is not what --init asked (init_token_ids)."""
         how = self.init_of(ctx.config)
         if how.startswith(PROMPT_INIT):
             return self._init_from_prompt(model, ctx, n, how[len(PROMPT_INIT):])
         if self.activation_init and how != "random":
-            return self._init_from_activations(model, ctx, n, how)
+            return self._init_from_activations(model, ctx, n, how, notes)
         if not self.token_init:
             return None
-        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how)
+        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how, notes)
         if ids is None:
             return
         words = ctx.backbone.model.get_input_embeddings().weight
@@ -192,14 +209,15 @@ class SoftMethod(AdaptedMethod):
             model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids, device=words.device)].clone()
         return None
 
-    def _init_from_activations(self, model: Any, ctx: FitContext, n: int, how: str) -> dict[str, Any] | None:
+    def _init_from_activations(self, model: Any, ctx: FitContext, n: int, how: str,
+                               notes: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Li & Liang report that a prefix starting as real words' keys and values at every layer trains better
         than a random one (on SST-2 with MiniLM it measured no better, so it is opt-in). The words are the --init
         choice's tokens (text, labels or vocab), run through the frozen model; returns what was done, or why not
         (the prefix then keeps PEFT's random start)."""
         if ctx.config.train.prefix_projection:
             return {"init": "random", "why": "--prefix-projection trains an MLP's input, not the prefix itself"}
-        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how)
+        ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how, notes)
         rows = word_keys_values(ctx.backbone, ids) if ids else None
         if rows is None:
             return {"init": "random", "why": f"no key/value capture for {ctx.backbone.kind} models"}
@@ -251,21 +269,32 @@ class SoftMethod(AdaptedMethod):
             raise ModelError(f"adapter_config.json says peft_type {cfg.get('peft_type')!r} but a {self.name} "
                              f"artifact needs {want!r}")
 
-    def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
-        """A soft prompt takes --virtual-tokens, --init and --init-text; an --init it cannot start from is refused."""
-        super().check_flags(cfg, given - {"virtual_tokens", "init", "init_text"})
-        self.check_init_flags(cfg)
+    def reads(self, cfg: RunConfig) -> set[str]:
+        """A soft prompt's own settings; the template too where it is read: around the input (hybrid), or for the
+        words a text start takes (--init text without --init-text)."""
+        words = self.takes_init() and self.init_of(cfg) == "text" and not cfg.train.init_text
+        own = {"virtual_tokens", "init", "init_text"} | ({"template"} if self.uses_template or words else set())
+        return (super().reads(cfg) - {"template"}) | own
 
-    def check_init_flags(self, cfg: RunConfig) -> None:
-        """--init-text only with a text start; no word start for a prompt that PEFT's encoder makes (p-tuning)."""
+    def why_unread(self, name: str) -> str:
+        if name == "template" and self.takes_init():
+            return (f"chooses the hard-prompt template; {self.name} reads the bare input, and the template's words "
+                    "start its prompt only under --init text without --init-text")
+        return super().why_unread(name)
+
+    def refusals(self, cfg: RunConfig, given: set[str]) -> list[Refusal]:
+        """Besides the settings it does not read: --init-text only with a text start; no word start for a prompt
+        that PEFT's encoder makes (p-tuning)."""
+        out = super().refusals(cfg, given)
         how = self.init_of(cfg)
         if cfg.train.init_text and how != "text":
-            raise ConfigError(f"--init-text is the text that --init text starts from; this run starts from {how}, "
-                              "drop one of the two")
+            out.append(Refusal("init_text", f"--init-text is the text that --init text starts from; this run starts "
+                                            f"from {how}, drop one of the two", conflict=True))
         if not self.takes_init() and how != "random" and not how.startswith(PROMPT_INIT):
             flags = [f"--init {cfg.train.init}"] * bool(cfg.train.init) + ["--init-text"] * bool(cfg.train.init_text)
-            raise ConfigError(f"{self.name}'s prompt comes from its MLP encoder, which PEFT initialises; drop "
-                              f"{' and '.join(flags)}")
+            out.append(Refusal("init" if cfg.train.init else "init_text", f"{self.name}'s prompt comes from its MLP "
+                               f"encoder, which PEFT initialises; drop {' and '.join(flags)}"))
+        return out
 
 
 @register
@@ -304,10 +333,14 @@ class PrefixTuning(SoftMethod):
                                   prefix_projection=hidden > 0, encoder_hidden_size=hidden or None,
                                   base_model_name_or_path=backbone.name)
 
-    def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
-        self.check_init_flags(cfg)  # --prefix-projection reparameterises this method's prefix: it applies here
-        if cfg.train.gradient_checkpointing:
-            raise ConfigError(NO_PREFIX_CHECKPOINTING)
+    def reads(self, cfg: RunConfig) -> set[str]:
+        # it reparameterises this method's prefix; checkpointed layers would drop the prefix's cache
+        return (super().reads(cfg) | {"prefix_projection"}) - {"gradient_checkpointing"}
+
+    def why_unread(self, name: str) -> str:
+        if name == "gradient_checkpointing":
+            return NO_PREFIX_CHECKPOINTING.removeprefix("--gradient-checkpointing ").split("; drop")[0]
+        return super().why_unread(name)
 
 
 @register

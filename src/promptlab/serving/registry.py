@@ -29,11 +29,12 @@ from ..artifacts import (
     read_adapter_config,
     read_meta,
     read_prompt_rows,
+    recorded_run,
 )
 from ..backbones import INPUT_PROMPT_TYPES, Backbone
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError, unknown
-from ..inputs import fit_inputs
+from ..inputs import fit_for, fit_inputs
 from ..methods import FitContext, Predictor, get_method, method_names
 from ..methods.hard import HardPredictor
 from ..methods.readout import label_anchors
@@ -78,6 +79,8 @@ class Servable:
         are taken as given (and truncated to the model's length like any input)."""
         if not any(ex.meta for ex in examples):
             return examples
+        if self.predictor is not None:  # around everything it reads: a few-shot prompt's demonstrations too
+            return fit_for(self.predictor, self.config, examples)[0]
         return fit_inputs(self.task, backbone, self.template, self.config, examples, virtual=self.virtual_tokens,
                           new_tokens=self.max_new_tokens)[0]
 
@@ -176,6 +179,8 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     adir = artifact_dir(value)
     meta = read_meta(adir)
     refuse_pickles(adir)
+    if config.max_input_tokens is None:  # the budget its run selected long contexts to (serve sets none)
+        config.max_input_tokens = recorded_run(value).get("max_input_tokens")
     task = artifact_task(meta, task)
     check_compatible(meta, backbone, task, f"artifact '{value}'")
     nbytes = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())

@@ -60,6 +60,9 @@ class Template:
 # A context hook: (examples, tokenizer, max_input_tokens, template) -> (examples, stats).
 # Tasks with long inputs (HotpotQA) choose what fits the model's budget; others keep the identity.
 ContextHook = Callable[[list[Example], Any, int, Template], tuple[list[Example], dict[str, Any]]]
+# What of the gold reached the model: (examples, the inputs as the model kept them) -> stats (HotpotQA's answer
+# and supporting-sentence survival), measured on the exact text the model read, demonstrations and all.
+InputMeasure = Callable[[list[Example], list[str]], dict[str, Any]]
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Task:
     verbalizers: list[str] = field(default_factory=list)
     descriptions: list[str] = field(default_factory=list)
     fit_context: ContextHook | None = None
+    measure_inputs: InputMeasure | None = None
     max_new_tokens: int = 16
     extras: dict[str, Any] = field(default_factory=dict)
 
