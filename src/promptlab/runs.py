@@ -8,6 +8,7 @@ confusion matrix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -162,19 +163,23 @@ def discover(paths: list[Path]) -> list[Path]:
     """Run directories under each path: the path itself, or its finished runs up to three levels down
     (a compare dir holds method/ runs; a --train-sizes sweep holds n{size}-s{seed}/method/ runs)."""
     found: list[Path] = []
+    seen: set[Path] = set()
     for p in paths:
         p = Path(p)
         if not p.is_dir():
             raise DataError(f"'{p}' is not a directory; pass run directories or a compare --out directory")
         if (p / "metrics.json").is_file():
-            found.append(p)
-            continue
-        below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
-                        if not any(part.startswith(".") for part in m.relative_to(p).parts)})
-        below = [d for d in below if "artifact" not in d.relative_to(p).parts]
+            below = [p]
+        else:
+            below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
+                            if not any(part.startswith(".") for part in m.relative_to(p).parts)})
+            below = [d for d in below if "artifact" not in d.relative_to(p).parts]
         if not below:
             raise DataError(f"'{p}' holds no finished runs (no metrics.json); pass a run or compare directory")
-        found += below
+        for d in below:  # a directory given twice (or a run and its compare dir) is one run, counted once
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                found.append(d)
     return found
 
 
@@ -228,6 +233,9 @@ def load_run(path: Path) -> dict[str, Any]:
             run["ci"][name] = [lo, hi]
     has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
     run["kind"] = "choices" if has_labels else "text"
+    ids = "\n".join(sorted(str(r.get("id")) for r in records)).encode()  # which examples were scored, in short
+    run["eval_set"] = {"split": run.get("split"), "n": run.get("n_examples"),
+                       "ids": hashlib.sha256(ids).hexdigest()[:12] if records else None}
     inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)
     if inspected.is_file():
         try:
@@ -247,4 +255,25 @@ def load_run(path: Path) -> dict[str, Any]:
 
 
 def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
-    return [load_run(p) for p in discover(paths)]
+    runs = [load_run(p) for p in discover(paths)]
+    check_comparable(runs)
+    return runs
+
+
+def _eval_set(e: dict[str, Any]) -> str:
+    return f"split '{e['split']}', {e['n']} examples" + (f", ids {e['ids']}" if e["ids"] else "")
+
+
+def check_comparable(runs: list[dict[str, Any]]) -> None:
+    """One report ranks methods, so its runs must share the model, the task and the evaluation set (split,
+    count and the ids scored, from predictions.jsonl): a table or curve mixing them would compare nothing."""
+    first = runs[0] if runs else {}
+    for r in runs[1:]:
+        a, b = first["eval_set"], r["eval_set"]
+        differ = [(k, repr(first.get(k)), repr(r.get(k))) for k in ("model", "task")]
+        if (a["split"], a["n"]) != (b["split"], b["n"]) or (a["ids"] and b["ids"] and a["ids"] != b["ids"]):
+            differ.append(("evaluation set", _eval_set(a), _eval_set(b)))  # ids: only where both have predictions
+        for what, x, y in differ:
+            if x != y:
+                raise DataError(f"'{first['run_dir']}' and '{r['run_dir']}' differ in {what} ({x} vs {y}); a "
+                                "report compares runs of one model, task and evaluation set: report them separately")
