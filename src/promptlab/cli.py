@@ -25,7 +25,7 @@ from .config import (
     train_config,
     typed_name,
 )
-from .errors import ConfigError, DataError, PromptlabError, first_line
+from .errors import ConfigError, DataError, DiskFullError, PromptlabError, disk_full, first_line
 
 DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
                 "linear-probe", "lora", "full-finetune"]
@@ -473,8 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("promptlab: interrupted", file=sys.stderr)
         return 130
-    except (MemoryError, RuntimeError) as e:
-        if not (isinstance(e, MemoryError) or _out_of_memory(e)):
+    except Exception as e:
+        if disk_full(e):  # a write outside a run or checkpoint (a report's files): one line too
+            where = getattr(e, "filename", None)
+            print(f"promptlab: error: {DiskFullError.writing(repr(where) if where else 'a file', e)}", file=sys.stderr)
+            return DiskFullError.exit_code
+        if not (isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _out_of_memory(e))):
             raise  # anything else is a bug and keeps its traceback
         print("promptlab: error: out of memory (" + first_line(e)[:160] + "); lower --batch-size "
               "or --train-batch-size, shorten inputs with --max-input-tokens, or use --dtype bfloat16", file=sys.stderr)

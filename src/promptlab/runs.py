@@ -23,7 +23,7 @@ import yaml
 from .artifacts import INSPECT_FILE
 from .atomic import replacing, temp_sibling
 from .config import RunConfig
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, DiskFullError, disk_full
 from .methods.base import Predictor
 from .metrics import bootstrap_ci
 
@@ -100,7 +100,7 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
               predictor: Predictor | None, extra: dict[str, Any] | None = None) -> None:
     """`extra`: more JSON files of the run by name (inspect.json), written before metrics.json."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(out, temp_sibling(out)) as tmp:
+    with replacing(out, temp_sibling(out), f"run '{out}'") as tmp:
         (tmp / "config.yaml").write_text(config.to_yaml())
         for name, value in (extra or {}).items():
             (tmp / name).write_text(json.dumps(value, indent=2, ensure_ascii=False))
@@ -129,13 +129,15 @@ def staged(out: Path) -> Iterator[Path]:
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             os.replace(entry, dest)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         for p in created:  # deepest first: parents made for this run go too
             try:
                 p.rmdir()
             except OSError:
                 break
+        if disk_full(e):  # a run inside named the hidden staging directory
+            raise DiskFullError.writing(f"comparison '{out}'", e) from None
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
