@@ -1,4 +1,4 @@
-"""Directories that appear whole or not at all.
+"""Directories that appear whole or not at all, and the lock that keeps two writers apart.
 
 A directory is built under a hidden temporary name in the same parent and renamed into place when it is
 complete (a rename within one file system is atomic), so a crash leaves a stray temporary, never a half-written
@@ -8,6 +8,7 @@ this way. A full disk while building one is one line (errors.DiskFullError) nami
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DiskFullError, disk_full
+from .errors import ConfigError, DiskFullError, disk_full
 
 
 def _umask() -> int:
@@ -61,3 +62,39 @@ def replacing(dest: Path, tmp: Path, what: str = "") -> Iterator[Path]:
         if disk_full(e) and not isinstance(e, DiskFullError):  # already named by a write inside
             raise DiskFullError.writing(what or f"'{dest}'", e) from None
         raise
+
+
+@contextmanager
+def locked(lock: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive OS lock (flock) on the file `lock` for the block, or fail at once with one line saying
+    another promptlab run is writing `what`. The kernel drops the lock when the process dies however it dies,
+    so a crash never leaves it held; the file itself is removed on the way out. Parents made for it go too when
+    nothing else landed in them (a failed run leaves nothing behind)."""
+    made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ConfigError(f"another promptlab run is writing {what} (it holds '{lock}'); wait for it to "
+                                  "finish or choose another --out") from None
+            try:  # the run before us may have removed the file after we opened it: then lock the one there now
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # still holding the lock, so no one else can be between open and flock
+            os.close(fd)
+    finally:
+        for p in made:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:
+                break

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import replacing, temp_siblings
+from .config import RunConfig
 from .errors import ConfigError, DiskFullError, disk_full
 
 FORMAT = 1
@@ -71,6 +72,15 @@ class Checkpoint:
 def work_dir(out: Path) -> Path:
     """The hidden sibling that holds a run's checkpoints until the run directory is written."""
     return out.parent / f".{out.name}.work"
+
+
+def plan_for(out: Path, config: RunConfig, resume: bool, compare: bool = False) -> CheckpointPlan:
+    """Checkpoints go to a hidden sibling of --out; a rerun with the same settings continues from them
+    (`compare`: one folder per method, so the method is not a difference)."""
+    work = work_dir(out)
+    if check_resumable(work, config.to_dict(), explicit=resume, ignore=("method",) if compare else ()):
+        clear_stale_staging(out)
+    return CheckpointPlan(dir=work, config_file=work / CONFIG_FILE, config_text=config.to_yaml())
 
 
 def discard(work: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .artifacts import INSPECT_FILE
-from .atomic import replacing, temp_sibling
+from .atomic import locked, replacing, temp_sibling
 from .config import RunConfig
 from .errors import ConfigError, DataError, DiskFullError, disk_full
 from .methods.base import Predictor
@@ -41,6 +41,7 @@ RUN_ENTRIES = frozenset({*RUN_FILES, "artifact", INSPECT_FILE, *REPORT_FILES})
 def check_out_dir(out: Path, compare: bool = False) -> None:
     """Fail before any work if --out cannot become a run directory (`compare`: a comparison's), or if writing
     it would delete anything promptlab did not write."""
+    check_not_link(out)
     check_writable(out)
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
@@ -60,6 +61,80 @@ def check_out_dir(out: Path, compare: bool = False) -> None:
     if run and strangers:
         raise ConfigError(f"--out '{out}' is a run directory that also holds '{strangers[0]}', which rerunning "
                           "would delete; move it away or choose another path")
+
+
+def check_not_link(out: Path) -> None:
+    """A symlinked --out is refused rather than written through: a rerun replaces the run directory whole, which
+    would either remove the link (rmtree refuses) or the tree it points to, found only after all the work."""
+    if out.is_symlink():
+        raise ConfigError(f"--out '{out}' is a symbolic link (to '{os.readlink(out)}'); promptlab does not write "
+                          "through links: pass the real directory path, or choose another path")
+
+
+# What makes two runs the same run for --out: a rerun of it may replace it; another run needs --overwrite.
+# `prompt` is the artifact an `eval --prompt` run evaluates (its method is the artifact's).
+SAME_RUN = ("task", "model", "method", "data", "prompt")
+
+
+def recorded_config(run: Path) -> dict[str, Any] | None:
+    """The config a finished (or half-finished) run recorded: config.yaml, else metrics.json's `config`."""
+    for name, read in (("config.yaml", yaml.safe_load), ("metrics.json", lambda t: json.loads(t).get("config"))):
+        try:
+            cfg = read((run / name).read_text())
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):
+            continue
+        if isinstance(cfg, dict):
+            return cfg
+    return None
+
+
+def check_same_run(out: Path, config: RunConfig, layout: str = "run") -> None:
+    """--out may hold only an earlier run of this same run (SAME_RUN), which the new one then replaces; a
+    comparison ('compare', runs one level down) or a sweep ('sweep', two levels down) only runs of the same task,
+    model and data, each method in its own folder. Anything else is refused with what differs: `--overwrite`
+    says replacing it is meant."""
+    depth = {"run": "", "compare": "*/", "sweep": "*/*/"}[layout]
+    keys = SAME_RUN if layout == "run" else ("task", "model", "data")
+    now = config.to_dict()
+    found = {f.parent for name in ("config.yaml", "metrics.json") for f in out.glob(depth + name)
+             if not any(part.startswith(".") for part in f.relative_to(out).parts)}  # a killed run's staging
+    for run in sorted(found):
+        before = recorded_config(run)
+        where = "" if run == out else f" in '{run}'"
+        if before is None:
+            raise ConfigError(f"--out '{out}' holds a run whose config cannot be read{where}; choose another path, "
+                              "or pass --overwrite to replace it")
+        changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+        if changed:
+            raise ConfigError(f"--out '{out}' holds another run{where} ({', '.join(changed)}); choose another "
+                              "path, or pass --overwrite to replace it")
+
+
+def lock_file(out: Path) -> Path:
+    """The lock beside --out (`runs/.x.lock` for `runs/x`): it covers the run directory, its staging siblings
+    and its checkpoint work directory (`runs/.x.work`), however --out is spelled."""
+    out = out.resolve()
+    return out.parent / f".{out.name}.lock"
+
+
+@contextmanager
+def claimed(out: Path, config: RunConfig, overwrite: bool = False, layout: str = "run") -> Iterator[Path]:
+    """--out for the length of a command: checked before any work (check_out_dir; for a sweep, its own check
+    runs inside the block), locked against a second promptlab run writing it at the same time, and refused
+    when it holds another run unless `overwrite`. `layout`: 'run', 'compare' or 'sweep'. Under torchrun only
+    rank 0 (the writer) takes the lock."""
+    if layout == "sweep":  # sweep.check_sweep_out, which continues an earlier sweep, runs inside the block
+        check_not_link(out)
+        check_writable(out, inside=True)
+    else:
+        check_out_dir(out, compare=layout == "compare")
+    if int(os.environ.get("RANK", "0")) != 0:  # training.is_main_process, without importing the training stack
+        yield out
+        return
+    with locked(lock_file(out), f"--out '{out}'"):
+        if not overwrite:
+            check_same_run(out, config, layout)
+        yield out
 
 
 def check_writable(out: Path, inside: bool = False) -> None:
