@@ -204,7 +204,9 @@ def test_bad_input(case, corpus, models, base_run, run_cli, tmp_path):
     earlier = tmp_path / "earlier"  # --out on an earlier run: it must survive the failure untouched
     shutil.copytree(base_run, earlier)
     before = snapshot(earlier)
-    code, _, err = run_cli(*argv[:-1], str(earlier))
+    # --overwrite: even allowed to replace the earlier run (another task or method), a failing one leaves it be
+    overwrite = ["--overwrite"] if argv[0] in ("eval", "train", "compare") else []
+    code, _, err = run_cli(*argv[:-2], *overwrite, "--out", str(earlier))
     one_error_line(code, err, expect["message"])
     assert snapshot(earlier) == before
     _check_nothing_written(tmp_path, tmp_path / ".earlier.work" if keep else None)

@@ -254,7 +254,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case: Case, ctx, zs_run
     earlier = tmp_path / "earlier"
     shutil.copytree(zs_run, earlier / "zero-shot" if argv[0] == "compare" else earlier)  # the --out it would reuse
     before = snapshot(earlier)
-    code, _, err = run_cli(*argv, "--out", earlier)
+    # --overwrite: even allowed to replace the earlier run (another method or task), a failing one leaves it be
+    overwrite = ["--overwrite"] if argv[0] in ("eval", "train", "compare") else []
+    code, _, err = run_cli(*argv, *overwrite, "--out", earlier)
     assert_clean_error(code, err, *needles)
     assert snapshot(earlier) == before
     assert hidden_leftovers(tmp_path) == []

@@ -95,7 +95,7 @@ def test_every_config_field_has_help_text():
 
 CONFIG_COMMANDS = ("eval", "train", "predict", "compare")
 # The flags of those commands that are not settings of a run (hand-written in cli.py), by dest.
-NOT_SETTINGS = {"help", "config", "out", "resume", "methods", "train_sizes", "seeds", "input", "texts"}
+NOT_SETTINGS = {"help", "config", "out", "resume", "overwrite", "methods", "train_sizes", "seeds", "input", "texts"}
 REQUIRED = {"eval": [], "predict": [], "train": ["--out", "x"], "compare": ["--out", "x", "--methods", "zero-shot"]}
 
 

@@ -19,6 +19,7 @@ from promptlab.report import (
     build,
     crossing,
     curve,
+    findings,
     headline,
     score_cell,
 )
@@ -286,3 +287,56 @@ def test_two_runs_of_one_method_are_told_apart_by_their_directories(tmp_path):
         dirs.append(d.rename(tmp_path / "runs" / name))  # two `train --out runs/NAME` directories
     names = sorted(r["display"] for r in headline(load_runs(dirs)))
     assert names == ["prefix-tuning (sst2-pt)", "prefix-tuning (tweet-pt)"]
+
+
+# -- what one report may hold -----------------------------------------------------------------------------------
+def test_a_run_given_twice_is_counted_once(run_cli, tmp_path):
+    run = fake_run(tmp_path / "r", "zero-shot", "hard", [1, 0, 1, 1])
+    assert len(load_runs([run, run, tmp_path / "r" / ".." / "r"])) == 1  # the compare dir holding it, too
+    code, _, err = run_cli("report", run, run, "--out", tmp_path / "rep")
+    assert code == 0, err
+    assert list(table_rows((tmp_path / "rep" / "report.md").read_text())) == ["zero-shot"]
+
+
+def _edit(run: Path, **changes) -> None:
+    m = json.loads((run / "metrics.json").read_text())
+    m.update(changes)
+    (run / "metrics.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(("what", "needles"), [
+    ("model", ["differ in model", "'tiny' vs 'other'"]),
+    ("task", ["differ in task", "'toy' vs 'sst2'"]),
+    ("count", ["differ in evaluation set", "4 examples", "6 examples"]),
+    ("ids", ["differ in evaluation set", "ids "]),
+])
+def test_runs_of_another_model_task_or_evaluation_set_are_not_mixed(what, needles, run_cli, tmp_path):
+    a = fake_run(tmp_path / "a", "zero-shot", "hard", [1, 0, 1, 1])
+    b = fake_run(tmp_path / "b", "prompt-tuning", "soft", [1, 1, 1, 1, 0, 0] if what == "count" else [1, 1, 1, 1],
+                 params=10)
+    if what == "model":
+        _edit(b, model="other")
+    elif what == "task":
+        _edit(b, task="sst2")
+    elif what == "ids":  # as many examples, other ones: e.g. --eval-size over another --data
+        f = b / "predictions.jsonl"
+        f.write_text(f.read_text().replace('"id": "', '"id": "other-'))
+    code, _, err = run_cli("report", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "rep")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("promptlab: error: ") and "report them separately" in err
+    for needle in needles:
+        assert needle in err
+    assert str(a) in err and str(b) in err and not (tmp_path / "rep").exists()
+
+
+def test_tied_scores_are_called_a_tie_not_a_lead(tmp_path):
+    runs = [load_run(fake_run(tmp_path, m, "hard", [1, 0, 1, 0])) for m in ("zero-shot", "few-shot")]
+    assert findings(runs) == ["Best hard: zero-shot and few-shot tie — accuracy 50.0."]
+
+    def series(fam, means):
+        return {"method": fam, "family": fam, "points": [{"n": n, "mean": m} for n, m in zip((8, 32), means)]}
+
+    tie = crossing([series("hard", [0.5, 0.5]), series("soft", [0.5, 0.5])])["text"]
+    assert "tie at every size" in tie and "lead" not in tie
+    assert "leads or ties" in crossing([series("hard", [0.5, 0.5]), series("soft", [0.5, 0.6])])["text"]
+    assert "they tie" in crossing([series("hard", [0.5, 0.5]), series("soft", [0.4, 0.5])])["text"]

@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import replacing, temp_siblings
-from .errors import ConfigError
+from .config import RunConfig
+from .errors import ConfigError, DiskFullError, disk_full
 
 FORMAT = 1
 STATE_FILE = "state.json"
@@ -71,6 +72,15 @@ class Checkpoint:
 def work_dir(out: Path) -> Path:
     """The hidden sibling that holds a run's checkpoints until the run directory is written."""
     return out.parent / f".{out.name}.work"
+
+
+def plan_for(out: Path, config: RunConfig, resume: bool, compare: bool = False) -> CheckpointPlan:
+    """Checkpoints go to a hidden sibling of --out; a rerun with the same settings continues from them
+    (`compare`: one folder per method, so the method is not a difference)."""
+    work = work_dir(out)
+    if check_resumable(work, config.to_dict(), explicit=resume, ignore=("method",) if compare else ()):
+        clear_stale_staging(out)
+    return CheckpointPlan(dir=work, config_file=work / CONFIG_FILE, config_text=config.to_yaml())
 
 
 def discard(work: Path) -> None:
@@ -222,6 +232,21 @@ class CheckpointStore:
         self.last_step = int(state["loop"]["steps"])
         if not self.writer:
             return None
+        try:
+            return self._save(name, state, trainable, best, optimizer)
+        except BaseException as e:
+            if not disk_full(e):
+                raise
+            # earlier checkpoints stay (a rerun resumes from them); a work dir with none would only be litter
+            work = self.plan.config_file.parent if self.plan.config_file else self.root
+            if not has_checkpoints(work):
+                discard(work)
+            if isinstance(e, DiskFullError):
+                raise
+            raise DiskFullError.writing(f"a checkpoint in '{work}'", e) from None
+
+    def _save(self, name: str, state: dict[str, Any], trainable: dict[str, torch.Tensor],
+              best: dict[str, torch.Tensor], optimizer: dict[str, Any]) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_config()
         tensors: dict[str, torch.Tensor] = {}
@@ -232,7 +257,7 @@ class CheckpointStore:
         doc = {"format": FORMAT, **state, "optimizer": _encode(optimizer, "optim", tensors),
                "rng": capture_rng(tensors), "trainable": sorted(trainable), "best": sorted(best)}
         final = self.root / name
-        with replacing(final, Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))) as tmp:
+        with replacing(final, Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root)), f"checkpoint '{final}'") as tmp:
             save_file(tensors, str(tmp / TENSOR_FILE))
             # state.json last, then fsync and rename: a directory named step-* is always whole.
             with open(tmp / STATE_FILE, "w") as f:
@@ -251,8 +276,11 @@ class CheckpointStore:
             return
         p.config_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.config_file.with_name(f".{p.config_file.name}.tmp")
-        tmp.write_text(p.config_text)
-        os.replace(tmp, p.config_file)
+        try:
+            tmp.write_text(p.config_text)
+            os.replace(tmp, p.config_file)
+        finally:
+            tmp.unlink(missing_ok=True)
         self._wrote_config = True
 
     def latest(self) -> Checkpoint | None:

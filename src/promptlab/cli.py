@@ -27,7 +27,7 @@ from .config import (
     train_config,
     typed_name,
 )
-from .errors import ConfigError, DataError, PromptlabError, first_line
+from .errors import ConfigError, DataError, DiskFullError, PromptlabError, disk_full, first_line
 
 DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
                 "linear-probe", "lora", "full-finetune"]
@@ -42,6 +42,8 @@ def add_common(p: argparse.ArgumentParser, command: str, out_required: bool = Fa
     p.add_argument("--config", help="a YAML config (e.g. a run's config.yaml); flags override it")
     if command != "predict":  # predict writes JSON lines to stdout: an --out it ignored would lose them silently
         p.add_argument("--out", required=out_required, help="run directory to write")
+        p.add_argument("--overwrite", action="store_true", help="let --out replace a different run (another task, "
+                       "model, method or data); a rerun of the same run replaces it without this")
     if command in TRAINING:
         p.add_argument("--resume", action="store_true",
                        help="continue the interrupted run into --out from its last checkpoint (its settings unless "
@@ -200,38 +202,48 @@ def _print_wide(table: Any) -> None:
     Console(width=max(120, Console().width, need)).print(table)
 
 
+def _out(args: argparse.Namespace) -> Path | None:
+    """--out as a path; an empty one (`--out ''`, an unset shell variable) is refused, not read as 'no --out'
+    (eval would write nothing) or as '.'."""
+    if args.out is not None and not args.out.strip():
+        raise ConfigError("--out is empty; name a directory, e.g. --out runs/NAME")
+    return Path(args.out) if args.out is not None else None
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
+    from contextlib import nullcontext
+
     from .pipeline import run_one
-    from .runs import check_out_dir
+    from .runs import claimed
 
     cfg = eval_config(args)
-    out = Path(args.out) if args.out else None
-    if out:
-        check_out_dir(out)
-    task, data, backbone = _setup(cfg)
-    res = run_one(cfg, backbone, task, data, out)
+    out = _out(args)
+    with claimed(out, cfg, args.overwrite) if out else nullcontext():
+        task, data, backbone = _setup(cfg)
+        res = run_one(cfg, backbone, task, data, out)
     _print_table([res.row], f"{task.name} · {backbone.name}")
     if out:
         print(f"run written to {out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .checkpoints import discard
+    from .checkpoints import discard, plan_for
     from .pipeline import run_one
-    from .runs import check_out_dir
+    from .runs import claimed
     from .training import is_main_process
 
+    out = _out(args)
     _resume_config(args)
     cfg = train_config(args)
-    out = Path(args.out)
-    check_out_dir(out)
-    plan = _checkpoint_plan(args, cfg, out)
-    task, data, backbone = _setup(cfg)
-    res = run_one(cfg, backbone, task, data, out, checkpoint=plan)
-    if is_main_process():
+    with claimed(out, cfg, args.overwrite):  # the lock covers the checkpoint work dir too
+        plan = plan_for(out, cfg, args.resume)
+        task, data, backbone = _setup(cfg)
+        res = run_one(cfg, backbone, task, data, out, checkpoint=plan)
+        if not is_main_process():
+            return
         discard(plan.dir)  # the run directory is complete: its checkpoints have served
-        _print_table([res.row], f"{task.name} · {backbone.name}")
-        print(f"run written to {out}; artifact in {out / 'artifact'}")
+    _print_table([res.row], f"{task.name} · {backbone.name}")
+    print(f"run written to {out}; artifact in {out / 'artifact'}")
 
 
 def _resume_config(args: argparse.Namespace) -> None:
@@ -246,35 +258,26 @@ def _resume_config(args: argparse.Namespace) -> None:
     args.config = str(saved)
 
 
-def _checkpoint_plan(args: argparse.Namespace, cfg: RunConfig, out: Path, compare: bool = False) -> Any:
-    """Checkpoints go to a hidden sibling of --out; a rerun with the same settings continues from them."""
-    from .checkpoints import CheckpointPlan, check_resumable, clear_stale_staging, work_dir
-
-    work = work_dir(out)
-    ignore = ("method",) if compare else ()
-    if check_resumable(work, cfg.to_dict(), explicit=bool(getattr(args, "resume", False)), ignore=ignore):
-        clear_stale_staging(out)
-    return CheckpointPlan(dir=work, config_file=work / "config.yaml", config_text=cfg.to_yaml())
-
-
 def cmd_compare(args: argparse.Namespace, methods: list[str] | None = None, title: str | None = None) -> Path:
     from . import sweep
+    from .checkpoints import plan_for
     from .report import headline, load_runs
-    from .runs import check_out_dir
+    from .runs import claimed
 
+    out = _out(args)
     _resume_config(args)
     cfg = build_config(args)
     names = methods or [m.strip() for m in args.methods.split(",") if m.strip()]
     sweep.check_methods(names, getattr(args, "seeds", None), getattr(args, "train_sizes", None))
     sweep.check_flags(names, cfg, given_fields(args))
-    out = Path(args.out)
     if getattr(args, "train_sizes", None):
-        return _compare_sizes(args, cfg, names, out, title)
-    check_out_dir(out, compare=True)
-    plan = _checkpoint_plan(args, cfg, out, compare=True)
-    task, data, backbone = _setup(cfg)
-    dirs = sweep.compare(cfg, names, out, task, data, backbone, plan, title or "promptlab comparison",
-                         log=lambda m: print(m, flush=True))
+        with claimed(out, cfg, getattr(args, "overwrite", False), layout="sweep"):
+            return _compare_sizes(args, cfg, names, out, title)
+    with claimed(out, cfg, getattr(args, "overwrite", False), layout="compare"):
+        plan = plan_for(out, cfg, getattr(args, "resume", False), compare=True)
+        task, data, backbone = _setup(cfg)
+        dirs = sweep.compare(cfg, names, out, task, data, backbone, plan, title or "promptlab comparison",
+                             log=lambda m: print(m, flush=True))
     if dirs is None:  # not the main process of a distributed run
         return out / "report.md"
     _print_table(headline(load_runs(dirs)), title or f"{task.name} · {backbone.name}")
@@ -325,7 +328,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     for d in dirs:
         if not d.is_dir():
             raise DataError(f"'{d}' is not a directory; pass run directories or a compare --out directory")
-    out = Path(args.out) if args.out else (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(
+    out = _out(args) or (dirs[0] if len(dirs) == 1 else Path(os.path.commonpath(
         [str(d.resolve()) for d in dirs])))
     check_writable(out, inside=True)
     res = build(dirs, out, args.title or "promptlab comparison")
@@ -364,6 +367,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    _out(args)
     ns = parser().parse_args(["compare", "--task", "sentiment", "--model", "minilm", "--methods", "x",
                               "--out", args.out])
     if args.quick:
@@ -435,7 +439,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
         tasks = list(dict.fromkeys(artifact_meta(p)["task"] for _, p in prompts))
     check_data_names(data, tasks)  # before the model loads
-    out = Path(args.out)
+    out = _out(args)
     check_out(out)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
     result = run(backbone, prompts, tasks, data, args.eval_size, args.batch_size, log=lambda m: print(m, flush=True))
@@ -476,8 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("promptlab: interrupted", file=sys.stderr)
         return 130
-    except (MemoryError, RuntimeError) as e:
-        if not (isinstance(e, MemoryError) or _out_of_memory(e)):
+    except Exception as e:
+        if disk_full(e):  # a write outside a run or checkpoint (a report's files): one line too
+            where = getattr(e, "filename", None)
+            print(f"promptlab: error: {DiskFullError.writing(repr(where) if where else 'a file', e)}", file=sys.stderr)
+            return DiskFullError.exit_code
+        if not (isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and _out_of_memory(e))):
             raise  # anything else is a bug and keeps its traceback
         print("promptlab: error: out of memory (" + first_line(e)[:160] + "); lower --batch-size "
               "or --train-batch-size, shorten inputs with --max-input-tokens, or use --dtype bfloat16", file=sys.stderr)

@@ -7,6 +7,8 @@ out of memory is one line too (status 1). Anything else is a bug and keeps its t
 from __future__ import annotations
 
 import difflib
+import errno
+import re
 
 
 class PromptlabError(Exception):
@@ -25,6 +27,30 @@ class ConfigError(PromptlabError):
 
 class ModelError(PromptlabError):
     """A model or artifact cannot be loaded, or does not fit the backbone."""
+
+
+class DiskFullError(PromptlabError):
+    """The disk (or the user's quota) filled up while writing: like running out of memory, not a mistake in the
+    input, so exit status 1; what was written before stays as it was."""
+
+    exit_code = 1
+
+    @classmethod
+    def writing(cls, what: str, e: BaseException) -> DiskFullError:
+        text = str(e)
+        quota = getattr(e, "errno", None) == errno.EDQUOT or "quota" in text or f"os error {errno.EDQUOT}" in text
+        reason = "disk quota exceeded" if quota else "no space left on device"
+        return cls(f"could not write {what}: the disk is full ({reason}); free some space (or write elsewhere with "
+                   "--out) and rerun")
+
+
+# ENOSPC and EDQUOT; safetensors raises SafetensorError (not an OSError) whose text carries "(os error 28)".
+_NO_SPACE = re.compile(rf"os error (?:{errno.ENOSPC}|{errno.EDQUOT})\b|No space left on device|Disk quota exceeded")
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether `e` is a write that failed because the disk or the quota is full (or already says so)."""
+    return isinstance(e, DiskFullError) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or bool(_NO_SPACE.search(str(e)))
 
 
 def unknown(kind: str, name: str, known: list[str]) -> PromptlabError:

@@ -162,12 +162,16 @@ def crossing(series: list[dict[str, Any]]) -> dict[str, Any] | None:
     for (n0, d0), (n1, d1) in zip(zip(sizes, diff), zip(sizes[1:], diff[1:])):
         if d0 < 0 <= d1:
             n = math.exp(math.log(n0) + (math.log(n1) - math.log(n0)) * (-d0) / (d1 - d0))
+            verb, at = ("overtakes", f"it leads by {100 * d1:.1f} points") if d1 > 0 else ("catches up with", "they tie")
             return {"n": n, "label": f"soft ≥ hard from ≈{n:,.0f}",
-                    "text": f"Hard prompts lead up to {n0:,} labelled examples; the best soft prompt overtakes "
-                            f"the best hard prompt at about {n:,.0f} (by {n1:,} it leads by {100 * d1:.1f} points)."}
+                    "text": f"Hard prompts lead up to {n0:,} labelled examples; the best soft prompt {verb} "
+                            f"the best hard prompt at about {n:,.0f} (by {n1:,} {at})."}
+    span = f"at every size measured ({sizes[0]:,}–{sizes[-1]:,} examples)"
+    if all(d == 0 for d in diff):  # e.g. every method at chance: nobody leads
+        return {"n": None, "text": f"The best soft and hard prompts tie {span}."}
     if all(d >= 0 for d in diff):
-        return {"n": None, "text": f"The best soft prompt leads the best hard prompt at every size measured "
-                                   f"({sizes[0]:,}–{sizes[-1]:,} examples)."}
+        return {"n": None, "text": f"The best soft prompt {'leads' if min(diff) > 0 else 'leads or ties'} the best "
+                                   f"hard prompt {span}."}
     if all(d < 0 for d in diff):
         return {"n": None, "text": f"The best hard prompt leads at every size measured ({sizes[0]:,}–{sizes[-1]:,} "
                                    "examples): soft prompts need more labelled data here."}
@@ -183,6 +187,11 @@ def findings(runs: list[dict[str, Any]]) -> list[str]:
             continue
         b = max(members, key=lambda r: r["metrics"][primary(r)])
         m = primary(b)
+        tied = [r.get("display", r["method"]) for r in members if r["metrics"][primary(r)] == b["metrics"][m]]
+        if len(tied) > 1:  # no best among equals
+            out.append(f"Best {fam}: {', '.join(tied[:-1])} and {tied[-1]} tie — {METRIC_NAMES.get(m, m)} "
+                       f"{_pct(b['metrics'][m])}.")
+            continue
         ci = b.get("ci", {}).get(m)
         ci_s = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""
         searched = f", {b['train_seconds']:.0f} s choosing the prompt" if b["train_seconds"] >= 1 else ""

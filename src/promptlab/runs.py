@@ -8,6 +8,7 @@ confusion matrix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,9 +21,9 @@ from typing import Any
 import yaml
 
 from .artifacts import INSPECT_FILE
-from .atomic import replacing, temp_sibling
+from .atomic import locked, replacing, temp_sibling
 from .config import RunConfig
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, DiskFullError, disk_full
 from .methods.base import Predictor
 from .metrics import bootstrap_ci
 
@@ -40,6 +41,7 @@ RUN_ENTRIES = frozenset({*RUN_FILES, "artifact", INSPECT_FILE, *REPORT_FILES})
 def check_out_dir(out: Path, compare: bool = False) -> None:
     """Fail before any work if --out cannot become a run directory (`compare`: a comparison's), or if writing
     it would delete anything promptlab did not write."""
+    check_not_link(out)
     check_writable(out)
     here = Path.cwd().resolve()
     if out.resolve() == here or out.resolve() in here.parents:
@@ -59,6 +61,80 @@ def check_out_dir(out: Path, compare: bool = False) -> None:
     if run and strangers:
         raise ConfigError(f"--out '{out}' is a run directory that also holds '{strangers[0]}', which rerunning "
                           "would delete; move it away or choose another path")
+
+
+def check_not_link(out: Path) -> None:
+    """A symlinked --out is refused rather than written through: a rerun replaces the run directory whole, which
+    would either remove the link (rmtree refuses) or the tree it points to, found only after all the work."""
+    if out.is_symlink():
+        raise ConfigError(f"--out '{out}' is a symbolic link (to '{os.readlink(out)}'); promptlab does not write "
+                          "through links: pass the real directory path, or choose another path")
+
+
+# What makes two runs the same run for --out: a rerun of it may replace it; another run needs --overwrite.
+# `prompt` is the artifact an `eval --prompt` run evaluates (its method is the artifact's).
+SAME_RUN = ("task", "model", "method", "data", "prompt")
+
+
+def recorded_config(run: Path) -> dict[str, Any] | None:
+    """The config a finished (or half-finished) run recorded: config.yaml, else metrics.json's `config`."""
+    for name, read in (("config.yaml", yaml.safe_load), ("metrics.json", lambda t: json.loads(t).get("config"))):
+        try:
+            cfg = read((run / name).read_text())
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):
+            continue
+        if isinstance(cfg, dict):
+            return cfg
+    return None
+
+
+def check_same_run(out: Path, config: RunConfig, layout: str = "run") -> None:
+    """--out may hold only an earlier run of this same run (SAME_RUN), which the new one then replaces; a
+    comparison ('compare', runs one level down) or a sweep ('sweep', two levels down) only runs of the same task,
+    model and data, each method in its own folder. Anything else is refused with what differs: `--overwrite`
+    says replacing it is meant."""
+    depth = {"run": "", "compare": "*/", "sweep": "*/*/"}[layout]
+    keys = SAME_RUN if layout == "run" else ("task", "model", "data")
+    now = config.to_dict()
+    found = {f.parent for name in ("config.yaml", "metrics.json") for f in out.glob(depth + name)
+             if not any(part.startswith(".") for part in f.relative_to(out).parts)}  # a killed run's staging
+    for run in sorted(found):
+        before = recorded_config(run)
+        where = "" if run == out else f" in '{run}'"
+        if before is None:
+            raise ConfigError(f"--out '{out}' holds a run whose config cannot be read{where}; choose another path, "
+                              "or pass --overwrite to replace it")
+        changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+        if changed:
+            raise ConfigError(f"--out '{out}' holds another run{where} ({', '.join(changed)}); choose another "
+                              "path, or pass --overwrite to replace it")
+
+
+def lock_file(out: Path) -> Path:
+    """The lock beside --out (`runs/.x.lock` for `runs/x`): it covers the run directory, its staging siblings
+    and its checkpoint work directory (`runs/.x.work`), however --out is spelled."""
+    out = out.resolve()
+    return out.parent / f".{out.name}.lock"
+
+
+@contextmanager
+def claimed(out: Path, config: RunConfig, overwrite: bool = False, layout: str = "run") -> Iterator[Path]:
+    """--out for the length of a command: checked before any work (check_out_dir; for a sweep, its own check
+    runs inside the block), locked against a second promptlab run writing it at the same time, and refused
+    when it holds another run unless `overwrite`. `layout`: 'run', 'compare' or 'sweep'. Under torchrun only
+    rank 0 (the writer) takes the lock."""
+    if layout == "sweep":  # sweep.check_sweep_out, which continues an earlier sweep, runs inside the block
+        check_not_link(out)
+        check_writable(out, inside=True)
+    else:
+        check_out_dir(out, compare=layout == "compare")
+    if int(os.environ.get("RANK", "0")) != 0:  # training.is_main_process, without importing the training stack
+        yield out
+        return
+    with locked(lock_file(out), f"--out '{out}'"):
+        if not overwrite:
+            check_same_run(out, config, layout)
+        yield out
 
 
 def check_writable(out: Path, inside: bool = False) -> None:
@@ -99,7 +175,7 @@ def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: li
               predictor: Predictor | None, extra: dict[str, Any] | None = None) -> None:
     """`extra`: more JSON files of the run by name (inspect.json), written before metrics.json."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(out, temp_sibling(out)) as tmp:
+    with replacing(out, temp_sibling(out), f"run '{out}'") as tmp:
         (tmp / "config.yaml").write_text(config.to_yaml())
         for name, value in (extra or {}).items():
             (tmp / name).write_text(json.dumps(value, indent=2, ensure_ascii=False))
@@ -128,13 +204,15 @@ def staged(out: Path) -> Iterator[Path]:
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             os.replace(entry, dest)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         for p in created:  # deepest first: parents made for this run go too
             try:
                 p.rmdir()
             except OSError:
                 break
+        if disk_full(e):  # a run inside named the hidden staging directory
+            raise DiskFullError.writing(f"comparison '{out}'", e) from None
         raise
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -163,19 +241,23 @@ def discover(paths: list[Path]) -> list[Path]:
     """Run directories under each path: the path itself, or its finished runs up to three levels down
     (a compare dir holds method/ runs; a --train-sizes sweep holds n{size}-s{seed}/method/ runs)."""
     found: list[Path] = []
+    seen: set[Path] = set()
     for p in paths:
         p = Path(p)
         if not p.is_dir():
             raise DataError(f"'{p}' is not a directory; pass run directories or a compare --out directory")
         if (p / "metrics.json").is_file():
-            found.append(p)
-            continue
-        below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
-                        if not any(part.startswith(".") for part in m.relative_to(p).parts)})
-        below = [d for d in below if "artifact" not in d.relative_to(p).parts]
+            below = [p]
+        else:
+            below = sorted({m.parent for depth in ("*", "*/*", "*/*/*") for m in p.glob(f"{depth}/metrics.json")
+                            if not any(part.startswith(".") for part in m.relative_to(p).parts)})
+            below = [d for d in below if "artifact" not in d.relative_to(p).parts]
         if not below:
             raise DataError(f"'{p}' holds no finished runs (no metrics.json); pass a run or compare directory")
-        found += below
+        for d in below:  # a directory given twice (or a run and its compare dir) is one run, counted once
+            if d.resolve() not in seen:
+                seen.add(d.resolve())
+                found.append(d)
     return found
 
 
@@ -237,6 +319,9 @@ def load_run(path: Path) -> dict[str, Any]:
     run["ci"] = confidence(run.get("metrics", {}), records)
     has_labels = "correct" in records[0] if records else "accuracy" in run.get("metrics", {})
     run["kind"] = "choices" if has_labels else "text"
+    ids = "\n".join(sorted(str(r.get("id")) for r in records)).encode()  # which examples were scored, in short
+    run["eval_set"] = {"split": run.get("split"), "n": run.get("n_examples"),
+                       "ids": hashlib.sha256(ids).hexdigest()[:12] if records else None}
     inspected = path / "inspect.json"  # a soft run's nearest words, norms and movement (inspect_prompt.py)
     if inspected.is_file():
         try:
@@ -256,4 +341,25 @@ def load_run(path: Path) -> dict[str, Any]:
 
 
 def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
-    return [load_run(p) for p in discover(paths)]
+    runs = [load_run(p) for p in discover(paths)]
+    check_comparable(runs)
+    return runs
+
+
+def _eval_set(e: dict[str, Any]) -> str:
+    return f"split '{e['split']}', {e['n']} examples" + (f", ids {e['ids']}" if e["ids"] else "")
+
+
+def check_comparable(runs: list[dict[str, Any]]) -> None:
+    """One report ranks methods, so its runs must share the model, the task and the evaluation set (split,
+    count and the ids scored, from predictions.jsonl): a table or curve mixing them would compare nothing."""
+    first = runs[0] if runs else {}
+    for r in runs[1:]:
+        a, b = first["eval_set"], r["eval_set"]
+        differ = [(k, repr(first.get(k)), repr(r.get(k))) for k in ("model", "task")]
+        if (a["split"], a["n"]) != (b["split"], b["n"]) or (a["ids"] and b["ids"] and a["ids"] != b["ids"]):
+            differ.append(("evaluation set", _eval_set(a), _eval_set(b)))  # ids: only where both have predictions
+        for what, x, y in differ:
+            if x != y:
+                raise DataError(f"'{first['run_dir']}' and '{r['run_dir']}' differ in {what} ({x} vs {y}); a "
+                                "report compares runs of one model, task and evaluation set: report them separately")
