@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..artifacts import (
+    artifact_bytes,
     artifact_dir,
     check_compatible,
     load_anchors,
@@ -87,9 +88,12 @@ class Servable:
         return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
 
     def resident_bytes(self) -> int:
-        """Memory this prompt holds beyond the shared backbone (tensors only; see bench/serving.py)."""
+        """Memory this prompt holds beyond the shared backbone (tensors only; see bench/serving.py): its prompt rows,
+        anchors and KV cache, or what a predictor that runs alone adds (a prefix, LoRA weights, a model copy)."""
         n = sum(t.numel() * t.element_size() for t in (self.prompt, self.anchors) if t is not None)
         n += sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv or [])
+        if self.predictor is not None and not self.batchable:
+            n += own_tensor_bytes(self.predictor, self.predictor.backbone.model)
         return int(n)
 
     def describe(self) -> dict[str, Any]:
@@ -100,6 +104,40 @@ class Servable:
             "fields": list(self.task.input_fields), "labels": list(self.task.labels) if self.task.kind == "choices" else None,
             "source": self.source,
         }
+
+
+def own_tensor_bytes(obj: Any, shared: torch.nn.Module) -> int:
+    """Bytes of the tensors reachable from `obj` (its attributes, modules, lists and dicts) whose storage is not
+    one of `shared`'s: a PeftModel over the backbone counts its prefix or adapter weights, not the backbone."""
+    seen = {t.untyped_storage().data_ptr() for t in (*shared.parameters(), *shared.buffers())}
+    visited: set[int] = set()
+    total = 0
+
+    def walk(x: Any, depth: int) -> None:
+        nonlocal total
+        if id(x) in visited or depth > 6 or isinstance(x, (Backbone, Task, str, bytes, int, float)):
+            return
+        visited.add(id(x))
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            if x.device.type != "meta" and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(x, torch.nn.Module):
+            for t in (*x.parameters(), *x.buffers()):
+                walk(t, depth + 1)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v, depth + 1)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v, depth + 1)
+        elif hasattr(x, "__dict__"):
+            for v in vars(x).values():
+                walk(v, depth + 1)
+
+    walk(obj, 0)
+    return total
 
 
 # -- specs -----------------------------------------------------------------------------------------------
@@ -178,7 +216,7 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     refuse_pickles(adir)
     task = artifact_task(meta, task)
     check_compatible(meta, backbone, task, f"artifact '{value}'")
-    nbytes = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())
+    nbytes = artifact_bytes(adir)
     adapter = read_adapter_config(adir)
     if adapter is not None and adapter.get("peft_type") in INPUT_PROMPT_TYPES:
         return _soft_servable(name, value, adir, adapter, meta, backbone, config, task, nbytes)
