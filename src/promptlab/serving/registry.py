@@ -74,9 +74,10 @@ class Servable:
         return int(self.prompt.shape[0]) if self.prompt is not None else int(self.extras.get("virtual_tokens", 0))
 
     def prepare(self, backbone: Backbone, examples: list[Example]) -> list[Example]:
-        """Long-context tasks choose what fits the budget, as offline predict does. The hook selects among a
-        loader's raw paragraphs (Example.meta); inputs from a request or a JSONL line carry none, so they
-        are taken as given (and truncated to the model's length like any input)."""
+        """Long-context tasks choose what fits the budget, as `eval` does. The hook selects among raw paragraphs
+        (Example.meta): a loader's, or a request's or JSONL line's HotpotQA context given as the official list
+        (Task.read_input); a context given as text carries none and is taken as given (and truncated to the
+        model's length like any input)."""
         if not any(ex.meta for ex in examples):
             return examples
         return fit_inputs(self.task, backbone, self.template, self.config, examples, virtual=self.virtual_tokens,

@@ -76,6 +76,10 @@ def _check_unique_ids(task: str, split: str, rows: list[Example], data: str | No
 # A context hook: (examples, tokenizer, max_input_tokens, template) -> (examples, stats).
 # Tasks with long inputs (HotpotQA) choose what fits the model's budget; others keep the identity.
 ContextHook = Callable[[list[Example], Any, int, Template], tuple[list[Example], dict[str, Any]]]
+# An input hook: (field, a JSON value that is not a string) -> (the field's text, Example.meta for the context hook),
+# None where the task takes only text; ValueError (what the value should be) for a malformed one. HotpotQA reads
+# its official context list, so `predict` and the server select paragraphs as `eval` does.
+InputHook = Callable[[str, Any], "tuple[str, dict[str, Any]] | None"]
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Task:
     verbalizers: list[str] = field(default_factory=list)
     descriptions: list[str] = field(default_factory=list)
     fit_context: ContextHook | None = None
+    read_input: InputHook | None = None
     max_new_tokens: int = 16
     extras: dict[str, Any] = field(default_factory=dict)
 

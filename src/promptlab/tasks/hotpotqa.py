@@ -145,6 +145,21 @@ def _example(row: dict) -> Example:
     )
 
 
+def read_input(field: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+    """A `predict` line's or a request's `context` given as the official list [[title, [sentence, ...]], ...]: its
+    text, and the paragraphs in meta, so fit_context selects from them as it does for `eval` instead of the input
+    being cut at the budget. Held to the official shape (no str() of whatever came): a value is text or this."""
+    if field != "context":
+        return None
+    ok = isinstance(value, list) and bool(value) and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list)
+        and all(isinstance(s, str) for s in p[1]) for p in value)
+    if not ok:
+        raise ValueError("must be text or HotpotQA's context list [[title, [sentence, ...]], ...]")
+    paragraphs = [(title, list(sents)) for title, sents in value]
+    return flatten(paragraphs), {"paragraphs": paragraphs}
+
+
 def flatten(paragraphs: list[tuple[str, list[str]]]) -> str:
     """'title: sentence sentence' per paragraph, one per line.
 
