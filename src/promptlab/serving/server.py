@@ -64,6 +64,8 @@ def serve(args: Any) -> None:
         raise ConfigError("--max-wait-ms must be 0 or more")
     if not args.graceful_timeout >= 0:
         raise ConfigError(f"--graceful-timeout must be 0 or more seconds, got {args.graceful_timeout}; e.g. 30")
+    if not 0 < args.body_timeout < float("inf"):
+        raise ConfigError(f"--body-timeout must be more than 0 seconds, got {args.body_timeout}; e.g. 30")
     for root in args.artifact_root:
         if not Path(root).expanduser().is_dir():
             raise ConfigError(f"--artifact-root '{root}' is not a directory; pass a directory PUT may load artifacts "
@@ -73,7 +75,7 @@ def serve(args: Any) -> None:
     backbone = load_backbone(args.model, dtype=getattr(args, "dtype", None))
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                     max_input_chars=args.max_input_chars, max_batch=args.max_batch,
-                    max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+                    max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, body_timeout_s=args.body_timeout)
     state = build_state(backbone, args.prompt, limits, token, args.artifact_root, kv_cache=not args.no_kv_cache)
     app = create_app(state)
     names = ", ".join(f"{n} ({s.method}, {s.task.name})" for n, s in state.prompts.items())
