@@ -1,11 +1,13 @@
 """What `predict` and the server accept as input: text fields only (or HotpotQA's official context list, selected
-as `eval` selects it), valid Unicode, bodies that are JSON and arrive in time."""
+as `eval` selects it), valid Unicode, bodies that are JSON and arrive in time; and `serve --data TASK=PATH`."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from test_hotpotqa import ITEMS
@@ -13,13 +15,16 @@ from test_serving import TOKEN, live_server, synth_artifact
 
 from promptlab.backbones import load_backbone
 from promptlab.config import RunConfig
+from promptlab.errors import DataError
 from promptlab.inputs import fit_inputs
-from promptlab.methods import get_method
+from promptlab.methods import FitContext, get_method
+from promptlab.pipeline import load_data
 from promptlab.serving.app import Limits, create_app
 from promptlab.serving.server import build_state
 from promptlab.tasks import get_task
 from promptlab.tasks.hotpotqa import load_hotpotqa
 
+BAD_INPUTS = Path(__file__).resolve().parent / "bad_inputs" / "files"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {"content-type": "application/json"}
 
@@ -158,8 +163,58 @@ def test_predict_refuses_a_lone_surrogate_in_a_text_argument(run_cli, tiny_model
     assert "TEXT argument 2 holds a lone surrogate (U+DCFF" in err
 
 
+# -- serve --data TASK=PATH --------------------------------------------------------------------------------
+@pytest.fixture
+def local_task(tmp_path) -> tuple[Path, Path]:
+    spec = shutil.copy(BAD_INPUTS / "local-jsonl.yaml", tmp_path / "local-jsonl.yaml")
+    rows = [{"id": f"r{i}", "text": f"{w} food number {i}", "label": lab}
+            for i, (w, lab) in enumerate([("great", "pos"), ("awful", "neg")] * 20)]
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Path(spec), data
+
+
+def test_serve_data_gives_hard_prompts_the_examples_eval_gives_them(tiny_models, local_task):
+    """Few-shot demos came from the task's bundled data or the hub only; prompt-search could not be served."""
+    from fastapi.testclient import TestClient
+
+    spec, data = local_task
+    bb = load_backbone(str(tiny_models["encoder"]))
+    with pytest.raises(DataError, match="has no default data; pass --data"):
+        build_state(bb, [f"fs=few-shot:{spec}"])
+    state = build_state(bb, [f"fs=few-shot:{spec}", f"ps=prompt-search:{spec}"], token=TOKEN,
+                        data={"local-jsonl": str(data)})
+    task, cfg = get_task(str(spec)), RunConfig(task=str(spec), data=str(data))
+    d = load_data(task, cfg)
+    method = get_method("few-shot")
+    want = method.fit(FitContext(bb, task, d.train, d.dev, cfg, method.template_for(task, cfg, bb.kind)))
+    assert [x.id for x in state.prompts["fs"].predictor.demos] == [x.id for x in want.demos]
+    assert state.prompts["ps"].predictor.extras["search"]["evaluated"] >= 1
+    with TestClient(create_app(state)) as c:  # prompts loaded later read the same --data
+        r = c.put("/v1/prompts/fs2", json={"path": f"few-shot:{spec}"}, headers=AUTH)
+        assert r.status_code == 201, r.text
+        assert c.post("/v1/predict", json={"prompt": "fs2", "inputs": [{"text": "great"}]}).status_code == 200
+
+
+def test_serve_data_names_a_labels_from_data_task_s_labels(tiny_models, tmp_path):
+    folder = tmp_path / "tweeteval"
+    folder.mkdir()
+    (folder / "val_text.txt").write_text("good day\nbad day\nmeh day\n")
+    (folder / "val_labels.txt").write_text("2\n0\n1\n")
+    (folder / "mapping.txt").write_text("0\tnegative\n1\tneutral\n2\tpositive\n")
+    bb = load_backbone(str(tiny_models["encoder"]))
+    with pytest.raises(Exception, match="reads its label names from its data"):
+        build_state(bb, ["zs=zero-shot:tweeteval-sentiment"])
+    state = build_state(bb, ["zs=zero-shot:tweeteval-sentiment"], data={"tweeteval-sentiment": str(folder)})
+    assert state.prompts["zs"].describe()["labels"] == ["negative", "neutral", "positive"]
+
+
 def test_serve_flag_errors_are_one_line(run_cli, tiny_models, tmp_path):
     base = ["serve", "--model", tiny_models["encoder"], "--prompt", "zs=zero-shot:sentiment", "--port", "0"]
-    for extra, needle in ((["--body-timeout", "0"], "--body-timeout must be more than 0"),):
+    for extra, needle in ((["--data", "sst2"], "--data 'sst2' needs TASK=PATH"),
+                          (["--data", f"sst2={tmp_path / 'missing'}"], "no such file or directory"),
+                          (["--data", f"sst2={tmp_path}", "--data", f"sst2={tmp_path}"], "gives task 'sst2' twice"),
+                          (["--data", f"sentimnet={tmp_path}"], "--data names task 'sentimnet'"),
+                          (["--body-timeout", "0"], "--body-timeout must be more than 0")):
         code, _, err = run_cli(*base, *extra)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

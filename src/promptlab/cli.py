@@ -126,6 +126,10 @@ def parser() -> argparse.ArgumentParser:
                                    "without one they are off)")
     p.add_argument("--artifact-root", action="append", default=[], metavar="DIR",
                    help="directories PUT may load from, repeatable (default the working directory)")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="a task's data, repeatable: few-shot demos and prompt-search candidates are chosen from it as "
+                        "eval chooses them, and a task that reads its label names from data reads them there "
+                        "(default bundled data, else the hub)")
     p.add_argument("--max-batch", type=int, default=32, help="inputs per model batch (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
     p.add_argument("--max-queue", type=int, default=256, help="queued requests before 503 (default 256)")

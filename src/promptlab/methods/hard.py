@@ -141,6 +141,7 @@ class ZeroShot(Method):
 @register
 class FewShot(Method):
     name, family = "few-shot", "hard"
+    uses_examples = True
     summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
 
     def fit(self, ctx: FitContext) -> Predictor:

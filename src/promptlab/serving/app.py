@@ -58,10 +58,11 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     batcher: Batcher | None = None
     draining: bool = False
+    data: dict[str, str] = field(default_factory=dict)  # --data TASK=PATH
 
     def load(self, name: str, value: str) -> Servable:
         """Runs on the model thread: reading anchors or filling a KV cache uses the model."""
-        s = load_servable(name, value, self.backbone)
+        s = load_servable(name, value, self.backbone, data=self.data)
         self.engine.attach(s)
         return s
 

@@ -38,6 +38,7 @@ from ..inputs import fit_inputs
 from ..methods import FitContext, Predictor, get_method, method_names
 from ..methods.hard import HardPredictor
 from ..methods.readout import label_anchors
+from ..splits import resolve
 from ..tasks import artifact_task, get_task
 from ..tasks.base import Example, Task, Template
 
@@ -159,19 +160,24 @@ def check_name(name: str) -> None:
 
 
 def load_servable(name: str, value: str, backbone: Backbone, config: RunConfig | None = None,
-                  task: Task | None = None) -> Servable:
-    """A saved artifact (or run) directory, or a hard prompt named `METHOD:TASK[:TEMPLATE]`."""
+                  task: Task | None = None, data: dict[str, str] | None = None) -> Servable:
+    """A saved artifact (or run) directory, or a hard prompt named `METHOD:TASK[:TEMPLATE]`. `data`: serve's
+    `--data TASK=PATH`, where a prompt's task reads its examples or label names (config.data, predict's --data,
+    comes first)."""
     config = copy.deepcopy(config) if config is not None else RunConfig()  # a template choice stays per prompt
+    data = data or {}
     if is_hard_spec(value):
         method, _, rest = value.partition(":")
         task_name, _, template = rest.partition(":")
         if not task_name:
             raise ConfigError(f"prompt '{name}': '{value}' names no task; write METHOD:TASK, e.g. zero-shot:sentiment")
-        return hard_servable(name, method, task or get_task(task_name), backbone, config, template or None)
+        task = task or get_task(task_name)
+        config.data = config.data or data.get(task.name) or data.get(task_name)
+        return hard_servable(name, method, task, backbone, config, template or None)
     method, sep, _ = value.partition(":")
     if sep and "/" not in method and not Path(value).expanduser().exists():  # METHOD:TASK with a typo, not a path
         raise ConfigError(f"prompt '{name}': {unknown('method', method, method_names())}")
-    return _load_artifact(name, value, backbone, config, task)
+    return _load_artifact(name, value, backbone, config, task, data)
 
 
 def is_hard_spec(value: str) -> bool:
@@ -191,8 +197,14 @@ def hard_servable(name: str, method_name: str, task: Task, backbone: Backbone, c
     if template is not None:
         config.hard.template = template
     tmpl = method.template_for(task, config, backbone.kind)
-    few = task.splits(config.data).get("train", []) if method_name == "few-shot" else []
-    predictor = method.fit(FitContext(backbone, task, few, [], config, tmpl))
+    train: list[Example] = []
+    dev: list[Example] = []
+    if method.uses_examples or (_needs_labels(task) and config.data):  # read as `eval` reads them: the same demos,
+        splits = task.splits(config.data)  # the same search; a `labels_from: data` task takes its label names there
+        if method.uses_examples:
+            d = resolve(task, splits, config)
+            train, dev = d.train, d.dev
+    predictor = method.fit(FitContext(backbone, task, train, dev, config, tmpl))
     return _from_predictor(name, f"{method_name}:{task.name}", predictor, backbone, config, 0)
 
 
@@ -211,11 +223,19 @@ def _from_predictor(name: str, source: str, predictor: Predictor, backbone: Back
     return s
 
 
-def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig, task: Task | None) -> Servable:
+def _needs_labels(task: Task) -> bool:
+    return task.kind == "choices" and not task.labels
+
+
+def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig, task: Task | None,
+                   data: dict[str, str]) -> Servable:
     adir = artifact_dir(value)
     meta = read_meta(adir)
     refuse_pickles(adir)
     task = artifact_task(meta, task)
+    config.data = config.data or data.get(task.name)
+    if _needs_labels(task) and config.data:  # an artifact that does not record them: the data's label file names them
+        task.splits(config.data)
     check_compatible(meta, backbone, task, f"artifact '{value}'")
     nbytes = artifact_bytes(adir)
     adapter = read_adapter_config(adir)
