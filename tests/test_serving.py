@@ -384,6 +384,22 @@ def test_http_api_paths(causal_state, arts, tiny_models):
         assert {"/v1/predict", "/v1/prompts", "/v1/prompts/{name}", "/healthz", "/metrics"} <= set(spec["paths"])
 
 
+def test_prompts_list_shipped_bytes_and_what_each_prompt_holds(causal_state, arts):
+    """`bytes` counted prompt_init.safetensors, which metrics.json's artifact_bytes leaves out; `resident_bytes` was 0
+    for a prefix, which holds its prefix tensors beside the shared backbone."""
+    from fastapi.testclient import TestClient
+
+    state = causal_state()
+    with TestClient(create_app(state)) as c:
+        listed = {p["name"]: p for p in c.get("/v1/prompts").json()["prompts"]}
+    run = arts["causal"]["pt"]  # trained through the CLI: its artifact keeps the prompt's starting point
+    assert (run / "artifact" / "prompt_init.safetensors").is_file()
+    assert listed["pt"]["bytes"] == json.loads((run / "metrics.json").read_text())["artifact_bytes"]
+    prefix = state.prompts["prefix"].predictor.model
+    own = [p for n, p in prefix.named_parameters() if "prompt_encoder" in n]
+    assert own and listed["prefix"]["resident_bytes"] == sum(p.numel() * p.element_size() for p in own)
+
+
 def test_admin_is_off_without_a_token(tiny_models, arts):
     from fastapi.testclient import TestClient
 

@@ -24,7 +24,7 @@ META_FILE = "promptlab.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ANCHORS_FILE = "anchors.safetensors"
-# A soft prompt's starting point, beside the artifact (not needed to use it: runs.artifact_bytes leaves it out).
+# A soft prompt's starting point, beside the artifact (not needed to use it: artifact_bytes leaves it out).
 PROMPT_INIT_FILE = "prompt_init.safetensors"
 INSPECT_FILE = "inspect.json"  # a trained soft run's `inspect_prompt.analyse`, beside its artifact
 FIX = "retrain or restore the artifact"
@@ -34,6 +34,18 @@ def artifact_dir(path: str | Path) -> Path:
     """Accept a run directory or the artifact directory inside it."""
     p = Path(path)
     return p / "artifact" if (p / "artifact").is_dir() else p
+
+
+# Diagnostics kept beside an artifact that using it never reads: not part of what a prompt costs to ship.
+NOT_SHIPPED = (PROMPT_INIT_FILE,)
+
+
+def artifact_bytes(path: Path) -> int:
+    """What an artifact costs to ship: its files, less the diagnostics no reader needs. The one definition, so
+    metrics.json's `artifact_bytes` and the server's `bytes` agree."""
+    if not path.exists():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name not in NOT_SHIPPED)
 
 
 def artifact_meta(path: str | Path) -> dict[str, Any]:

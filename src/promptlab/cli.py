@@ -27,6 +27,7 @@ from .config import (
     train_config,
     typed_name,
 )
+from .console import print_rows, quiet_libraries
 from .errors import ConfigError, DataError, DiskFullError, PromptlabError, disk_full, first_line
 
 DEMO_METHODS = ["zero-shot", "few-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybrid",
@@ -139,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
                                    "without one they are off)")
     p.add_argument("--artifact-root", action="append", default=[], metavar="DIR",
                    help="directories PUT may load from, repeatable (default the working directory)")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="a task's data, repeatable: few-shot demos and prompt-search candidates are chosen from it as "
+                        "eval chooses them, and a task that reads its label names from data reads them there "
+                        "(default bundled data, else the hub)")
     p.add_argument("--max-batch", type=int, default=32, help="inputs per model batch (default 32)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (default 5)")
     p.add_argument("--max-queue", type=int, default=256, help="queued requests before 503 (default 256)")
@@ -148,6 +153,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kv-cache", action="store_true", help="recompute decoder-only soft prompts every request")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to finish requests in flight on shutdown (default 30)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request's body may take to arrive before 408 (default 30)")
     return ap
 
 
@@ -178,28 +185,9 @@ def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
 
 
 def _print_table(runs: list[dict[str, Any]], title: str) -> None:
-    from rich.table import Table
-
     from .report import HEADER, rows
 
-    body = rows(runs)
-    table = Table(title=title)
-    for i, h in enumerate(HEADER):
-        table.add_column(h, justify="left" if h in ("method", "family") else "right",
-                         min_width=max((len(r[i]) for r in body), default=0))
-    for r in body:
-        table.add_row(*r)
-    _print_wide(table)
-
-
-def _print_wide(table: Any) -> None:
-    """Cells never wrap or shrink (a number cut in two misreads; headers may wrap): the console is made at
-    least as wide as the widest cell of every column needs."""
-    from rich.console import Console
-
-    wide = Console(width=1000)
-    need = wide.measure(table, options=wide.options).maximum  # rich crops (not wraps) below this with min_width
-    Console(width=max(120, Console().width, need)).print(table)
+    print_rows(HEADER, rows(runs), title, left=lambda i, h: h in ("method", "family"))
 
 
 def _out(args: argparse.Namespace) -> Path | None:
@@ -303,21 +291,10 @@ def _compare_sizes(args: argparse.Namespace, cfg: RunConfig, names: list[str], o
     dirs = sweep.run(cfg, names, out, sizes, seeds, task, backbone, log=lambda m: print(m, flush=True))
     res = build(dirs, out, title or f"data efficiency · {task.name} · {backbone.name}")
     header, body = curve_table(curve(res["runs"]))
-    _print_rows(header, body, "data efficiency: headline score (%) by labelled training examples")
+    print_rows(header, body, "data efficiency: headline score (%) by labelled training examples")
     _print_table(headline(res["runs"]), f"largest size · {task.name} · {backbone.name}")
     print(f"report written to {res['md']}; open {res['html']} in a browser (plots embedded)")
     return res["md"]
-
-
-def _print_rows(header: list[str], body: list[list[str]], title: str) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i < 2 else "right", min_width=max((len(r[i]) for r in body), default=0))
-    for r in body:
-        table.add_row(*r)
-    _print_wide(table)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -376,26 +353,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
                 title="promptlab demo: hard vs soft prompts · bundled sentiment · all-MiniLM-L6-v2")
 
 
-def _quiet_libraries() -> None:
-    """Library chatter (weight-loading bars, deprecation notices) would bury promptlab's own output."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        from huggingface_hub.utils import logging as hub_logging
-
-        hub_logging.set_verbosity_error()  # its retry notices: ten lines before a failed download's one-line error
-    except ImportError:
-        pass
-
-
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .backbones import load_backbone
     from .errors import ModelError
@@ -419,7 +376,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return
     header, body = table_rows(result)
-    _print_rows(header, body, f"{result['method']} · {args.dir} · {backbone.name}")
+    print_rows(header, body, f"{result['method']} · {args.dir} · {backbone.name}")
     print(summary(result))
 
 
@@ -445,7 +402,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     result = run(backbone, prompts, tasks, data, args.eval_size, args.batch_size, log=lambda m: print(m, flush=True))
     write(out, result)
     header, body = table(result, mark_own=False)
-    _print_rows(header, body, f"transfer · {backbone.name} · score % (rows: prompts, columns: tasks)")
+    print_rows(header, body, f"transfer · {backbone.name} · score % (rows: prompts, columns: tasks)")
     print(f"matrix written to {out / 'transfer.md'}; open {out / 'transfer.html'} in a browser")
 
 
@@ -468,7 +425,7 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _quiet_libraries()
+    quiet_libraries()
     try:
         args = parser().parse_args(argv)
         if args.command in INFERENCE_COMMANDS:

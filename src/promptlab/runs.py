@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .artifacts import INSPECT_FILE
+from .artifacts import INSPECT_FILE, artifact_bytes
 from .atomic import locked, replacing, temp_sibling
 from .config import RunConfig
 from .errors import ConfigError, DataError, DiskFullError, disk_full
@@ -159,16 +159,6 @@ def check_writable(out: Path, inside: bool = False) -> None:
 def _is_compare_dir(out: Path) -> bool:
     """A comparison holds runs one level down (and its report); a run's own report does not make it one."""
     return any((p / "metrics.json").exists() for p in out.iterdir() if p.is_dir() and p.name != "artifact")
-
-
-# Diagnostics kept beside an artifact that using it never reads: not part of what a prompt costs to ship.
-NOT_SHIPPED = ("prompt_init.safetensors",)
-
-
-def artifact_bytes(path: Path) -> int:
-    if not path.exists():
-        return 0
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name not in NOT_SHIPPED)
 
 
 def write_run(out: Path, config: RunConfig, metrics: dict[str, Any], records: list[dict[str, Any]],

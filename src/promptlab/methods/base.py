@@ -129,6 +129,7 @@ class Method:
     summary: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]] = ("encoder", "seq2seq", "causal")
     trains: ClassVar[bool] = False
+    uses_examples: ClassVar[bool] = False  # fits on labelled data without training (demos, a search): needs --data
     # Weight and head baselines see the bare input whatever --template says (DESIGN.md: what is compared).
     bare_input: ClassVar[bool] = False
 

@@ -243,6 +243,7 @@ class ZeroShot(Method):
 @register
 class FewShot(Method):
     name, family = "few-shot", "hard"
+    uses_examples = True
     summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
 
     def reads(self, cfg: RunConfig) -> set[str]:

@@ -1,15 +1,18 @@
 """The HTTP API: FastAPI over one Engine and one Batcher. OpenAPI docs at /docs and /openapi.json.
 
 Errors are JSON `{"detail": "..."}` with one line that names the problem (and the field, for 422):
-404 unknown prompt, 422 wrong or missing fields, 413 a limit (body bytes, inputs per request,
-characters per field), 401/403 admin calls without the token, 503 + Retry-After when the queue is
-full or the server is draining for shutdown.
+404 unknown prompt, 422 wrong or missing fields (or a body that is not UTF-8 JSON), 415 a body not sent as
+JSON, 413 a limit (body bytes, inputs per request, characters per field, tokens), 408 a body that did not
+arrive in time, 401/403 admin calls without the token, 503 + Retry-After when the queue is full or the
+server is draining for shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..backbones import Backbone
 from ..errors import PromptlabError
 from ..tasks.base import Example
+from ..tasks.predict_inputs import check_unicode, input_text
 from .batcher import Batcher, QueueFull, ShuttingDown
 from .engine import Engine, InputTooLong, Job
 from .metrics import Metrics
@@ -40,6 +44,7 @@ class Limits:
     max_batch: int = 32
     max_wait_ms: float = 5.0
     max_queue: int = 256
+    body_timeout_s: float = 30.0
 
 
 @dataclass
@@ -53,10 +58,11 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     batcher: Batcher | None = None
     draining: bool = False
+    data: dict[str, str] = field(default_factory=dict)  # --data TASK=PATH
 
     def load(self, name: str, value: str) -> Servable:
         """Runs on the model thread: reading anchors or filling a KV cache uses the model."""
-        s = load_servable(name, value, self.backbone)
+        s = load_servable(name, value, self.backbone, data=self.data)
         self.engine.attach(s)
         return s
 
@@ -66,7 +72,11 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"prompt": "sst2", "inputs": [{"text": "a gorgeous, witty film"}, {"text": "dull and overlong"}]}]})
     prompt: str = Field(description="name of a loaded prompt (GET /v1/prompts)")
-    inputs: list[dict[str, str]] = Field(min_length=1, description="one object per input, with exactly the task's fields")
+    # Values are checked by input_text, as `predict` checks its JSONL: an unknown field is then reported as unknown
+    # whatever its value, and HotpotQA's context may be its official list of paragraphs.
+    inputs: list[dict[str, Any]] = Field(min_length=1, description="one object per input, with exactly the task's "
+                                         "fields, each non-empty text (HotpotQA's context may also be its official "
+                                         "[[title, [sentence, ...]], ...] list)")
 
 
 class Prediction(BaseModel):
@@ -98,9 +108,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-# -- middleware: body size limit and response counts ---------------------------------------------------------
+# -- middleware: the body read whole, in time, as JSON; response counts ----------------------------------------
+JSON_ROUTES = ("/v1/predict", "/v1/prompts/{name}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 class Guard:
-    """Refuses bodies over the limit before they are read whole, and counts every response by route."""
+    """Reads a request's body before the app does, so no client can hold a connection or the app's parser: a body
+    over the limit is refused before it is read whole (413), one that does not arrive within the body timeout
+    (a client sending a byte a second) gets 408, and a JSON route's body must be declared JSON (415) and be UTF-8
+    JSON without lone surrogates (422), which FastAPI would answer with 400 or let through to a 500. The body is
+    then replayed to the app. Every response is counted by route."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], state: ServerState) -> None:
         self.app = app
@@ -110,7 +128,6 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.state.limits.max_body_bytes
         status = [500]
 
         async def send_counted(message: dict) -> None:
@@ -119,35 +136,111 @@ class Guard:
             await send(message)
 
         try:
-            declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and int(declared) > limit:
-                await _too_large(send_counted, limit)
-                return
-            seen = 0
-
-            async def receive_limited() -> dict:
-                nonlocal seen
-                message = await receive()
-                if message["type"] == "http.request":
-                    seen += len(message.get("body", b""))
-                    if seen > limit:
-                        raise HTTPException(413, _too_large_text(limit))
-                return message
-
-            await self.app(scope, receive_limited, send_counted)
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                status[0] = 499  # until answered: a client that goes away mid-body is logged as nginx logs it
+                body = await self._read(scope, receive, send_counted)
+                if body is None:  # answered here, or the client went away
+                    return
+                status[0] = 500
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send_counted)
         finally:
             self.state.metrics.record_response(scope["method"], _route(scope["path"]), status[0])
+
+    async def _read(self, scope: dict, receive: Callable, send: Callable) -> bytes | None:
+        lim = self.state.limits
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > lim.max_body_bytes:
+            return await _reply(send, 413, _too_large_text(lim.max_body_bytes), close=True)
+        json_route = _route(scope["path"]) in JSON_ROUTES
+        if json_route:
+            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
+            if ctype != "application/json" and not ctype.endswith("+json"):
+                got = f"Content-Type '{ctype}'" if ctype else "no Content-Type"
+                return await _reply(send, 415, f"the body must be JSON but the request has {got}; send it with "
+                                               "'Content-Type: application/json'", close=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lim.body_timeout_s
+        chunks: list[bytes] = []
+        seen = 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return await _reply(send, 408, f"the request body did not arrive within {lim.body_timeout_s:g} s "
+                                               f"({seen} bytes came); send the whole body at once", close=True)
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > lim.max_body_bytes:
+                return await _reply(send, 413, _too_large_text(lim.max_body_bytes), close=True)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        problem = _json_problem(body) if json_route else None
+        if problem:
+            return await _reply(send, 422, problem)
+        return body
+
+
+def _json_problem(body: bytes) -> str | None:
+    """Why a JSON route's body cannot be read, in one line; None when it can."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return (f"body: not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start}); send JSON encoded as "
+                "UTF-8")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"body: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); send one JSON object"
+    if _SURROGATE_ESCAPE.search(text):  # "\ud800" decodes to a lone surrogate, which no encoder can write back
+        try:
+            _walk_strings(doc, "body")
+        except PromptlabError as e:
+            return str(e)
+    return None
+
+
+def _walk_strings(doc: Any, loc: str) -> None:
+    if isinstance(doc, str):
+        check_unicode(doc, loc)
+    elif isinstance(doc, dict):
+        for k, v in doc.items():
+            check_unicode(k, f"a key in {loc}")
+            _walk_strings(v, k if loc == "body" else f"{loc}.{k}")
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            _walk_strings(v, f"{loc}[{i}]")
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: the disconnect, as uvicorn would deliver it
+
+    return replay
 
 
 def _too_large_text(limit: int) -> str:
     return f"request body is larger than {limit} bytes; send fewer or shorter inputs per request"
 
 
-async def _too_large(send: Callable, limit: int) -> None:
-    body = json.dumps({"detail": _too_large_text(limit)}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+async def _reply(send: Callable, status: int, detail: str, close: bool = False) -> None:
+    """A JSON error sent by the middleware itself; `close` when the rest of the body is left unread, so the
+    connection cannot be reused mid-body."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -192,9 +285,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": "body", "msg": f"not valid JSON ({(e.get('ctx') or {}).get('error', 'decode error')})",
-                   "type": "json_invalid"} if e.get("type") == "json_invalid" else
-                  {"loc": _loc(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        # Bodies that are not JSON never get here: Guard answers them.
+        errors = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "invalid request"
         return JSONResponse(status_code=422, content={"detail": detail, "errors": errors[:50]})
@@ -253,6 +345,8 @@ def create_app(state: ServerState) -> FastAPI:
             check_name(name)
         except PromptlabError as e:
             raise HTTPException(422, str(e)) from None
+        if "\x00" in body.path:  # no file name holds one; Path.resolve() would raise ValueError (a 500)
+            raise HTTPException(422, "path holds a NUL byte; pass an artifact or run directory, or METHOD:TASK")
         if not is_hard_spec(body.path):
             _check_readable(body.path, state.artifact_roots)
         try:
@@ -303,11 +397,18 @@ def _examples(s: Servable, inputs: list[dict[str, str]], limits: Limits) -> list
             if f not in fields:
                 raise HTTPException(422, f"inputs[{i}]: unknown field '{f}'; prompt '{s.name}' (task "
                                          f"'{s.task.name}') takes fields {fields}")
+        texts: dict[str, str] = {}
+        meta: dict[str, Any] = {}
         for f in fields:
-            if len(row[f]) > limits.max_input_chars:
-                raise HTTPException(413, f"inputs[{i}].{f} has {len(row[f])} characters; the limit is "
+            try:
+                texts[f], more = input_text(s.task, f, row[f], f"inputs[{i}].{f}")
+            except PromptlabError as e:
+                raise HTTPException(422, str(e)) from None
+            meta.update(more)
+            if len(texts[f]) > limits.max_input_chars:
+                raise HTTPException(413, f"inputs[{i}].{f} has {len(texts[f])} characters; the limit is "
                                          f"{limits.max_input_chars}: shorten it")
-        out.append(Example(str(i), {f: row[f] for f in fields}))
+        out.append(Example(str(i), texts, meta=meta))
     return out
 
 

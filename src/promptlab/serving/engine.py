@@ -174,7 +174,8 @@ class Engine:
         answering a cut input), and inputs with nothing to read."""
         bb = self.backbone
         n = s.prompt.shape[0]
-        lengths = [min(len(x), bb.max_length) for x in bb.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        full = [len(x) for x in bb.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        lengths = [min(k, bb.max_length) for k in full]  # what the model would read; the message says what came
         extra = 0
         if bb.kind == "causal":
             extra = s.max_new_tokens if s.task.kind == "text" else 0  # choices: lm_batch truncates input + target
@@ -183,7 +184,7 @@ class Engine:
                 raise InputTooLong(f"inputs[{i}] is empty after templating; give it some text")
             if self._positions is not None and n + k + extra > self._positions:
                 raise InputTooLong(
-                    f"inputs[{i}] is {k} tokens; with prompt '{s.name}' ({n} virtual tokens"
+                    f"inputs[{i}] is {full[i]} tokens; with prompt '{s.name}' ({n} virtual tokens"
                     f"{f', {extra} new tokens' if extra else ''}) the model takes at most {self._positions}: shorten it")
 
     def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..artifacts import (
+    artifact_bytes,
     artifact_dir,
     check_compatible,
     load_anchors,
@@ -38,6 +39,7 @@ from ..inputs import fit_for, fit_inputs
 from ..methods import FitContext, Predictor, get_method, method_names
 from ..methods.hard import HardPredictor
 from ..methods.readout import label_anchors
+from ..splits import resolve
 from ..tasks import artifact_task, get_task
 from ..tasks.base import Example, Task, Template
 
@@ -74,9 +76,10 @@ class Servable:
         return int(self.prompt.shape[0]) if self.prompt is not None else int(self.extras.get("virtual_tokens", 0))
 
     def prepare(self, backbone: Backbone, examples: list[Example]) -> list[Example]:
-        """Long-context tasks choose what fits the budget, as offline predict does. The hook selects among a
-        loader's raw paragraphs (Example.meta); inputs from a request or a JSONL line carry none, so they
-        are taken as given (and truncated to the model's length like any input)."""
+        """Long-context tasks choose what fits the budget, as `eval` does. The hook selects among raw paragraphs
+        (Example.meta): a loader's, or a request's or JSONL line's HotpotQA context given as the official list
+        (Task.read_input); a context given as text carries none and is taken as given (and truncated to the
+        model's length like any input)."""
         if not any(ex.meta for ex in examples):
             return examples
         if self.predictor is not None:  # around everything it reads: a few-shot prompt's demonstrations too
@@ -90,9 +93,12 @@ class Servable:
         return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
 
     def resident_bytes(self) -> int:
-        """Memory this prompt holds beyond the shared backbone (tensors only; see bench/serving.py)."""
+        """Memory this prompt holds beyond the shared backbone (tensors only; see bench/serving.py): its prompt rows,
+        anchors and KV cache, or what a predictor that runs alone adds (a prefix, LoRA weights, a model copy)."""
         n = sum(t.numel() * t.element_size() for t in (self.prompt, self.anchors) if t is not None)
         n += sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.kv or [])
+        if self.predictor is not None and not self.batchable:
+            n += own_tensor_bytes(self.predictor, self.predictor.backbone.model)
         return int(n)
 
     def describe(self) -> dict[str, Any]:
@@ -103,6 +109,40 @@ class Servable:
             "fields": list(self.task.input_fields), "labels": list(self.task.labels) if self.task.kind == "choices" else None,
             "source": self.source,
         }
+
+
+def own_tensor_bytes(obj: Any, shared: torch.nn.Module) -> int:
+    """Bytes of the tensors reachable from `obj` (its attributes, modules, lists and dicts) whose storage is not
+    one of `shared`'s: a PeftModel over the backbone counts its prefix or adapter weights, not the backbone."""
+    seen = {t.untyped_storage().data_ptr() for t in (*shared.parameters(), *shared.buffers())}
+    visited: set[int] = set()
+    total = 0
+
+    def walk(x: Any, depth: int) -> None:
+        nonlocal total
+        if id(x) in visited or depth > 6 or isinstance(x, (Backbone, Task, str, bytes, int, float)):
+            return
+        visited.add(id(x))
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            if x.device.type != "meta" and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(x, torch.nn.Module):
+            for t in (*x.parameters(), *x.buffers()):
+                walk(t, depth + 1)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v, depth + 1)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v, depth + 1)
+        elif hasattr(x, "__dict__"):
+            for v in vars(x).values():
+                walk(v, depth + 1)
+
+    walk(obj, 0)
+    return total
 
 
 # -- specs -----------------------------------------------------------------------------------------------
@@ -123,19 +163,24 @@ def check_name(name: str) -> None:
 
 
 def load_servable(name: str, value: str, backbone: Backbone, config: RunConfig | None = None,
-                  task: Task | None = None) -> Servable:
-    """A saved artifact (or run) directory, or a hard prompt named `METHOD:TASK[:TEMPLATE]`."""
+                  task: Task | None = None, data: dict[str, str] | None = None) -> Servable:
+    """A saved artifact (or run) directory, or a hard prompt named `METHOD:TASK[:TEMPLATE]`. `data`: serve's
+    `--data TASK=PATH`, where a prompt's task reads its examples or label names (config.data, predict's --data,
+    comes first)."""
     config = copy.deepcopy(config) if config is not None else RunConfig()  # a template choice stays per prompt
+    data = data or {}
     if is_hard_spec(value):
         method, _, rest = value.partition(":")
         task_name, _, template = rest.partition(":")
         if not task_name:
             raise ConfigError(f"prompt '{name}': '{value}' names no task; write METHOD:TASK, e.g. zero-shot:sentiment")
-        return hard_servable(name, method, task or get_task(task_name), backbone, config, template or None)
+        task = task or get_task(task_name)
+        config.data = config.data or data.get(task.name) or data.get(task_name)
+        return hard_servable(name, method, task, backbone, config, template or None)
     method, sep, _ = value.partition(":")
     if sep and "/" not in method and not Path(value).expanduser().exists():  # METHOD:TASK with a typo, not a path
         raise ConfigError(f"prompt '{name}': {unknown('method', method, method_names())}")
-    return _load_artifact(name, value, backbone, config, task)
+    return _load_artifact(name, value, backbone, config, task, data)
 
 
 def is_hard_spec(value: str) -> bool:
@@ -155,8 +200,14 @@ def hard_servable(name: str, method_name: str, task: Task, backbone: Backbone, c
     if template is not None:
         config.hard.template = template
     tmpl = method.template_for(task, config, backbone.kind)
-    few = task.splits(config.data).get("train", []) if method_name == "few-shot" else []
-    predictor = method.fit(FitContext(backbone, task, few, [], config, tmpl))
+    train: list[Example] = []
+    dev: list[Example] = []
+    if method.uses_examples or (_needs_labels(task) and config.data):  # read as `eval` reads them: the same demos,
+        splits = task.splits(config.data)  # the same search; a `labels_from: data` task takes its label names there
+        if method.uses_examples:
+            d = resolve(task, splits, config)
+            train, dev = d.train, d.dev
+    predictor = method.fit(FitContext(backbone, task, train, dev, config, tmpl))
     return _from_predictor(name, f"{method_name}:{task.name}", predictor, backbone, config, 0)
 
 
@@ -175,15 +226,23 @@ def _from_predictor(name: str, source: str, predictor: Predictor, backbone: Back
     return s
 
 
-def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig, task: Task | None) -> Servable:
+def _needs_labels(task: Task) -> bool:
+    return task.kind == "choices" and not task.labels
+
+
+def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig, task: Task | None,
+                   data: dict[str, str]) -> Servable:
     adir = artifact_dir(value)
     meta = read_meta(adir)
     refuse_pickles(adir)
     if config.max_input_tokens is None:  # the budget its run selected long contexts to (serve sets none)
         config.max_input_tokens = recorded_run(value).get("max_input_tokens")
     task = artifact_task(meta, task)
+    config.data = config.data or data.get(task.name)
+    if _needs_labels(task) and config.data:  # an artifact that does not record them: the data's label file names them
+        task.splits(config.data)
     check_compatible(meta, backbone, task, f"artifact '{value}'")
-    nbytes = sum(f.stat().st_size for f in adir.rglob("*") if f.is_file())
+    nbytes = artifact_bytes(adir)
     adapter = read_adapter_config(adir)
     if adapter is not None and adapter.get("peft_type") in INPUT_PROMPT_TYPES:
         return _soft_servable(name, value, adir, adapter, meta, backbone, config, task, nbytes)

@@ -12,25 +12,51 @@ from typing import Any
 
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
+from ..tasks import task_names
 from .app import Limits, ServerState, create_app
 from .engine import Engine
 from .registry import Servable, is_hard_spec, load_servable, parse_prompt_arg
 
 
 def build_state(backbone: Backbone, prompt_args: list[str], limits: Limits | None = None, token: str | None = None,
-                artifact_roots: list[str] | None = None, kv_cache: bool = True) -> ServerState:
+                artifact_roots: list[str] | None = None, kv_cache: bool = True,
+                data: dict[str, str] | None = None) -> ServerState:
+    """`data`: task name -> its data (`--data TASK=PATH`), for hard prompts' demonstrations and searches and for
+    tasks that read their label names from data — at start and for prompts loaded later by PUT."""
     engine = Engine(backbone, kv_cache=kv_cache)
+    data = dict(data or {})
     prompts: dict[str, Servable] = {}
     for arg in prompt_args:
         name, value = parse_prompt_arg(arg)
         if name in prompts:
             raise ConfigError(f"--prompt name '{name}' is given twice; give each prompt its own name")
-        s = load_servable(name, value, backbone)
+        s = load_servable(name, value, backbone, data=data)
         engine.attach(s)
         prompts[name] = s
+    known = set(task_names()) | {s.task.name for s in prompts.values()}
+    stray = sorted(set(data) - known)
+    if stray:  # a typo would otherwise leave few-shot without its demos, silently
+        raise ConfigError(f"--data names task '{stray[0]}', which is neither a registered task nor one a --prompt "
+                          f"serves; use one of {', '.join(sorted(known))}")
     roots = artifact_roots if artifact_roots else [os.getcwd()]
     return ServerState(backbone, engine, prompts, limits or Limits(), token or None,
-                       [Path(r).expanduser().resolve() for r in roots])
+                       [Path(r).expanduser().resolve() for r in roots], data=data)
+
+
+def parse_data_args(values: list[str]) -> dict[str, str]:
+    """`--data TASK=PATH`, repeatable: checked before the model loads."""
+    out: dict[str, str] = {}
+    for v in values:
+        task, sep, path = v.partition("=")
+        task, path = task.strip(), path.strip()
+        if not sep or not task or not path:
+            raise ConfigError(f"--data '{v}' needs TASK=PATH, e.g. --data sst2=../shared/data/sst2")
+        if task in out:
+            raise ConfigError(f"--data gives task '{task}' twice; give each task one path")
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"--data {task}={path}: no such file or directory; pass the task's data file or folder")
+        out[task] = path
+    return out
 
 
 def check_listen(host: str, port: int) -> None:
@@ -64,6 +90,9 @@ def serve(args: Any) -> None:
         raise ConfigError("--max-wait-ms must be 0 or more")
     if not args.graceful_timeout >= 0:
         raise ConfigError(f"--graceful-timeout must be 0 or more seconds, got {args.graceful_timeout}; e.g. 30")
+    if not 0 < args.body_timeout < float("inf"):
+        raise ConfigError(f"--body-timeout must be more than 0 seconds, got {args.body_timeout}; e.g. 30")
+    data = parse_data_args(args.data)
     for root in args.artifact_root:
         if not Path(root).expanduser().is_dir():
             raise ConfigError(f"--artifact-root '{root}' is not a directory; pass a directory PUT may load artifacts "
@@ -73,8 +102,9 @@ def serve(args: Any) -> None:
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                     max_input_chars=args.max_input_chars, max_batch=args.max_batch,
-                    max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
-    state = build_state(backbone, args.prompt, limits, token, args.artifact_root, kv_cache=not args.no_kv_cache)
+                    max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, body_timeout_s=args.body_timeout)
+    state = build_state(backbone, args.prompt, limits, token, args.artifact_root, kv_cache=not args.no_kv_cache,
+                        data=data)
     app = create_app(state)
     names = ", ".join(f"{n} ({s.method}, {s.task.name})" for n, s in state.prompts.items())
     print(f"promptlab: serving {names} on {backbone.name} at http://{args.host}:{args.port} "

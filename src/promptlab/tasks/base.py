@@ -57,12 +57,32 @@ class Template:
             ) from None
 
 
+def _check_unique_ids(task: str, split: str, rows: list[Example], data: str | None) -> None:
+    """Ids name examples in predictions.jsonl and keep a demonstration out of its own scoring; a copied row
+    would also land on both sides of a carve (train and evaluation). Refused, not deduplicated: which copy is
+    right is the user's call, and a silently smaller split would change every number."""
+    seen: set[str] = set()
+    dups: dict[str, None] = {}
+    for ex in rows:
+        if ex.id in seen:
+            dups[ex.id] = None
+        seen.add(ex.id)
+    if dups:
+        shown = ", ".join(repr(i) for i in list(dups)[:3]) + (f" and {len(dups) - 3} more" if len(dups) > 3 else "")
+        raise DataError(f"split '{split}' of task '{task}' repeats example ids {shown} (at {data or 'the hub'}); "
+                        "ids must be unique: remove the duplicate rows or give each its own id")
+
+
 # A context hook: (examples, tokenizer, max_input_tokens, template) -> (examples, stats).
 # Tasks with long inputs (HotpotQA) choose what fits the model's budget; others keep the identity.
 ContextHook = Callable[[list[Example], Any, int, Template], tuple[list[Example], dict[str, Any]]]
 # What of the gold reached the model: (examples, the inputs as the model kept them) -> stats (HotpotQA's answer
 # and supporting-sentence survival), measured on the exact text the model read, demonstrations and all.
 InputMeasure = Callable[[list[Example], list[str]], dict[str, Any]]
+# An input hook: (field, a JSON value that is not a string) -> (the field's text, Example.meta for the context hook),
+# None where the task takes only text; ValueError (what the value should be) for a malformed one. HotpotQA reads
+# its official context list, so `predict` and the server select paragraphs as `eval` does.
+InputHook = Callable[[str, Any], "tuple[str, dict[str, Any]] | None"]
 
 
 @dataclass
@@ -87,6 +107,7 @@ class Task:
     descriptions: list[str] = field(default_factory=list)
     fit_context: ContextHook | None = None
     measure_inputs: InputMeasure | None = None
+    read_input: InputHook | None = None
     max_new_tokens: int = 16
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +116,7 @@ class Task:
         for name, rows in out.items():
             if not rows:
                 raise DataError(f"split '{name}' of task '{self.name}' is empty; check the data at {data or 'the hub'}")
+            _check_unique_ids(self.name, name, rows, data)
         return out
 
     def template(self, name: str | None = None) -> Template:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..metrics import normalize_answer
 from .base import Example, Template
+from .hotpotqa_survival import measure_inputs
 
 REQUIRED = ("_id", "question", "answer", "context")
 
@@ -143,6 +143,21 @@ def _example(row: dict) -> Example:
             "level": row.get("level"),
         },
     )
+
+
+def read_input(field: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+    """A `predict` line's or a request's `context` given as the official list [[title, [sentence, ...]], ...]: its
+    text, and the paragraphs in meta, so fit_context selects from them as it does for `eval` instead of the input
+    being cut at the budget. Held to the official shape (no str() of whatever came): a value is text or this."""
+    if field != "context":
+        return None
+    ok = isinstance(value, list) and bool(value) and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], list)
+        and all(isinstance(s, str) for s in p[1]) for p in value)
+    if not ok:
+        raise ValueError("must be text or HotpotQA's context list [[title, [sentence, ...]], ...]")
+    paragraphs = [(title, list(sents)) for title, sents in value]
+    return flatten(paragraphs), {"paragraphs": paragraphs}
 
 
 def flatten(paragraphs: list[tuple[str, list[str]]]) -> str:
@@ -457,38 +472,4 @@ def survival_stats(
         **measure_inputs(examples, inputs),
         "budget": budget,
         "n": len(examples),
-    }
-
-
-def measure_inputs(examples: list[Example], inputs: list[str]) -> dict[str, Any]:
-    """How often the gold answer / a supporting sentence is in the text the model read (`inputs`, one per
-    example: the part a model kept, for the run's input_stats). The question is in it when it appears verbatim.
-
-    The only place gold fields are read, and only to measure: an answer counts as kept when its
-    normalised form appears as whole words in the normalised input (yes/no always count), a supporting
-    sentence when it appears verbatim. With demonstrations in the input, only the text after the last
-    occurrence of the example's question is searched, so a demonstration's passages never count.
-    """
-    answer = support = all_support = question = 0
-    for e, text in zip(examples, inputs):
-        q = e.fields.get("question", "")
-        at = text.rfind(q) if q else -1
-        question += at >= 0
-        own = text[at:] if at >= 0 else text
-        norm = " " + normalize_answer(own) + " "
-        golds = [normalize_answer(a) for a in e.answers]
-        answer += any(g in ("yes", "no") or (g and f" {g} " in norm) for g in golds)
-        paras = dict(e.meta.get("paragraphs", []))
-        facts = [
-            paras[t][k].strip() for t, k in e.meta.get("supporting_facts", []) if k < len(paras.get(t, []))
-        ]
-        hits = [f in own for f in facts if f]
-        support += any(hits)
-        all_support += bool(hits) and all(hits)
-    n = len(examples)
-    return {
-        "question_survival": question / n if n else 0.0,
-        "answer_survival": answer / n if n else 0.0,
-        "support_survival": support / n if n else 0.0,
-        "all_support_survival": all_support / n if n else 0.0,
     }

@@ -18,7 +18,7 @@ import yaml
 
 from ..errors import ConfigError, DataError, unknown
 from ..metrics import KIND_METRICS
-from .base import ContextHook, Example, InputMeasure, Task, Template
+from .base import ContextHook, Example, InputHook, InputMeasure, Task, Template
 from .loaders import FORMATS, HUB_NATIVE, LABEL_FILES, from_hub
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data"
@@ -251,6 +251,16 @@ def _measure_hook(module: str) -> InputMeasure:
     return measure_inputs
 
 
+def _input_hook(module: str) -> InputHook:
+    """The context module's `read_input`, imported on first use like its fit_context."""
+
+    def read_input(name: str, value: Any) -> tuple[str, dict[str, Any]] | None:
+        hook = getattr(import_module(f"promptlab.tasks.{module}"), "read_input", None)
+        return hook(name, value) if hook is not None else None
+
+    return read_input
+
+
 def _default_data(spec: TaskSpec) -> str | None:
     """'bundled:NAME' -> the package's data/NAME folder; any other path is relative to the spec file."""
     if spec.default_data is None:
@@ -344,6 +354,7 @@ def load_spec(path: str | Path, expect_name: str | None = None) -> Task:
         descriptions=[] if "labels_from" in raw else list(raw.get("descriptions", [])),
         fit_context=_context_hook(raw["context"]) if "context" in raw else None,
         measure_inputs=_measure_hook(raw["context"]) if "context" in raw else None,
+        read_input=_input_hook(raw["context"]) if "context" in raw else None,
         max_new_tokens=raw.get("max_new_tokens", 16),
         extras=extras,
     )
