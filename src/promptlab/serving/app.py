@@ -33,6 +33,9 @@ from ..tasks.predict_inputs import check_unicode, input_text
 from .batcher import Batcher, QueueFull, ShuttingDown
 from .engine import Engine, InputTooLong, Job
 from .metrics import Metrics
+from .openai_api import JSON_ROUTES as OPENAI_JSON_ROUTES
+from .openai_api import ROUTES as OPENAI_ROUTES
+from .openai_api import error_body, is_openai, register
 from .registry import Servable, check_name, is_hard_spec, load_servable
 
 
@@ -109,7 +112,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # -- middleware: the body read whole, in time, as JSON; response counts ----------------------------------------
-JSON_ROUTES = ("/v1/predict", "/v1/prompts/{name}")
+JSON_ROUTES = ("/v1/predict", "/v1/prompts/{name}", *OPENAI_JSON_ROUTES)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -151,15 +154,16 @@ class Guard:
         lim = self.state.limits
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
+        oa = is_openai(scope["path"])  # errors in OpenAI's shape there
         if declared is not None and declared.isdigit() and int(declared) > lim.max_body_bytes:
-            return await _reply(send, 413, _too_large_text(lim.max_body_bytes), close=True)
+            return await _reply(send, 413, _too_large_text(lim.max_body_bytes), close=True, oa=oa)
         json_route = _route(scope["path"]) in JSON_ROUTES
         if json_route:
             ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
             if ctype != "application/json" and not ctype.endswith("+json"):
                 got = f"Content-Type '{ctype}'" if ctype else "no Content-Type"
                 return await _reply(send, 415, f"the body must be JSON but the request has {got}; send it with "
-                                               "'Content-Type: application/json'", close=True)
+                                               "'Content-Type: application/json'", close=True, oa=oa)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + lim.body_timeout_s
         chunks: list[bytes] = []
@@ -169,20 +173,20 @@ class Guard:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 return await _reply(send, 408, f"the request body did not arrive within {lim.body_timeout_s:g} s "
-                                               f"({seen} bytes came); send the whole body at once", close=True)
+                                               f"({seen} bytes came); send the whole body at once", close=True, oa=oa)
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
             seen += len(chunk)
             if seen > lim.max_body_bytes:
-                return await _reply(send, 413, _too_large_text(lim.max_body_bytes), close=True)
+                return await _reply(send, 413, _too_large_text(lim.max_body_bytes), close=True, oa=oa)
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
         problem = _json_problem(body) if json_route else None
         if problem:
-            return await _reply(send, 422, problem)
+            return await _reply(send, 400 if oa else 422, problem, oa=oa)
         return body
 
 
@@ -234,22 +238,24 @@ def _too_large_text(limit: int) -> str:
     return f"request body is larger than {limit} bytes; send fewer or shorter inputs per request"
 
 
-async def _reply(send: Callable, status: int, detail: str, close: bool = False) -> None:
+async def _reply(send: Callable, status: int, detail: str, close: bool = False, oa: bool = False) -> None:
     """A JSON error sent by the middleware itself; `close` when the rest of the body is left unread, so the
-    connection cannot be reused mid-body."""
-    body = json.dumps({"detail": detail}).encode()
+    connection cannot be reused mid-body. `oa`: in OpenAI's error shape."""
+    body = json.dumps(error_body(detail, code=str(status)) if oa else {"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status,
                 "headers": headers + ([(b"connection", b"close")] if close else [])})
     await send({"type": "http.response.body", "body": body})
 
 
-KNOWN_ROUTES = ("/v1/predict", "/v1/prompts", "/healthz", "/metrics", "/docs", "/openapi.json")
+KNOWN_ROUTES = ("/v1/predict", "/v1/prompts", "/healthz", "/metrics", "/docs", "/openapi.json", *OPENAI_ROUTES)
 
 
 def _route(path: str) -> str:
     if path.startswith("/v1/prompts/"):
         return "/v1/prompts/{name}"
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
     return path if path in KNOWN_ROUTES else "other"
 
 
@@ -289,6 +295,8 @@ def create_app(state: ServerState) -> FastAPI:
         errors = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5]) or "invalid request"
+        if is_openai(request.url.path):
+            return JSONResponse(status_code=400, content=error_body(detail, errors[0]["loc"] if errors else None))
         return JSONResponse(status_code=422, content={"detail": detail, "errors": errors[:50]})
 
     def admin(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -363,6 +371,8 @@ def create_app(state: ServerState) -> FastAPI:
         if state.prompts.pop(name, None) is None:
             raise HTTPException(404, f"unknown prompt '{name}'; loaded: {', '.join(sorted(state.prompts)) or 'none'}")
         return {"deleted": name}
+
+    register(app, state)
 
     @app.get("/healthz", summary="Liveness: 200 while serving, 503 while draining")
     async def healthz() -> JSONResponse:

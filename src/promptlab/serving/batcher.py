@@ -36,7 +36,7 @@ class _Pending:
 
     @property
     def rows(self) -> int:
-        return len(self.job.examples)
+        return self.job.rows
 
 
 class Batcher:

@@ -66,6 +66,14 @@ class Job:
 
     servable: Servable
     examples: list[Example]
+    raw: list[str] | None = None  # completions: texts fed as they are after the soft prompt (no template)
+    max_new_tokens: int | None = None  # raw: tokens to generate, instead of the prompt's own
+    score: list[list[int]] | None = None  # token ids whose log-probs to compute after the soft prompt (causal)
+    top: int = 0  # score: how many most likely tokens to return per position
+
+    @property
+    def rows(self) -> int:
+        return len(self.score if self.score is not None else self.raw if self.raw is not None else self.examples)
 
 
 @dataclass
@@ -74,6 +82,9 @@ class _Row:
     pos: int
     servable: Servable
     text: str
+    max_new: int | None = None  # raw generation
+    ids: list[int] | None = None  # scoring
+    top: int = 0
 
 
 # Generation settings that change greedy decoding; the cached greedy loop only runs when none is set.
@@ -140,9 +151,20 @@ class Engine:
         results: list[Any] = [None] * len(jobs)
         choice_rows: list[_Row] = []
         gen_rows: list[_Row] = []
+        score_rows: list[_Row] = []
         for j, job in enumerate(jobs):
             s = job.servable
             try:
+                if job.score is not None:
+                    self._check_ids(s, job.score)
+                    results[j] = [None] * len(job.score)
+                    score_rows.extend(_Row(j, i, s, "", ids=x, top=job.top) for i, x in enumerate(job.score))
+                    continue
+                if job.raw is not None:
+                    self._check_lengths(s, job.raw, extra=job.max_new_tokens, cut=False)
+                    results[j] = [None] * len(job.raw)
+                    gen_rows.extend(_Row(j, i, s, t, max_new=job.max_new_tokens) for i, t in enumerate(job.raw))
+                    continue
                 examples = s.prepare(self.backbone, job.examples)
                 if not s.batchable:
                     results[j] = self._alone(s, examples)
@@ -155,7 +177,7 @@ class Engine:
             results[j] = [None] * len(texts)
             bucket = choice_rows if s.task.kind == "choices" else gen_rows
             bucket.extend(_Row(j, i, s, t) for i, t in enumerate(texts))
-        for rows, fn in ((choice_rows, self._choices), (gen_rows, self._generate)):
+        for rows, fn in ((choice_rows, self._choices), (gen_rows, self._generate), (score_rows, self._score)):
             for chunk in self._chunks(rows):
                 try:
                     answers = fn(chunk)
@@ -168,7 +190,7 @@ class Engine:
                         results[r.job][r.pos] = a
         return results
 
-    def _check_lengths(self, s: Servable, texts: list[str]) -> None:
+    def _check_lengths(self, s: Servable, texts: list[str], extra: int | None = None, cut: bool = True) -> None:
         """Virtual tokens come on top of the tokenizer's truncation: refuse what would run past the model's
         positions (offline, `Backbone.input_budget` cuts such an input to fit; a server says so instead of
         answering a cut input), and inputs with nothing to read."""
@@ -176,12 +198,16 @@ class Engine:
         n = s.prompt.shape[0]
         full = [len(x) for x in bb.tokenizer(texts, add_special_tokens=True)["input_ids"]]
         lengths = [min(k, bb.max_length) for k in full]  # what the model would read; the message says what came
-        extra = 0
-        if bb.kind == "causal":
-            extra = s.max_new_tokens if s.task.kind == "text" else 0  # choices: lm_batch truncates input + target
+        if extra is None:  # choices: lm_batch truncates input + target
+            extra = s.max_new_tokens if s.task.kind == "text" else 0
+        if bb.kind != "causal":
+            extra = 0
         for i, k in enumerate(lengths):
             if n + k == 0:
                 raise InputTooLong(f"inputs[{i}] is empty after templating; give it some text")
+            if not cut and full[i] > bb.max_length:  # a raw completion prompt is never cut silently
+                raise InputTooLong(f"inputs[{i}] is {full[i]} tokens; the model reads at most {bb.max_length}: "
+                                   "shorten it")
             if self._positions is not None and n + k + extra > self._positions:
                 raise InputTooLong(
                     f"inputs[{i}] is {full[i]} tokens; with prompt '{s.name}' ({n} virtual tokens"
@@ -193,7 +219,8 @@ class Engine:
         cur: list[_Row] = []
         used = 0
         for r in rows:
-            cost = len(r.servable.task.verbalizers) if r.servable.task.kind == "choices" and self.backbone.kind != "encoder" else 1
+            choices = r.max_new is None and r.ids is None and r.servable.task.kind == "choices"
+            cost = len(r.servable.task.verbalizers) if choices and self.backbone.kind != "encoder" else 1
             if cur and used + cost > self.max_rows:
                 out.append(cur)
                 cur, used = [], 0
@@ -262,7 +289,7 @@ class Engine:
         bb = self.backbone
         servables = [r.servable for r in rows]
         texts = [r.text for r in rows]
-        limits = [s.max_new_tokens for s in servables]
+        limits = [s.max_new_tokens if r.max_new is None else r.max_new for r, s in zip(rows, servables)]
         max_new = max(limits)
         pad = bb.tokenizer.pad_token_id
         self.forwards += 1
@@ -321,6 +348,48 @@ class Engine:
             cur = cur + 1
             nxt = out.logits[:, -1].argmax(-1)
         return torch.stack(steps, dim=1) if steps else torch.empty(len(texts), 0, dtype=torch.long, device=dev)
+
+    def _check_ids(self, s: Servable, seqs: list[list[int]]) -> None:
+        if self.backbone.kind != "causal":
+            raise PromptlabError("per-token log-probabilities are computed for decoder-only models only")
+        n = s.prompt.shape[0]
+        for i, x in enumerate(seqs):
+            if self._positions is not None and n + len(x) > self._positions:
+                raise InputTooLong(f"inputs[{i}] is {len(x)} tokens; with prompt '{s.name}' ({n} virtual tokens) the "
+                                   f"model takes at most {self._positions}: shorten it")
+
+    @torch.inference_mode()
+    def _score(self, rows: list[_Row]) -> list[Answer]:
+        """log p(token_t | prompt_i, tokens_<t) for every token of each row, by one full forward of `[P_i, x_i]`
+        (the first token has none when the prompt is empty). Answer.logits: the log-probs, Answer.scores: the
+        `top` most likely (token id, log-prob) pairs per position (None where the first token has no log-prob)."""
+        dev = self.device
+        width = max(len(r.ids) for r in rows)
+        ids = torch.full((len(rows), width), int(self.backbone.tokenizer.pad_token_id or 0), dtype=torch.long, device=dev)
+        att = torch.zeros_like(ids)
+        for b, r in enumerate(rows):
+            ids[b, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long, device=dev)
+            att[b, : len(r.ids)] = 1
+        prompts = [r.servable.prompt for r in rows]
+        emb, mask = self._contiguous(prompts, ids, att)
+        kw = {"position_ids": _positions(mask)} if self._takes_positions else {}
+        self.forwards += 1
+        logp = torch.log_softmax(self.model(inputs_embeds=emb, attention_mask=mask, **kw).logits.float(), dim=-1)
+        out = []
+        for b, r in enumerate(rows):
+            n = r.servable.prompt.shape[0]
+            lps: list[float | None] = [None] if n == 0 else []
+            start = n if n == 0 else n - 1  # the position predicting the first token scored
+            first = 1 if n == 0 else 0
+            at = logp[b, start : n + len(r.ids) - 1]  # [T - first, V]
+            tgt = torch.tensor(r.ids[first:], dtype=torch.long, device=dev)
+            lps += at.gather(-1, tgt[:, None]).squeeze(-1).tolist()
+            top: list[list[tuple[int, float]] | None] = [None] * first
+            if r.top:
+                v, i = at.topk(r.top, dim=-1)
+                top += [list(zip(ii, vv)) for ii, vv in zip(i.tolist(), v.tolist())]
+            out.append(Answer(input="", prediction="", logits=lps, tokens=list(r.ids), scores=top if r.top else None))  # type: ignore[arg-type]
+        return out
 
     # -- KV cache -----------------------------------------------------------------------------------
     def _use_kv(self, servables: list[Servable]) -> bool:
