@@ -168,7 +168,7 @@ def register(app: FastAPI, state: Any) -> None:
             raise OpenAIError(400, str(e), param) from None
 
     async def run(req: _Common, texts: list[str], max_tokens: int, param: str, logprobs: int | None = None,
-                  echo: bool = False) -> tuple[Servable, list[dict[str, Any]], dict[str, int]]:
+                  echo: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Greedy completions of `texts` (after the soft prompt): one dict per text (text, ids, finish_reason,
         prompt ids, logprobs)."""
         check_sampling(req)
@@ -205,7 +205,7 @@ def register(app: FastAPI, state: Any) -> None:
         state.metrics.predictions[req.model] += len(texts)
         n_prompt = sum(len(o["prompt_ids"]) for o in outs)
         n_new = sum(len(o["ids"]) for o in outs)
-        return s, outs, {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
+        return outs, {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
 
     def finish(tokens: list[int], stops: list[str]) -> dict[str, Any]:
         """The completion up to (and counting) EOS, cut before the first stop string."""
@@ -247,8 +247,8 @@ def register(app: FastAPI, state: Any) -> None:
         for field in ("best_of", "suffix"):
             if getattr(req, field) not in (None, 1):
                 raise OpenAIError(400, f"{field} is not supported; leave it out", field)
-        s, outs, usage = await run(req, texts, 16 if req.max_tokens is None else req.max_tokens, "prompt",
-                                   req.logprobs, bool(req.echo))
+        outs, usage = await run(req, texts, 16 if req.max_tokens is None else req.max_tokens, "prompt",
+                                req.logprobs, bool(req.echo))
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
         if req.echo:
@@ -266,7 +266,7 @@ def register(app: FastAPI, state: Any) -> None:
             raise OpenAIError(400, "logprobs are served by /v1/completions only; leave them out", "logprobs")
         text = render_chat(bb.tokenizer, [m.model_dump() for m in req.messages])
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        s, outs, usage = await run(req, [text], 16 if max_tokens is None else max_tokens, "messages")
+        outs, usage = await run(req, [text], 16 if max_tokens is None else max_tokens, "messages")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": req.model}
         if req.stream:
