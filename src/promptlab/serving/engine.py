@@ -13,7 +13,8 @@ Layout per backbone kind (what PEFT does for one prompt, done per row):
 - causal, choices: `[P_i, x_i + target, pad]` with positions 0.., or, with the KV cache, the prompt's
   precomputed keys/values `[K_i, masked gap up to the longest prompt]` then `x_i + target` at positions
   n_i... Generation: `[pad, P_i, x_i]` through `generate` (positions follow the attention mask), or the
-  cached prompt plus a plain greedy loop.
+  cached prompt plus a plain greedy loop. Raw jobs (the OpenAI endpoints) generate from text as given, for their
+  own number of tokens; score jobs give each token's log-prob after the prompt (one full forward).
 
 Every path is checked against the offline predictor of each artifact (tests/test_serving.py).
 """
@@ -378,12 +379,10 @@ class Engine:
         out = []
         for b, r in enumerate(rows):
             n = r.servable.prompt.shape[0]
-            lps: list[float | None] = [None] if n == 0 else []
-            start = n if n == 0 else n - 1  # the position predicting the first token scored
-            first = 1 if n == 0 else 0
-            at = logp[b, start : n + len(r.ids) - 1]  # [T - first, V]
+            first = int(n == 0)  # without a prompt the first token has nothing before it
+            at = logp[b, max(n - 1, 0) : n + len(r.ids) - 1]  # position t predicts token t + 1: [T - first, V]
             tgt = torch.tensor(r.ids[first:], dtype=torch.long, device=dev)
-            lps += at.gather(-1, tgt[:, None]).squeeze(-1).tolist()
+            lps: list[float | None] = [None] * first + at.gather(-1, tgt[:, None]).squeeze(-1).tolist()
             top: list[list[tuple[int, float]] | None] = [None] * first
             if r.top:
                 v, i = at.topk(r.top, dim=-1)
