@@ -215,7 +215,9 @@ def test_errors_have_openais_shape_and_status(setup):
             return r.json()["error"]
 
         raw(400, content=b'{"model": ', headers={"content-type": "application/json"})
-        assert raw(400, json={"model": "qa", "prompt": [1, 2]})["param"].startswith("prompt")
+        assert "tokenized_requests=False" in raw(400, json={"model": "qa", "prompt": [[1, 2]]})["message"]
+        assert raw(400, json={"model": "qa", "prompt": [1, 2]})["param"] == "prompt"
+        assert raw(400, json={"model": "qa", "prompt": [{"text": "x"}]})["param"].startswith("prompt")
         assert raw(400, json={"model": "qa", "prompt": "x", "tools": []})["param"] == "tools"
         raw(415, content=b"{}")
         raw(413, json={"model": "qa", "prompt": "x" * 5000})

@@ -76,7 +76,8 @@ class _Common(BaseModel):
 class CompletionRequest(_Common):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"model": "sst2", "prompt": "a gorgeous, witty film. It was", "max_tokens": 8}]})
-    prompt: str | list[str] = Field(description="raw text fed after the soft prompt (no task template)")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="raw text fed after the soft prompt (no task template); token ids are refused")
     max_tokens: int | None = Field(16, ge=0)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="log-probs of the tokens, and this many "
                                  "most likely tokens per position (decoder-only models)")
@@ -190,6 +191,10 @@ def register(app: FastAPI, state: Any) -> None:
             raise OpenAIError(400, "logprobs are not streamed; send stream=false", "logprobs")
         t0 = time.perf_counter()
         prompt_ids = bb.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        for i, ids in enumerate(prompt_ids):
+            if not ids and not s.virtual_tokens:
+                raise OpenAIError(400, f"{param}[{i}] is empty and model '{req.model}' has no soft prompt: nothing to "
+                                       "continue from; give some text", param)
         outs = [{"text": "", "ids": [], "finish_reason": "length", "prompt_ids": list(p)} for p in prompt_ids]
         if max_tokens > 0:
             answers = await submit(Job(s, [], raw=texts, max_new_tokens=max_tokens), param)
@@ -241,9 +246,12 @@ def register(app: FastAPI, state: Any) -> None:
 
     @app.post("/v1/completions", summary="OpenAI: greedy completion after a soft prompt")
     async def completions(req: CompletionRequest) -> Any:
-        texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        texts: list[Any] = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not texts:
             raise OpenAIError(400, "prompt is an empty list; give a string or a list of strings", "prompt")
+        if not all(isinstance(t, str) for t in texts):
+            raise OpenAIError(400, "prompt holds token ids; send text (lm-eval: tokenized_requests=False), which the "
+                                   "server tokenizes with its own tokenizer", "prompt")
         for field in ("best_of", "suffix"):
             if getattr(req, field) not in (None, 1):
                 raise OpenAIError(400, f"{field} is not supported; leave it out", field)
