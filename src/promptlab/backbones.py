@@ -111,6 +111,11 @@ class Backbone:
                 )
 
     @property
+    def family(self) -> str:
+        """The model's family as transformers names it (config.model_type: llama, t5, deberta-v2, ...)."""
+        return str(getattr(getattr(self.model, "config", None), "model_type", None) or type(self.model).__name__)
+
+    @property
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
 
