@@ -103,16 +103,31 @@ class LoRA(WeightBaseline):
         return _adapted(self.name, backbone, task, meta, model, path)
 
 
+# Attention projections by the names architectures give them: query and value apart, else the fused projection.
+LORA_PAIRS = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("query_proj", "value_proj"))
+LORA_FUSED = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv")
+
+
 def _lora_targets(model: torch.nn.Module) -> list[str]:
-    """Attention projections by name, so tiny test models and unknown architectures work too."""
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    for pair in (("query", "value"), ("q", "v"), ("q_proj", "v_proj")):
+    """Attention projections: PEFT's own table for the model's type where its names are in the model, else by
+    name, so tiny test models and families PEFT does not list work too."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    # GPT-2's attention is a Conv1D, a Linear with its weight transposed: LoRA takes both
+    names = {n.split(".")[-1] for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
+    family = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+    known = PEFT_TARGETS.get(family)
+    if known and set(known) <= names:
+        return list(known)
+    for pair in LORA_PAIRS:
         if set(pair) <= names:
             return list(pair)
-    names |= {n.split(".")[-1] for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}
-    if "c_attn" in names:
-        return ["c_attn"]
-    raise ConfigError("lora cannot find attention projections in this model; use prompt-tuning or full-finetune")
+    for fused in LORA_FUSED:
+        if fused in names:
+            return [fused]
+    raise ConfigError(f"lora cannot find attention projections in {family} models ({type(model).__name__}); use "
+                      "prompt-tuning or full-finetune")
 
 
 @register
