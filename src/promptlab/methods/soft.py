@@ -6,6 +6,7 @@ The backbone stays frozen; PEFT adds the prompt parameters and saves them in its
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from pathlib import Path
@@ -306,6 +307,15 @@ class PrefixTuning(SoftMethod):
 
     def check_flags(self, cfg: RunConfig, given: set[str]) -> None:
         self.check_init_flags(cfg)  # --prefix-projection reparameterises this method's prefix: it applies here
+
+    def check(self, backbone: Backbone, task: Task) -> None:
+        """PEFT hands the prefix to the model as its cache of past keys and values; a model whose forward takes
+        none (DeBERTa-v2, ModernBERT) would drop it and fail on the longer attention mask PEFT passes along."""
+        super().check(backbone, task)
+        if not {"cache", "past_key_values"} & set(inspect.signature(backbone.model.forward).parameters):
+            raise ConfigError(f"prefix-tuning cannot run on {backbone.family} models ({type(backbone.model).__name__}): "
+                              "their forward takes no past keys and values to hold the prefix; use prompt-tuning or "
+                              "p-tuning")
 
 
 @register
