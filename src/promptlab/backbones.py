@@ -127,12 +127,18 @@ class Backbone:
         """Tokens an input may keep: `max_length`, and room left in an absolute-position model (BERT, GPT-2)
         for the virtual tokens a PEFT prompt puts in front (`model`'s, or `virtual` of a prompt not built yet)
         and the `new_tokens` generated after it."""
-        cfg = self.model.config
-        positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        positions = self.positions
         if not positions:  # relative positions (T5): nothing to reserve
             return self.max_length
         taken = virtual_tokens(model) if virtual is None else virtual
-        return max(1, min(self.max_length, int(positions) - taken - new_tokens))
+        return max(1, min(self.max_length, positions - taken - new_tokens))
+
+    @property
+    def positions(self) -> int | None:
+        """Absolute positions the model holds, None for relative ones (T5)."""
+        if "positions" not in self.extras:
+            self.extras["positions"] = model_positions(self.model)
+        return self.extras["positions"]
 
     # -- batching -------------------------------------------------------------------------------
     def _batches(self, texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
@@ -225,7 +231,7 @@ class Backbone:
         `model`: the model the batch is for; a soft prompt's virtual tokens are kept room for."""
         eos = self.tokenizer.eos_token or ""
         if self.kind == "seq2seq":
-            enc = self._tok(prompts)
+            enc = self._tok(prompts, max_length=self.input_budget(model))  # BART's encoder positions are absolute
             labels = self.tokenizer(list(targets), padding=True, truncation=True, max_length=self.max_length,
                                     return_tensors="pt")
             lab = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100)
@@ -357,6 +363,18 @@ def virtual_tokens(model: Any) -> int:
     return int(cfg.num_virtual_tokens) if cfg is not None else 0
 
 
+def model_positions(model: Any) -> int | None:
+    """Absolute positions `model` holds: max_position_embeddings (n_positions), less those that RoBERTa and its kin
+    (XLM-R, CamemBERT, ...) skip, counting from the padding index + 1; None for relative positions (T5)."""
+    cfg = model.config
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if not n:
+        return None
+    skipped = next((m.padding_idx + 1 for m in model.modules() if hasattr(m, "create_position_ids_from_inputs_embeds")
+                    and isinstance(getattr(m, "padding_idx", None), int)), 0)
+    return int(n) - skipped
+
+
 def input_prompt(model: Any) -> torch.Tensor | None:
     """The virtual-token embeddings an input-level PEFT prompt (prompt tuning, hybrid, P-tuning) puts before
     the input, [n, H]; None for other models. P-tuning's come out of its prompt encoder, as PEFT computes them."""
@@ -441,8 +459,8 @@ def from_pretrained_objects(
         tokenizer.pad_token = tokenizer.eos_token
     pooling, normalize = _pooling(path) if path and os.path.isdir(path) else ("mean", False)
     limit = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 2048)
-    n_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    n_pos = model_positions(model)
     if n_pos:
-        limit = min(limit, int(n_pos))
+        limit = min(limit, n_pos)
     return Backbone(name=name, kind=kind, model=model, tokenizer=tokenizer, pooling=pooling,
                     normalize=normalize, max_length=limit, extras={"path": path})

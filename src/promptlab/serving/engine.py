@@ -101,9 +101,8 @@ class Engine:
         eos = backbone.tokenizer.eos_token_id if eos is None else eos
         self._eos = torch.tensor(eos if isinstance(eos, list) else [eos] if eos is not None else [], dtype=torch.long)
         self.forwards = 0  # model calls made for batched rows (not counting grouped fallbacks)
-        cfg = self.model.config
         # absolute (or rotary) position limit; relative-position models such as T5 have none
-        self._positions: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self._positions: int | None = backbone.positions
 
     # -- per-prompt state ---------------------------------------------------------------------------
     def attach(self, s: Servable) -> None:
