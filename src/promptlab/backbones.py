@@ -119,6 +119,12 @@ class Backbone:
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
 
+    @torch.no_grad()
+    def word_embeddings(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """What the model reads for token `ids` [n] -> [n, H]: its input embedding module's output, not the bare
+        table, since some families scale the table inside that module (Gemma 2 and 3, by sqrt(hidden))."""
+        return self.model.get_input_embeddings()(torch.as_tensor(ids, dtype=torch.long)).detach()
+
     @property
     def total_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -188,9 +188,8 @@ class SoftMethod(AdaptedMethod):
         ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how)
         if ids is None:
             return
-        words = ctx.backbone.model.get_input_embeddings().weight
         with torch.no_grad():
-            model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids)].clone()
+            model.prompt_encoder["default"].embedding.weight[:n] = ctx.backbone.word_embeddings(ids)
         return None
 
     def _init_from_activations(self, model: Any, ctx: FitContext, n: int, how: str) -> dict[str, Any] | None:
