@@ -323,6 +323,10 @@ class Backbone:
         # empty cache (n positions before where training's forward put them; T5's relative bias sees it). So the
         # prefix goes to the base model's generate() as its starting cache, and positions follow it as in training.
         prefix = virtual_tokens(model) > 0 and input_prompt(model) is None
+        if prefix and self.kind == "causal" and sliding_window(self.model):
+            # A decoder-only prefix sits in cache slots before the left padding ([P, pad, x]), and a sliding window
+            # counts slots, padding included: a padded row would lose the prefix sooner than training's forward does.
+            batch_size = 1
         greedy = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
         for idx in self._batches(prompts, batch_size):
             if prompt is not None:
@@ -379,6 +383,19 @@ def model_positions(model: Any) -> int | None:
     skipped = next((m.padding_idx + 1 for m in model.modules() if hasattr(m, "create_position_ids_from_inputs_embeds")
                     and isinstance(getattr(m, "padding_idx", None), int)), 0)
     return int(n) - skipped
+
+
+def sliding_window(model: Any) -> bool:
+    """Whether some layer of `model` attends through a sliding window (Mistral, Gemma 2 and 3), as the cache
+    transformers builds for it says."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 — a config the cache does not know: no sliding layer that it could tell
+        return False
+    return any(type(layer) is not DynamicLayer for layer in cache.layers)
 
 
 def input_prompt(model: Any) -> torch.Tensor | None:
