@@ -104,7 +104,7 @@ class LoRA(WeightBaseline):
 
 
 # Attention projections by the names architectures give them: query and value apart, else the fused projection.
-LORA_PAIRS = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("query_proj", "value_proj"))
+LORA_PAIRS = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("query_proj", "value_proj"), ("q_lin", "v_lin"))
 LORA_FUSED = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv")
 
 

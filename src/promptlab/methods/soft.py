@@ -129,6 +129,15 @@ def word_keys_values(backbone: Backbone, ids: list[int]) -> torch.Tensor | None:
     return torch.cat([seen[name] for name, _ in mods], dim=-1).float()  # modules come key, value per layer
 
 
+def input_prompt_shape(backbone: Backbone) -> dict[str, Any]:
+    """The sizes PEFT reads off the config for an input-level prompt, read through the config's own attribute names
+    (PEFT looks in its dict for hidden_size, n_embd or d_model, and misses DistilBERT's dim): the prompt is as wide
+    as the word embeddings."""
+    cfg = backbone.model.config
+    return {"token_dim": backbone.hidden_size, "num_layers": getattr(cfg, "num_hidden_layers", None),
+            "num_attention_heads": getattr(cfg, "num_attention_heads", None)}
+
+
 class SoftMethod(AdaptedMethod):
     """A PEFT prompt-learning method. Subclasses give the PEFT type and config; the rest is shared."""
 
@@ -283,7 +292,8 @@ class PromptTuning(SoftMethod):
 
         # One set of rows: PEFT would allocate 2x for seq2seq and use only the encoder half.
         return PromptTuningConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
-                                  num_transformer_submodules=1, base_model_name_or_path=backbone.name)
+                                  num_transformer_submodules=1, base_model_name_or_path=backbone.name,
+                                  **input_prompt_shape(backbone))
 
 
 @register
@@ -331,7 +341,7 @@ class PTuning(SoftMethod):
 
         return PromptEncoderConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
                                    encoder_hidden_size=backbone.hidden_size, num_transformer_submodules=1,
-                                   base_model_name_or_path=backbone.name)
+                                   base_model_name_or_path=backbone.name, **input_prompt_shape(backbone))
 
 
 @register
