@@ -327,7 +327,7 @@ class Backbone:
             # A decoder-only prefix sits in cache slots before the left padding ([P, pad, x]), and a sliding window
             # counts slots, padding included: a padded row would lose the prefix sooner than training's forward does.
             batch_size = 1
-        greedy = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
+        greedy = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id, **GREEDY}
         for idx in self._batches(prompts, batch_size):
             if prompt is not None:
                 ids = self.tokenizer([prompts[i] for i in idx], truncation=True, max_length=budget)["input_ids"]
@@ -347,6 +347,13 @@ class Backbone:
                 out[i] = text.strip()
         return out
 
+
+# Greedy decoding whatever the checkpoint's generation_config asks for (BART's beams and n-gram ban, Pegasus's forced
+# EOS): every model's answers are read out alike, and equal greedy decoding by full recomputation.
+GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+          "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0,
+          **dict.fromkeys(("forced_bos_token_id", "forced_eos_token_id", "bad_words_ids", "suppress_tokens",
+                           "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty"))}
 
 # PEFT types whose prompt is a row of input embeddings in front of the input (prompt tuning, hybrid and pez,
 # P-tuning), as against prefix tuning's keys and values inside every layer.

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone, left_padded_embeds
+from ..backbones import GREEDY, Backbone, left_padded_embeds
 from ..errors import PromptlabError
 from ..methods.readout import ANCHOR_SCALE, predictions_from_scores
 from ..tasks.base import Example
@@ -268,12 +268,12 @@ class Engine:
             ids = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
             emb, mask = left_padded_embeds(self.model, [s.prompt for s in servables], ids)
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      do_sample=False, pad_token_id=pad)  # only the new tokens come back
+                                      pad_token_id=pad, **GREEDY)  # only the new tokens come back
         else:
             enc = bb._tok(texts)
             emb, mask = self._contiguous([s.prompt for s in servables], enc["input_ids"], enc["attention_mask"])
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      do_sample=False, pad_token_id=pad)
+                                      pad_token_id=pad, **GREEDY)
             new = new[:, 1:]  # the decoder start token
         outs = []
         for r, k, seq in zip(rows, limits, new):
