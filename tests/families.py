@@ -103,12 +103,16 @@ def _t5() -> Any:
 
 
 def _bart() -> Any:
+    """With facebook/bart-base's generation settings (beams, no repeated trigram, forced EOS), which promptlab's
+    greedy readout must set aside."""
     from transformers import BartConfig, BartForConditionalGeneration
 
-    return BartForConditionalGeneration(BartConfig(
+    model = BartForConditionalGeneration(BartConfig(
         vocab_size=BYTE_VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=256,
-        pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=None))
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=1))
+    model.generation_config.update(num_beams=4, no_repeat_ngram_size=3, early_stopping=True)
+    return model
 
 
 ENCODER = {**TINY, "vocab_size": 400, "max_position_embeddings": 130, "pad_token_id": 0}
@@ -135,6 +139,14 @@ def _deberta_v2() -> Any:
                                           type_vocab_size=0))
 
 
+def _distilbert() -> Any:
+    """Its config names the sizes dim, n_layers and n_heads (hidden_size etc. only through attribute_map)."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    return DistilBertModel(DistilBertConfig(vocab_size=400, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                            max_position_embeddings=128, pad_token_id=0))
+
+
 def _modernbert() -> Any:
     from transformers import ModernBertConfig, ModernBertModel
 
@@ -158,6 +170,7 @@ FAMILIES = {f.name: f for f in [
     Family("bart", "seq2seq", _bart),
     Family("bert", "encoder", _bert),
     Family("roberta", "encoder", _roberta),
+    Family("distilbert", "encoder", _distilbert),
     Family("deberta-v2", "encoder", _deberta_v2),
     Family("modernbert", "encoder", _modernbert),
 ]}

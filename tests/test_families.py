@@ -46,6 +46,7 @@ GEN_METHODS = ["zero-shot", "prompt-tuning", "prefix-tuning", "p-tuning", "hybri
 # What cannot work, and why (the reason is what the error must say besides the family and the method).
 NOT_FOR_KIND = {"cot": "encoder", "linear-probe": ("seq2seq", "causal")}
 REFUSED = {
+    ("distilbert", "prefix-tuning"): "takes no past keys and values",
     ("deberta-v2", "prefix-tuning"): "takes no past keys and values",
     ("modernbert", "prefix-tuning"): "takes no past keys and values",
 }
