@@ -229,7 +229,7 @@ def test_soft_prompt_generation_equals_greedy_by_recomputing(tiny_models, kind, 
     other positions than its forward does."""
     from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
-    from promptlab.backbones import input_prompt
+    from promptlab.model_layout import input_prompt
 
     bb = _visible(load_backbone(str(tiny_models[kind])))
     task_type = "CAUSAL_LM" if kind == "causal" else "SEQ_2_SEQ_LM"

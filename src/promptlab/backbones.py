@@ -23,6 +23,14 @@ import torch.nn.functional as F
 from .attention import use_fast_attention
 from .devices import resolve_device, resolve_dtype
 from .errors import ModelError, first_line
+from .model_layout import (
+    encoder_reusable,
+    input_prompt,
+    left_padded_embeds,
+    model_positions,
+    sliding_window,
+    virtual_tokens,
+)
 
 Kind = Literal["encoder", "seq2seq", "causal"]
 
@@ -121,8 +129,19 @@ class Backbone:
         return self.model.get_input_embeddings().weight.dtype
 
     @property
+    def family(self) -> str:
+        """The model's family as transformers names it (config.model_type: llama, t5, deberta-v2, ...)."""
+        return str(getattr(getattr(self.model, "config", None), "model_type", None) or type(self.model).__name__)
+
+    @property
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @torch.no_grad()
+    def word_embeddings(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """What the model reads for token `ids` [n] -> [n, H]: its input embedding module's output, not the bare
+        table, since some families scale the table inside that module (Gemma 2 and 3, by sqrt(hidden))."""
+        return self.model.get_input_embeddings()(torch.as_tensor(ids, dtype=torch.long, device=self.device)).detach()
 
     @property
     def total_params(self) -> int:
@@ -132,12 +151,18 @@ class Backbone:
         """Tokens an input may keep: `max_length`, and room left in an absolute-position model (BERT, GPT-2)
         for the virtual tokens a PEFT prompt puts in front (`model`'s, or `virtual` of a prompt not built yet)
         and the `new_tokens` generated after it."""
-        cfg = self.model.config
-        positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        positions = self.positions
         if not positions:  # relative positions (T5): nothing to reserve
             return self.max_length
         taken = virtual_tokens(model) if virtual is None else virtual
-        return max(1, min(self.max_length, int(positions) - taken - new_tokens))
+        return max(1, min(self.max_length, positions - taken - new_tokens))
+
+    @property
+    def positions(self) -> int | None:
+        """Absolute positions the model holds, None for relative ones (T5)."""
+        if "positions" not in self.extras:
+            self.extras["positions"] = model_positions(self.model)
+        return self.extras["positions"]
 
     # -- batching -------------------------------------------------------------------------------
     def _batches(self, texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
@@ -231,7 +256,7 @@ class Backbone:
         `model`: the model the batch is for; a soft prompt's virtual tokens are kept room for."""
         eos = self.tokenizer.eos_token or ""
         if self.kind == "seq2seq":
-            enc = self._tok(prompts)
+            enc = self._tok(prompts, max_length=self.input_budget(model))  # BART's encoder positions are absolute
             labels = self.tokenizer(list(targets), padding=True, truncation=True, max_length=self.max_length,
                                     return_tensors="pt")
             lab = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100).to(self.device)
@@ -280,7 +305,7 @@ class Backbone:
         n, c = len(prompts), len(choices)
         scores = torch.empty(n, c)
         per = max(1, batch_size // c)
-        reuse = self.kind == "seq2seq" and c > 1 and _encoder_reusable(model or self.model)
+        reuse = self.kind == "seq2seq" and c > 1 and encoder_reusable(model or self.model)
         for idx in self._batches(prompts, per):
             rows_p = [prompts[i] for i in idx for _ in choices]
             rows_t = [ch for _ in idx for ch in choices]
@@ -318,7 +343,11 @@ class Backbone:
         # empty cache (n positions before where training's forward put them; T5's relative bias sees it). So the
         # prefix goes to the base model's generate() as its starting cache, and positions follow it as in training.
         prefix = virtual_tokens(model) > 0 and input_prompt(model) is None
-        greedy = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": self.tokenizer.pad_token_id}
+        if prefix and self.kind == "causal" and sliding_window(self.model):
+            # A decoder-only prefix sits in cache slots before the left padding ([P, pad, x]), and a sliding window
+            # counts slots, padding included: a padded row would lose the prefix sooner than training's forward does.
+            batch_size = 1
+        greedy = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id, **GREEDY}
         for idx in self._batches(prompts, batch_size):
             if prompt is not None:
                 ids = self.tokenizer([prompts[i] for i in idx], truncation=True, max_length=budget)["input_ids"]
@@ -339,55 +368,12 @@ class Backbone:
         return out
 
 
-# PEFT types whose prompt is a row of input embeddings in front of the input (prompt tuning, hybrid and pez,
-# P-tuning), as against prefix tuning's keys and values inside every layer.
-INPUT_PROMPT_TYPES = frozenset({"PROMPT_TUNING", "P_TUNING"})
-
-
-def _encoder_reusable(model: Any) -> bool:
-    """Whether a seq2seq model's encoder states can be computed once and passed back as encoder_outputs: plain
-    models, weight adapters (LoRA) and input-prompt PEFT methods; prefix tuning also feeds the decoder prefixes
-    through past_key_values, so it keeps the plain path."""
-    peft = _prompt_learning(model)
-    return peft is None or str(peft.peft_type).rsplit(".", 1)[-1] in INPUT_PROMPT_TYPES
-
-
-def _prompt_learning(model: Any) -> Any:
-    """The active PEFT prompt-learning config of `model` (prompt, prefix or P-tuning), else None."""
-    cfg = getattr(model, "active_peft_config", None) if hasattr(model, "peft_config") else None
-    return cfg if cfg is not None and cfg.is_prompt_learning else None
-
-
-def virtual_tokens(model: Any) -> int:
-    """Positions a PEFT prompt takes in front of the input (prefix tuning's keys/values take them too)."""
-    cfg = _prompt_learning(model)
-    return int(cfg.num_virtual_tokens) if cfg is not None else 0
-
-
-def input_prompt(model: Any) -> torch.Tensor | None:
-    """The virtual-token embeddings an input-level PEFT prompt (prompt tuning, hybrid, P-tuning) puts before
-    the input, [n, H]; None for other models. P-tuning's come out of its prompt encoder, as PEFT computes them."""
-    cfg = _prompt_learning(model)
-    if cfg is None or str(cfg.peft_type).rsplit(".", 1)[-1] not in INPUT_PROMPT_TYPES:
-        return None
-    return model.get_prompt(batch_size=1)[0]
-
-
-def left_padded_embeds(model: Any, prompts: Sequence[torch.Tensor],
-                       ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[pad, P_i, x_i]` per row for decoder-only generation: inputs_embeds [B, W, H] and attention mask [B, W].
-    Left padding keeps every row's last token at the end; positions follow the attention mask."""
-    emb_layer = model.get_input_embeddings()
-    width = max(p.shape[0] + len(x) for p, x in zip(prompts, ids))
-    emb = emb_layer.weight.new_zeros(len(ids), width, emb_layer.weight.shape[1])
-    mask = torch.zeros(len(ids), width, dtype=torch.long, device=emb.device)
-    for b, (p, x) in enumerate(zip(prompts, ids)):
-        start = width - p.shape[0] - len(x)
-        emb[b, start : start + p.shape[0]] = p.to(emb.dtype)
-        emb[b, start + p.shape[0] :] = emb_layer(torch.tensor(x, dtype=torch.long, device=emb.device))
-        mask[b, start:] = 1
-    return emb, mask
-
+# Greedy decoding whatever the checkpoint's generation_config asks for (BART's beams and n-gram ban, Pegasus's forced
+# EOS): every model's answers are read out alike, and equal greedy decoding by full recomputation.
+GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+          "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": 0,
+          **dict.fromkeys(("forced_bos_token_id", "forced_eos_token_id", "bad_words_ids", "suppress_tokens",
+                           "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty"))}
 
 def load_backbone(name: str, max_length: int | None = None, attention: str | None = None,
                   dtype: str | None = None, device: str | None = None) -> Backbone:
@@ -456,8 +442,8 @@ def from_pretrained_objects(
         tokenizer.pad_token = tokenizer.eos_token
     pooling, normalize = _pooling(path) if path and os.path.isdir(path) else ("mean", False)
     limit = max_length or min(getattr(tokenizer, "model_max_length", 512) or 512, 2048)
-    n_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    n_pos = model_positions(model)
     if n_pos:
-        limit = min(limit, int(n_pos))
+        limit = min(limit, n_pos)
     return Backbone(name=name, kind=kind, model=model, tokenizer=tokenizer, pooling=pooling,
                     normalize=normalize, max_length=limit, extras={"path": path})

@@ -7,7 +7,8 @@ import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .backbones import Backbone, virtual_tokens
+from .backbones import Backbone
+from .model_layout import virtual_tokens
 from .tasks.base import Example, Task, Template
 
 if TYPE_CHECKING:

@@ -28,8 +28,9 @@ from .artifacts import (
     read_meta,
     read_prompt_artifact,
 )
-from .backbones import INPUT_PROMPT_TYPES, Backbone
+from .backbones import Backbone
 from .errors import ConfigError, ModelError
+from .model_layout import INPUT_PROMPT_TYPES
 
 if TYPE_CHECKING:
     from .methods.base import Predictor

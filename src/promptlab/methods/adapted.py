@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 
 from .. import metrics
 from ..artifacts import ANCHORS_FILE, PROMPT_INIT_FILE
-from ..backbones import input_prompt, virtual_tokens
 from ..errors import ConfigError
+from ..model_layout import input_prompt, virtual_tokens
 from ..tasks.base import Example, Task
 from ..training import OPTIMIZERS, train_loop
 from .base import FitContext, Method, Prediction, Predictor
@@ -185,9 +185,8 @@ def _check_room(ctx: FitContext, model: torch.nn.Module) -> None:
     """Virtual tokens take positions: as many as the model has leave none for the input (a shape crash)."""
     peft = getattr(model, "peft_config", {}).get("default")
     n = int(getattr(peft, "num_virtual_tokens", 0) or 0)
-    config = ctx.backbone.model.config
-    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    if n and positions and n >= int(positions):
+    positions = ctx.backbone.positions
+    if n and positions and n >= positions:
         raise ConfigError(f"--virtual-tokens {n} leaves no room for the input: '{ctx.backbone.name}' has "
                           f"{positions} positions; use fewer virtual tokens, e.g. 20")
 

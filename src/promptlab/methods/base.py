@@ -146,9 +146,10 @@ class Method:
 
     def check(self, backbone: Backbone, task: Task) -> None:
         if backbone.kind not in self.kinds:
+            kinds = " or ".join(self.kinds)
             raise ConfigError(
-                f"method '{self.name}' does not apply to a {backbone.kind} model like '{backbone.name}'; "
-                f"it needs a {' or '.join(self.kinds)} model"
+                f"method '{self.name}' does not apply to {_a(backbone.kind)} model like '{backbone.name}' "
+                f"({backbone.family}); it needs {_a(kinds)} model"
             )
 
     def virtual_tokens(self, config: RunConfig) -> int:
@@ -213,3 +214,6 @@ WHY_UNREAD = {
     "gradient_checkpointing": "recomputes activations in the shared training loop; {m} does not train through it",
 }
 METHOD_SETTINGS = tuple(WHY_UNREAD)
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

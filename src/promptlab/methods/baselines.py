@@ -113,11 +113,20 @@ class LoRA(WeightBaseline):
         return _adapted(self.name, backbone, task, meta, model, path)
 
 
+# Attention projections by the names architectures give them: query and value apart, else the fused projection.
+LORA_PAIRS = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("query_proj", "value_proj"), ("q_lin", "v_lin"))
+LORA_FUSED = ("c_attn", "query_key_value", "qkv_proj", "Wqkv", "qkv")
+
+
 def _lora_targets(model: torch.nn.Module, asked: str | None = None, model_name: str = "") -> list[str]:
-    """The modules --lora-targets names (each must be a linear layer of the model), else the attention's query
-    and value projections found by name, so tiny test models and unknown architectures work too."""
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    names |= {n.split(".")[-1] for n, m in model.named_modules() if type(m).__name__ == "Conv1D"}  # GPT-2's
+    """The modules --lora-targets names (each must be a linear layer of the model), else the attention's
+    projections: PEFT's own table for the model's type where its names are in the model, else by name, so tiny
+    test models and families PEFT does not list work too."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    # GPT-2's attention is a Conv1D, a Linear with its weight transposed: LoRA takes both
+    names = {n.split(".")[-1] for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"}
     if asked is not None:
         targets = list(dict.fromkeys(t.strip() for t in asked.split(",") if t.strip()))
         missing = [t for t in targets if t not in names]
@@ -125,12 +134,18 @@ def _lora_targets(model: torch.nn.Module, asked: str | None = None, model_name: 
             raise ConfigError(f"--lora-targets '{asked}' names {'nothing' if not targets else repr(missing[0])}, "
                               f"not a linear module of '{model_name}'; name some of {', '.join(sorted(names))}")
         return targets
-    for pair in (("query", "value"), ("q", "v"), ("q_proj", "v_proj")):
+    family = getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+    known = PEFT_TARGETS.get(family)
+    if known and set(known) <= names:
+        return list(known)
+    for pair in LORA_PAIRS:
         if set(pair) <= names:
             return list(pair)
-    if "c_attn" in names:
-        return ["c_attn"]
-    raise ConfigError("lora cannot find attention projections in this model; name them with --lora-targets, or use "
+    for fused in LORA_FUSED:
+        if fused in names:
+            return [fused]
+    raise ConfigError(f"lora cannot find attention projections in {family} models ({type(model).__name__}); name "
+                      "them with --lora-targets, or use "
                       "prompt-tuning or full-finetune")
 
 

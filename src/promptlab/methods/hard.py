@@ -274,8 +274,8 @@ class ChainOfThought(Method):
     def check(self, backbone: Backbone, task: Task) -> None:
         if backbone.kind == "encoder":
             raise ConfigError(
-                f"method 'cot' needs a model that generates text, but '{backbone.name}' is an encoder that can only "
-                "compare choices; use zero-shot/few-shot, or a seq2seq or causal model"
+                f"method 'cot' needs a model that generates text, but '{backbone.name}' is an encoder "
+                f"({backbone.family}) that can only compare choices; use zero-shot/few-shot, or a seq2seq or causal model"
             )
 
     def fit(self, ctx: FitContext) -> Predictor:

@@ -39,7 +39,9 @@ class VocabProjection:
         special = set(tok.all_special_ids)
         self.allowed = torch.tensor([i for i in range(min(len(tok), weight.shape[0])) if i not in special],
                                     device=weight.device)
-        self.weight = weight  # [V, H]: projected rows are read by token id, no second copy of the vocabulary
+        # projected rows are read by token id through the embedding module (no second copy of the vocabulary),
+        # which is what the model reads for them: Gemma scales its table inside that module
+        self.embed = backbone.model.get_input_embeddings()
         self.unit = F.normalize(weight[self.allowed].float(), dim=-1)  # [A, H]
 
     def nearest_ids(self, prompt: torch.Tensor) -> torch.Tensor:
@@ -53,7 +55,7 @@ class VocabProjection:
         Written as v + (w - w.detach()) rather than w + (v - w).detach(): the two have the same gradient, but
         only this one is bit-exact in the forward (x - x is exactly 0; w + (v - w) can round off v).
         """
-        proj = self.weight[self.nearest_ids(prompt)].to(prompt.dtype)
+        proj = self.embed(self.nearest_ids(prompt)).detach().to(prompt.dtype)
         return proj + (prompt - prompt.detach())
 
 
@@ -69,9 +71,8 @@ def prompt_model(backbone: Backbone, method: PromptTuning, ids: list[int]) -> An
     from peft import get_peft_model
 
     model = get_peft_model(backbone.model, method.peft_config(backbone, len(ids)))
-    words = backbone.model.get_input_embeddings().weight
     with torch.no_grad():
-        model.prompt_encoder["default"].embedding.weight.copy_(words[torch.tensor(ids, device=words.device)])
+        model.prompt_encoder["default"].embedding.weight.copy_(backbone.word_embeddings(ids))
     model.requires_grad_(False)
     return model.eval()
 

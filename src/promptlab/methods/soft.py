@@ -6,6 +6,7 @@ The backbone stays frozen; PEFT adds the prompt parameters and saves them in its
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from pathlib import Path
@@ -142,6 +143,15 @@ def word_keys_values(backbone: Backbone, ids: list[int]) -> torch.Tensor | None:
     return torch.cat([seen[name] for name, _ in mods], dim=-1).float()  # modules come key, value per layer
 
 
+def input_prompt_shape(backbone: Backbone) -> dict[str, Any]:
+    """The sizes PEFT reads off the config for an input-level prompt, read through the config's own attribute names
+    (PEFT looks in its dict for hidden_size, n_embd or d_model, and misses DistilBERT's dim): the prompt is as wide
+    as the word embeddings."""
+    cfg = backbone.model.config
+    return {"token_dim": backbone.hidden_size, "num_layers": getattr(cfg, "num_hidden_layers", None),
+            "num_attention_heads": getattr(cfg, "num_attention_heads", None)}
+
+
 class SoftMethod(AdaptedMethod):
     """A PEFT prompt-learning method. Subclasses give the PEFT type and config; the rest is shared."""
 
@@ -204,9 +214,8 @@ class SoftMethod(AdaptedMethod):
         ids = init_token_ids(ctx.backbone, ctx.task, ctx.config, n, how, notes)
         if ids is None:
             return
-        words = ctx.backbone.model.get_input_embeddings().weight
         with torch.no_grad():
-            model.prompt_encoder["default"].embedding.weight[:n] = words[torch.tensor(ids, device=words.device)].clone()
+            model.prompt_encoder["default"].embedding.weight[:n] = ctx.backbone.word_embeddings(ids)
         return None
 
     def _init_from_activations(self, model: Any, ctx: FitContext, n: int, how: str,
@@ -312,7 +321,8 @@ class PromptTuning(SoftMethod):
 
         # One set of rows: PEFT would allocate 2x for seq2seq and use only the encoder half.
         return PromptTuningConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
-                                  num_transformer_submodules=1, base_model_name_or_path=backbone.name)
+                                  num_transformer_submodules=1, base_model_name_or_path=backbone.name,
+                                  **input_prompt_shape(backbone))
 
 
 @register
@@ -342,6 +352,15 @@ class PrefixTuning(SoftMethod):
             return NO_PREFIX_CHECKPOINTING.removeprefix("--gradient-checkpointing ").split("; drop")[0]
         return super().why_unread(name)
 
+    def check(self, backbone: Backbone, task: Task) -> None:
+        """PEFT hands the prefix to the model as its cache of past keys and values; a model whose forward takes
+        none (DeBERTa-v2, ModernBERT) would drop it and fail on the longer attention mask PEFT passes along."""
+        super().check(backbone, task)
+        if not {"cache", "past_key_values"} & set(inspect.signature(backbone.model.forward).parameters):
+            raise ConfigError(f"prefix-tuning cannot run on {backbone.family} models ({type(backbone.model).__name__}): "
+                              "their forward takes no past keys and values to hold the prefix; use prompt-tuning or "
+                              "p-tuning")
+
 
 @register
 class PTuning(SoftMethod):
@@ -357,7 +376,7 @@ class PTuning(SoftMethod):
 
         return PromptEncoderConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
                                    encoder_hidden_size=backbone.hidden_size, num_transformer_submodules=1,
-                                   base_model_name_or_path=backbone.name)
+                                   base_model_name_or_path=backbone.name, **input_prompt_shape(backbone))
 
 
 @register

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..backbones import Backbone, left_padded_embeds
+from ..backbones import GREEDY, Backbone
 from ..errors import PromptlabError
 from ..methods.readout import ANCHOR_SCALE, predictions_from_scores
+from ..model_layout import left_padded_embeds
 from ..tasks.base import Example
 from .registry import Servable
 
@@ -115,9 +116,8 @@ class Engine:
         self._eos = torch.tensor(eos if isinstance(eos, list) else [eos] if eos is not None else [], dtype=torch.long,
                                  device=self.device)
         self.forwards = 0  # model calls made for batched rows (not counting grouped fallbacks)
-        cfg = self.model.config
         # absolute (or rotary) position limit; relative-position models such as T5 have none
-        self._positions: int | None = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self._positions: int | None = backbone.positions
 
     # -- per-prompt state ---------------------------------------------------------------------------
     def attach(self, s: Servable) -> None:
@@ -300,12 +300,12 @@ class Engine:
             ids = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
             emb, mask = left_padded_embeds(self.model, [s.prompt for s in servables], ids)
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      do_sample=False, pad_token_id=pad)  # only the new tokens come back
+                                      pad_token_id=pad, **GREEDY)  # only the new tokens come back
         else:
             enc = bb._tok(texts)
             emb, mask = self._contiguous([s.prompt for s in servables], enc["input_ids"], enc["attention_mask"])
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      do_sample=False, pad_token_id=pad)
+                                      pad_token_id=pad, **GREEDY)
             new = new[:, 1:]  # the decoder start token
         outs = []
         for r, k, seq in zip(rows, limits, new):

@@ -32,13 +32,14 @@ from ..artifacts import (
     read_prompt_rows,
     recorded_run,
 )
-from ..backbones import INPUT_PROMPT_TYPES, Backbone
+from ..backbones import Backbone
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError, unknown
 from ..inputs import fit_for, fit_inputs
 from ..methods import FitContext, Predictor, get_method, method_names
 from ..methods.hard import HardPredictor
 from ..methods.readout import label_anchors
+from ..model_layout import INPUT_PROMPT_TYPES
 from ..splits import resolve
 from ..tasks import artifact_task, get_task
 from ..tasks.base import Example, Task, Template
