@@ -103,3 +103,11 @@ def test_a_head_fitted_in_one_go_says_so(tiny_models, run_cli, terminal, tmp_pat
                            "--out", tmp_path / "lp")
     assert code == 0, err
     assert "promptlab: plan (linear-probe): 12 training examples, fitted in one go; 4 evaluation examples\n" in err
+
+
+def test_predict_bar_follows_its_batches(tiny_models, run_cli, terminal):
+    code, out, err = run_cli("predict", "--task", "sentiment", "--model", tiny_models["encoder"], "--method",
+                             "zero-shot", "--batch-size", "2", "good", "bad", "fine", "awful", "great")
+    assert code == 0, err
+    assert len(out.splitlines()) == 5  # the JSON lines stay on stdout, the bar on stderr
+    assert _counts(err, "predict") == ["0/5", "2/5", "4/5", "5/5"]
