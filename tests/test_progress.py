@@ -9,7 +9,7 @@ import re
 import pytest
 
 from promptlab import console
-from promptlab.pipeline import plan_line
+from promptlab.pipeline import plan_line, say_plan
 
 
 @pytest.fixture
@@ -111,3 +111,15 @@ def test_predict_bar_follows_its_batches(tiny_models, run_cli, terminal):
     assert code == 0, err
     assert len(out.splitlines()) == 5  # the JSON lines stay on stdout, the bar on stderr
     assert _counts(err, "predict") == ["0/5", "2/5", "4/5", "5/5"]
+
+
+def test_a_long_plan_is_said_in_a_log_too(capsys):
+    """Off a terminal (capsys) a short plan stays quiet, as the progress bars do; a long one is the run whose size
+    surprises, so it reaches the log."""
+    short = {"train_examples": 64, "epochs": 3, "steps": 12, "batch_size": 16, "grad_accum": 1, "eval_examples": 8}
+    say_plan("prompt-tuning", short)
+    assert capsys.readouterr().err == ""
+    say_plan("prompt-tuning", {**short, "train_examples": 67149, "steps": 12591})
+    err = capsys.readouterr().err
+    assert err.startswith("promptlab: plan (prompt-tuning): 67,149 training examples") and "--max-steps" in err
+    assert err.count("\n") == 1
