@@ -550,3 +550,12 @@ def test_invalid_yaml_names_the_line(tmp_path):
     spec = write(tmp_path / "bad.yaml", "name: x\nfields: [text\nkind: choices\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: invalid YAML"):
         get_task(str(spec))
+
+
+def test_one_template_is_a_task_and_none_is_refused(tmp_path):
+    """Soft-prompt users write only the bare input (README, "Your own data"); a spec without any template is one
+    line that shows the bare one."""
+    task = get_task(str(user_spec(tmp_path, templates=[{"name": "bare", "text": "{text}"}])))
+    assert [t.name for t in task.templates] == ["bare"] and task.template(None).text == "{text}"
+    with pytest.raises(ConfigError, match=r"needs at least one template; .*\{name: bare, text: '\{text\}'\}"):
+        get_task(str(user_spec(tmp_path, templates=[])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -46,3 +47,23 @@ def quiet_libraries() -> None:
         hub_logging.set_verbosity_error()  # its retry notices: ten lines before a failed download's one-line error
     except ImportError:
         pass
+
+
+# Whether stderr is someone's terminal: None asks stderr itself (progress bars and the plan line are for a person
+# watching, not for logs or pipes); tests set it to True to see what a terminal would.
+TERMINAL: bool | None = None
+REDRAW_SECONDS = 0.1  # tqdm's default: a bar redraws at most this often; tests set 0 to see every batch
+
+
+def on_terminal() -> bool:
+    return sys.stderr.isatty() if TERMINAL is None else TERMINAL
+
+
+def progress(total: int, desc: str, unit: str = "ex", initial: int = 0, show: bool = True) -> Any:
+    """A tqdm bar on stderr (evaluation's, generation's, training's), shown only at a terminal (disable=None: tqdm
+    asks stderr) and where `show` holds (training: rank 0 of a distributed run)."""
+    from tqdm.auto import tqdm  # tqdm is loaded only by the commands that draw a bar
+
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=False, file=sys.stderr,
+                mininterval=REDRAW_SECONDS, miniters=1,
+                disable=True if not show else None if TERMINAL is None else not TERMINAL)

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import metrics
-from .methods.base import Predictor
+from . import console, metrics
+from .methods.base import Prediction, Predictor
 from .tasks.base import Example, Task
 
 
@@ -22,9 +22,27 @@ class EvalResult:
         return len(self.records) / self.seconds if self.seconds > 0 else 0.0
 
 
-def evaluate(predictor: Predictor, task: Task, examples: list[Example], batch_size: int = 32) -> EvalResult:
+def predict_batches(predictor: Predictor, examples: list[Example], batch_size: int = 32,
+                    desc: str = "eval") -> list[Prediction]:
+    """`predictor.predict`, one batch of examples at a time so that a progress bar can follow (console.progress:
+    at a terminal only). The batches are taken longest input first, as the backbone orders a whole list, so
+    padding stays within similar lengths; answers come back in the examples' order."""
+    order = sorted(range(len(examples)), key=lambda i: -sum(len(v) for v in examples[i].fields.values()))
+    out: list[Prediction | None] = [None] * len(examples)
+    with console.progress(len(examples), desc) as bar:
+        for start in range(0, len(order), max(1, batch_size)):
+            idx = order[start : start + max(1, batch_size)]
+            for i, p in zip(idx, predictor.predict([examples[i] for i in idx], batch_size=batch_size)):
+                out[i] = p
+            bar.update(len(idx))
+    return out  # type: ignore[return-value]  # every slot filled above
+
+
+def evaluate(predictor: Predictor, task: Task, examples: list[Example], batch_size: int = 32,
+             desc: str = "eval") -> EvalResult:
+    """`desc` names the progress bar (the method, in a comparison)."""
     t0 = time.perf_counter()
-    preds = predictor.predict(examples, batch_size=batch_size)
+    preds = predict_batches(predictor, examples, batch_size, desc)
     seconds = time.perf_counter() - t0
     records = []
     if task.kind == "choices":

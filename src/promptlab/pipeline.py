@@ -10,6 +10,7 @@ import functools
 import hashlib
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import peft
 import torch
 import transformers
 
-from . import devices
+from . import console, devices
 from .artifacts import INSPECT_FILE, run_record
 from .backbones import Backbone
 from .checkpoints import CheckpointPlan
@@ -66,6 +67,7 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
     if cfg.max_new_tokens is not None and backbone.kind == "encoder":
         raise ConfigError(f"--max-new-tokens sets the length of a generated answer, but '{backbone.name}' is an "
                           "encoder, which generates none (it compares the input with the labels); drop the flag")
+    plan: dict[str, int] | None = None  # the work a training run is about to do
     if cfg.prompt:
         predictor = load_predictor(cfg.prompt, backbone, task)
         if cfg.max_new_tokens and predictor.readout is not None:  # the flag beats the length saved at training
@@ -83,9 +85,12 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
             virtual = method.virtual_tokens(cfg)
             train, _ = fit_inputs(task, backbone, template, cfg, train, virtual=virtual)
             dev, _ = fit_inputs(task, backbone, template, cfg, dev, virtual=virtual)
+            plan = {"train_examples": len(train), **(method.plan(cfg, len(train)) or {}),
+                    "eval_examples": len(data.eval)}
         t0 = time.perf_counter()
         seed_everything(cfg.seed)  # random inits depend on the seed alone, not on what ran before in a compare
-        ctx = FitContext(backbone, task, train, dev, cfg, template, checkpoint=checkpoint if method.trains else None)
+        ctx = FitContext(backbone, task, train, dev, cfg, template, checkpoint=checkpoint if method.trains else None,
+                         started=functools.partial(say_plan, cfg.method, plan))
         predictor = method.fit(ctx)
         template = predictor.template  # a search method chooses its template while fitting
         # A search (prompt-search) trains nothing but costs time: every fit is timed, so its cost shows.
@@ -95,7 +100,7 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
     budget = predictor_budget(predictor, cfg)
     predictor.check_room(budget)
     examples, _ = fit_for(predictor, cfg, data.eval)
-    result = evaluate(predictor, task, examples, batch_size=cfg.batch_size)
+    result = evaluate(predictor, task, examples, batch_size=cfg.batch_size, desc=f"{method_name} eval")
     # What the model read, demonstrations and all, tokenised as the backbone tokenises it: not what was selected.
     input_stats = received_stats(predictor, examples, [r["input"] for r in result.records], budget)
     total = backbone.total_params
@@ -113,13 +118,16 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         "device": devices.describe(backbone.device, backbone.dtype),
         "versions": versions(), "git": git_revision(), "config": cfg.to_dict(),
     }
+    if plan is not None:
+        metrics["plan"] = plan
     info = predictor.run_info()
     if info:
         metrics["method_info"] = info
     variants = predictor.variants()
     if variants:  # e.g. pez's unprojected soft prompt, on exactly the examples this run is scored on
-        metrics["variants"] = {name: evaluate(v, task, examples, batch_size=cfg.batch_size).metrics
-                               for name, v in variants.items()}
+        metrics["variants"] = {
+            name: evaluate(v, task, examples, batch_size=cfg.batch_size, desc=f"{name} eval").metrics
+            for name, v in variants.items()}
     if predictor.train_info:  # processes, examples per process, the step a resume began at
         metrics["training"] = predictor.train_info
     if out is not None and is_main_process():  # under torchrun / accelerate launch, rank 0 writes
@@ -130,6 +138,32 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
                 extra[INSPECT_FILE] = inspected
         write_run(out, cfg, metrics, result.records, predictor, extra=extra)
     return RunResult(metrics=metrics, predictor=predictor, eval=result)
+
+
+def say_plan(method: str, plan: dict[str, int] | None) -> None:
+    """The plan line on stderr where someone may be waiting on it: at a terminal (as the progress bars), and for a
+    long run wherever stderr goes (a log), since that is the run whose size surprises."""
+    if plan is None or not is_main_process():
+        return
+    if console.on_terminal() or plan.get("steps", 0) > LONG_RUN_STEPS:
+        print(plan_line(method, plan), file=sys.stderr, flush=True)
+
+
+LONG_RUN_STEPS = 2000  # above this a CPU run takes hours: the plan line says how to ask for a quick one
+
+
+def plan_line(method: str, plan: dict[str, int]) -> str:
+    """The work a training run is about to do, in one line: the default --train-size is the whole pool (67,149
+    SST-2 examples), which nothing else would say before the hours it takes."""
+    n, m = plan["train_examples"], plan["eval_examples"]
+    if "steps" not in plan:
+        return f"promptlab: plan ({method}): {n:,} training examples, fitted in one go; {m:,} evaluation examples"
+    line = (f"promptlab: plan ({method}): {n:,} training examples × {plan['epochs']} epochs = {plan['steps']:,} "
+            f"optimizer steps (--train-batch-size {plan['batch_size']}, --grad-accum {plan['grad_accum']}); "
+            f"{m:,} evaluation examples")
+    if plan["steps"] > LONG_RUN_STEPS:
+        line += "; for a quick run pass --train-size (e.g. 2000) or --max-steps (e.g. 500)"
+    return line
 
 
 def versions() -> dict[str, str]:

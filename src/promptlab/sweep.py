@@ -76,10 +76,10 @@ def compare(cfg: RunConfig, names: list[str], out: Path, task: Any, data: Any, b
         get_method(n).check(backbone, task)
     main = is_main_process()  # under torchrun / accelerate launch every process trains; rank 0 writes
     with staged(out) if main else nullcontext(None) as stage:
-        for n in names:
+        for k, n in enumerate(names, 1):
             run_cfg = from_dict(RunConfig, {**cfg.to_dict(), "method": n}, "config")
-            if main:
-                log(f"· {n} …")
+            if main:  # then its plan, training and evaluation bars (at a terminal) follow under this line
+                log(f"· [{k}/{len(names)}] {n} …")
             run_one(run_cfg, backbone, task, data, stage / n if stage else None,
                     checkpoint=replace(checkpoint, dir=checkpoint.dir / n))
         if stage:

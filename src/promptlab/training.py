@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import console
 from .checkpoints import Checkpoint, CheckpointPlan, CheckpointStore, restore_rng
 from .errors import ConfigError
 
@@ -117,6 +118,13 @@ class _Position:
     since_best: int = 0
 
 
+def planned_steps(n_examples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps the loop will take on `n_examples` (fewer if early stopping ends it): the schedule's length
+    and the plan a run prints before it starts, from one formula."""
+    per_epoch = -(-n_examples // (cfg.batch_size * cfg.grad_accum))
+    return min(cfg.epochs * per_epoch, cfg.max_steps) if cfg.max_steps else cfg.epochs * per_epoch
+
+
 def train_loop(
     model: torch.nn.Module,
     lengths: list[int],
@@ -136,7 +144,6 @@ def train_loop(
     says; restore the best dev epoch's values at the end. `optimizer` and `default_lr` (used when cfg.lr is
     unset) are the method's; `label` names it in the progress bar and messages."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     seed_everything(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -173,8 +180,7 @@ def train_loop(
         store.save(name, state, _trainable_state(core), best_state, optimizer.state_dict())
 
     accum = cfg.grad_accum  # one step per `accum` batches: the epoch's batches are the steps' whole batches
-    per_epoch = -(-n_examples // (batch_size * accum))
-    planned = min(epochs * per_epoch, max_steps) if max_steps else epochs * per_epoch
+    planned = planned_steps(n_examples, cfg)
     t0 = time.perf_counter() - prior_seconds
     while not pos.stopped and pos.epoch <= epochs:
         epoch = pos.epoch
@@ -183,8 +189,8 @@ def train_loop(
             continue
         batches = epoch_batches(lengths, batch_size * accum, seed, epoch)
         model.train()
-        bar = tqdm(total=len(batches), initial=pos.batch, desc=f"{label} epoch {epoch}/{epochs}", leave=False,
-                   disable=not progress or not accelerator.is_main_process or None)
+        bar = console.progress(len(batches), f"{label} epoch {epoch}/{epochs}", unit="step", initial=pos.batch,
+                               show=progress and accelerator.is_main_process)
         for b in range(pos.batch, len(batches)):
             if max_steps and result.steps >= max_steps:
                 break

@@ -186,7 +186,7 @@ def run(backbone: Backbone, pairs: list[tuple[str, str]], task_names: list[str],
             kept = mapped_readout(predictor, src, task, backbone, anchors[task.name], own)
             examples, _ = fit_inputs(task, backbone, predictor.input_template(), RunConfig(task=task.name), col.examples,
                                      **reservations(predictor))
-            res = evaluate(predictor, task, examples, batch_size=batch_size)
+            res = evaluate(predictor, task, examples, batch_size=batch_size, desc=f"{src.name} on {task.name}")
             cell.update({"score": res.metrics[task.metrics[0]], "metrics": res.metrics, "labels_from_prompt": kept})
             if log:
                 log(f"· {src.name} on {task.name}: {task.metrics[0]} {100 * cell['score']:.1f}%")

@@ -22,7 +22,7 @@ from ..artifacts import ANCHORS_FILE, PROMPT_INIT_FILE
 from ..errors import ConfigError
 from ..model_layout import input_prompt, virtual_tokens
 from ..tasks.base import Example, Task
-from ..training import OPTIMIZERS, train_loop
+from ..training import OPTIMIZERS, planned_steps, train_loop
 from .base import FitContext, Method, Prediction, Predictor
 from .readout import Readout
 
@@ -45,6 +45,11 @@ class AdaptedMethod(Method):
 
     def reads(self, cfg: RunConfig) -> set[str]:
         return super().reads(cfg) | {"grad_accum", "gradient_checkpointing"}
+
+    def plan(self, config: RunConfig, n_train: int) -> dict[str, int] | None:
+        tc = config.train
+        return {"epochs": tc.epochs, "steps": planned_steps(n_train, tc), "batch_size": tc.batch_size,
+                "grad_accum": tc.grad_accum}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -130,6 +135,7 @@ def fit_adapted(ctx: FitContext, method: AdaptedMethod, model: torch.nn.Module) 
         pred.model = m
         return dev_score(ctx.task, ctx.dev, pred.predict(ctx.dev, cfg.batch_size))
 
+    ctx.started()
     with recomputed_activations(model, cfg.train.gradient_checkpointing, ctx.backbone.name):
         result = train_loop(model, lengths, cfg.train, loss_fn=loss_fn, dev_fn=dev_fn, seed=cfg.seed,
                             optimizer=method.optimizer, default_lr=method.default_lr, label=method.name,

@@ -8,6 +8,7 @@ its own behaviour in its own module (hard.py, soft.py, baselines.py); nothing he
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,6 +43,9 @@ class FitContext:
     config: RunConfig
     template: Template
     checkpoint: CheckpointPlan | None = None  # where training checkpoints and resumes from (the CLI's work dir)
+    # Called by a training fit once every check has passed, just before the work: the run's plan line is said
+    # then, so a refused setting still ends in its one error line alone.
+    started: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
 @dataclass
@@ -159,6 +163,11 @@ class Method:
 
     def fit(self, ctx: FitContext) -> Predictor:
         raise NotImplementedError
+
+    def plan(self, config: RunConfig, n_train: int) -> dict[str, int] | None:
+        """The optimizer steps a fit on `n_train` examples takes: {epochs, steps, batch_size, grad_accum}, printed
+        before training starts (the whole SST-2 pool at 3 epochs is hours on a CPU); None where nothing steps."""
+        return None
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         raise NotImplementedError

@@ -46,10 +46,11 @@ class LinearProbe(HeadMethod):
 
         self.check(ctx.backbone, ctx.task)
         emb = lambda exs: ctx.backbone.embed([ctx.template.render(e) for e in exs]).numpy()
-        x, y = emb(ctx.train), np.array([e.label for e in ctx.train])
-        xd, yd = emb(ctx.dev), np.array([e.label for e in ctx.dev])
+        y, yd = np.array([e.label for e in ctx.train]), np.array([e.label for e in ctx.dev])
         if len(set(y.tolist())) < 2:
             raise ConfigError("linear-probe needs training examples of at least two labels; raise --train-size")
+        ctx.started()
+        x, xd = emb(ctx.train), emb(ctx.dev)
         best = None
         for c in (0.1, 1.0, 10.0, 100.0):
             clf = LogisticRegression(C=c, max_iter=2000, random_state=ctx.config.seed).fit(x, y)

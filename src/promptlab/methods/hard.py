@@ -194,8 +194,11 @@ class HardPredictor(Predictor):
         return [context + b for b in base]
 
     def _nearest_contexts(self, examples: list[Example], base: list[str]) -> list[str]:
-        rendered = [render(self.task, self.template, d) for d in self.demos]
-        sims = F.normalize(self.backbone.embed(base), dim=-1) @ F.normalize(self.backbone.embed(rendered), dim=-1).T
+        # The demos' embeddings once per predictor: evaluation predicts a batch at a time (evaluation.py).
+        if getattr(self, "_demo_vectors", None) is None:
+            rendered = [render(self.task, self.template, d) for d in self.demos]
+            self._demo_vectors = F.normalize(self.backbone.embed(rendered), dim=-1)
+        sims = F.normalize(self.backbone.embed(base), dim=-1) @ self._demo_vectors.T
         k = in_prompt(self.task, self.shots, "nearest", len(self.demos))
         out = []
         for row, b in zip(sims, base):

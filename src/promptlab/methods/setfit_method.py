@@ -32,7 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from ..tasks.base import Task, Template
 from .base import FitContext, Predictor
 from .linear_head import HEAD_FILE, HeadMethod, HeadPredictor, head_as_logits
 from .registry import register
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 SETFIT_DIR = "setfit"
 PAIRS_PER_EXAMPLE = 20  # SetFit's R (num_iterations): positive pairs per example, and as many negative
@@ -116,6 +119,11 @@ class SetFit(HeadMethod):
             raise ConfigError("method 'setfit' needs the setfit package; run `make demo` or "
                               "`pip install -c constraints.txt setfit`") from None
 
+    def plan(self, config: RunConfig, n_train: int) -> dict[str, int] | None:
+        tc = config.train  # one pass over the pairs, capped as fit caps it
+        return {"epochs": 1, "steps": min(pair_steps(n_train, tc.batch_size), tc.max_steps or DEFAULT_MAX_STEPS),
+                "batch_size": tc.batch_size, "grad_accum": 1}
+
     def fit(self, ctx: FitContext) -> Predictor:
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
@@ -158,6 +166,7 @@ class SetFit(HeadMethod):
                               train_dataset=Dataset.from_dict({"text": texts, "label": labels}),
                               callbacks=[_Losses()])
             _quiet(trainer)
+            ctx.started()
             with warnings.catch_warnings():  # CPU runs: the pair loader's pin_memory notice is noise
                 warnings.filterwarnings("ignore", message=".*pin_memory.*")
                 trainer.train()

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .. import console
 from ..backbones import GREEDY, Backbone
 from ..errors import PromptlabError
 from ..methods.readout import ANCHOR_SCALE, predictions_from_scores
@@ -138,13 +139,15 @@ class Engine:
         """Offline use (`promptlab predict`): the same jobs the server runs, in chunks sorted by length."""
         order = sorted(range(len(examples)), key=lambda i: -sum(len(v) for v in examples[i].fields.values()))
         out: list[Answer | None] = [None] * len(examples)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            (res,) = self.run([Job(s, [examples[i] for i in idx])])
-            if isinstance(res, Exception):
-                raise res
-            for i, a in zip(idx, res):
-                out[i] = a
+        with console.progress(len(examples), "predict") as bar:  # at a terminal: a long --input file's progress
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                (res,) = self.run([Job(s, [examples[i] for i in idx])])
+                if isinstance(res, Exception):
+                    raise res
+                for i, a in zip(idx, res):
+                    out[i] = a
+                bar.update(len(idx))
         return out  # type: ignore[return-value]
 
     def run(self, jobs: list[Job]) -> list[list[Answer] | Exception]:

@@ -174,8 +174,10 @@ class Task:
         sizes = {len(self.labels), len(self.verbalizers), len(self.descriptions)}
         if self.kind == "choices" and (not self.labels or len(sizes) != 1):
             raise ConfigError(f"task '{self.name}': labels, verbalizers and descriptions must have equal length")
-        if len(self.templates) < 2:
-            raise ConfigError(f"task '{self.name}' needs at least two hard-prompt templates")
+        # One template is enough: a user who only tunes soft prompts writes the bare input ({text}) and no prompt.
+        if not self.templates:
+            raise ConfigError(f"task '{self.name}' needs at least one template; for soft prompts alone, the bare "
+                              "input: templates: [{name: bare, text: '{text}'}]")
         for t in self.templates:
             extra = t.fields() - set(self.input_fields) - {"choices"}
             if extra:
