@@ -63,7 +63,8 @@ def one(size: str, length: int, method: str, batch: int, steps: int, checkpointi
         if method == "lora":
             peft_cfg = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
         else:
-            backbone = type("B", (), {"kind": "causal", "name": "qwen2-random", "hidden_size": hidden})()
+            backbone = type("B", (), {"kind": "causal", "name": "qwen2-random", "hidden_size": hidden,
+                                      "model": model})()  # what promptlab's peft_config reads of a Backbone
             peft_cfg = m.peft_config(backbone, 20)
         model = get_peft_model(model, peft_cfg)
     if checkpointing:
