@@ -1,7 +1,7 @@
 """How training cost grows with model size and input length: prompt tuning, prefix tuning, LoRA, full fine-tuning.
 
-Random weights of real shapes (Qwen2: grouped-query attention, SwiGLU, RMSNorm, untied embeddings; the largest is
-Qwen2.5-0.5B's exact shape), one training step as promptlab takes it (the method's PEFT config from promptlab,
+Random weights of real shapes (Qwen2: grouped-query attention, SwiGLU, RMSNorm; the largest is Qwen2.5-0.5B's
+layers and vocabulary, with an untied output head: 630M parameters), one training step as promptlab takes it (the method's PEFT config from promptlab,
 its optimizer kind and default lr, the causal LM loss), each setting in a fresh process so that its peak RSS is
 its own. Gradient checkpointing (--gradient-checkpointing) is measured beside the plain step for the methods that
 take it.
