@@ -14,7 +14,7 @@ from promptlab.config import RunConfig
 from promptlab.methods import get_method, method_names, register
 from promptlab.methods.adapted import AdaptedMethod
 from promptlab.methods.registry import _REGISTRY
-from promptlab.methods.soft import TASK_TYPES, SoftMethod
+from promptlab.methods.soft import SoftMethod
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Entry points whose imports are deferred on purpose: `promptlab --help` and a mistyped flag answer in a fraction
@@ -111,10 +111,7 @@ class _ShortPrompt(SoftMethod):
     optimizer, default_lr = "adamw", 0.05
 
     def peft_config(self, backbone: Backbone, n: int, config: RunConfig | None = None) -> Any:
-        from peft import PromptTuningConfig
-
-        return PromptTuningConfig(task_type=TASK_TYPES[backbone.kind], num_virtual_tokens=n,
-                                  num_transformer_submodules=1, base_model_name_or_path=backbone.name)
+        return get_method("prompt-tuning").peft_config(backbone, n, config)  # the same rows, another method
 
 
 @pytest.fixture
