@@ -6,17 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList
 
 from ..backbones import GREEDY
 from ..errors import PromptlabError
 from ..model_layout import left_padded_embeds
 from .jobs import Answer, InputTooLong, Row
 from .registry import Servable
+from .sampling import SampledLogits, Sampler, pick
 
 
 class Decoding:
     """Causal: the cached prompt plus a plain greedy loop when the KV cache serves the batch, `generate` otherwise;
-    seq2seq: `generate` after `[P_i, x_i]` as encoder input."""
+    seq2seq: `generate` after `[P_i, x_i]` as encoder input. A row with a sampler (the OpenAI endpoints' temperature
+    > 0) draws its tokens from its own generator (sampling.py) on every path."""
 
     backbone: Any
     model: Any
@@ -33,22 +36,24 @@ class Decoding:
         bb = self.backbone
         servables = [r.servable for r in rows]
         texts = [r.text for r in rows]
+        samplers = [r.sampler for r in rows] if any(r.sampler is not None for r in rows) else None
+        sample = {"logits_processor": LogitsProcessorList([SampledLogits(samplers)])} if samplers else {}
         limits = [s.max_new_tokens if r.max_new is None else r.max_new for r, s in zip(rows, servables)]
         max_new = max(limits)
         pad = bb.tokenizer.pad_token_id
         self.forwards += 1
         if bb.kind == "causal" and self._use_kv(servables) and self._plain_greedy:
-            new = self._greedy_cached(servables, texts, max_new)
+            new = self._greedy_cached(servables, texts, max_new, samplers)
         elif bb.kind == "causal":
             ids = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
             emb, mask = left_padded_embeds(self.model, [s.prompt for s in servables], ids)
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      pad_token_id=pad, **GREEDY)  # only the new tokens come back
+                                      pad_token_id=pad, **GREEDY, **sample)  # only the new tokens come back
         else:
             enc = bb._tok(texts)
             emb, mask = self._contiguous([s.prompt for s in servables], enc["input_ids"], enc["attention_mask"])
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      pad_token_id=pad, **GREEDY)
+                                      pad_token_id=pad, **GREEDY, **sample)
             new = new[:, 1:]  # the decoder start token
         outs = []
         for r, k, seq in zip(rows, limits, new):
@@ -57,8 +62,10 @@ class Decoding:
             outs.append(Answer(input=r.text, prediction=text, tokens=seq.tolist()))
         return outs
 
-    def _greedy_cached(self, servables: list[Servable], texts: list[str], max_new: int) -> torch.Tensor:
-        """Greedy decoding from each row's cached prompt: the prompt's keys/values are never recomputed."""
+    def _greedy_cached(self, servables: list[Servable], texts: list[str], max_new: int,
+                       samplers: list[Sampler | None] | None = None) -> torch.Tensor:
+        """Decoding from each row's cached prompt (the prompt's keys/values are never recomputed): greedy, or the
+        row's sampler's draw."""
         bb = self.backbone
         ids_list = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
         dev = self.device
@@ -75,7 +82,7 @@ class Decoding:
         pos = (n[:, None] + torch.arange(width, device=dev)[None]) * att
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache})
         cache = out_cache(out)
-        nxt = out.logits[torch.arange(len(texts), device=dev), lens - 1].argmax(-1)
+        nxt = pick(out.logits[torch.arange(len(texts), device=dev), lens - 1], samplers)
         cur = n + lens  # the next token's position
         done = torch.zeros(len(texts), dtype=torch.bool, device=dev)
         steps = []
@@ -90,13 +97,13 @@ class Decoding:
                              **{self._cache_kw: cache})
             cache = out_cache(out)
             cur = cur + 1
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = pick(out.logits[:, -1], samplers)
         return torch.stack(steps, dim=1) if steps else torch.empty(len(texts), 0, dtype=torch.long, device=dev)
 
     def _check_ids(self, s: Servable, seqs: list[list[int]]) -> None:
-        if self.backbone.kind != "causal":
-            raise PromptlabError("per-token log-probabilities are computed for decoder-only models only")
-        n = s.prompt.shape[0]
+        if self.backbone.kind == "encoder":
+            raise PromptlabError("per-token log-probabilities are computed for decoder models only")
+        n = s.prompt.shape[0] if self.backbone.kind == "causal" else 0  # seq2seq: the prompt is encoder input
         for i, x in enumerate(seqs):
             if self._positions is not None and n + len(x) > self._positions:
                 raise InputTooLong(f"inputs[{i}] is {len(x)} tokens; with prompt '{s.name}' ({n} virtual tokens) the "
@@ -104,26 +111,37 @@ class Decoding:
 
     @torch.inference_mode()
     def _score(self, rows: list[Row]) -> list[Answer]:
-        """log p(token_t | prompt_i, tokens_<t) for every token of each row, by one full forward of `[P_i, x_i]`
-        (the first token has none when the prompt is empty). Answer.logits: the log-probs, Answer.scores: the
+        """log p(token_t | prompt_i, tokens_<t) for every token of each row, by one full forward: of `[P_i, x_i]`
+        for a causal model (the first token has none when the prompt is empty); for seq2seq, of the decoder over
+        the row's ids with `[P_i, row.text]` as encoder input. Answer.logits: the log-probs, Answer.scores: the
         `top` most likely (token id, log-prob) pairs per position (None where the first token has no log-prob)."""
         dev = self.device
-        width = max(len(r.ids) for r in rows)
+        width = max(1, max(len(r.ids) for r in rows))
         ids = torch.full((len(rows), width), int(self.backbone.tokenizer.pad_token_id or 0), dtype=torch.long, device=dev)
         att = torch.zeros_like(ids)
         for b, r in enumerate(rows):
             ids[b, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long, device=dev)
             att[b, : len(r.ids)] = 1
         prompts = [r.servable.prompt for r in rows]
-        emb, mask = self._contiguous(prompts, ids, att)
-        kw = {"position_ids": positions(mask)} if self._takes_positions else {}
         self.forwards += 1
-        logp = torch.log_softmax(self.model(inputs_embeds=emb, attention_mask=mask, **kw).logits.float(), dim=-1)
+        seq2seq = self.backbone.kind == "seq2seq"
+        if seq2seq:
+            enc = self.backbone._tok([r.text for r in rows])
+            emb, mask = self._contiguous(prompts, enc["input_ids"], enc["attention_mask"])
+            logits = self.model(inputs_embeds=emb, attention_mask=mask, labels=ids.masked_fill(att == 0, -100)).logits
+        else:
+            emb, mask = self._contiguous(prompts, ids, att)
+            kw = {"position_ids": positions(mask)} if self._takes_positions else {}
+            logits = self.model(inputs_embeds=emb, attention_mask=mask, **kw).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
         out = []
         for b, r in enumerate(rows):
-            n = r.servable.prompt.shape[0]
-            first = int(n == 0)  # without a prompt the first token has nothing before it
-            at = logp[b, max(n - 1, 0) : n + len(r.ids) - 1]  # position t predicts token t + 1: [T - first, V]
+            if seq2seq:  # decoder position t predicts token t (the labels are shifted right inside the model)
+                first, at = 0, logp[b, : len(r.ids)]
+            else:
+                n = r.servable.prompt.shape[0]
+                first = int(n == 0)  # without a prompt the first token has nothing before it
+                at = logp[b, max(n - 1, 0) : n + len(r.ids) - 1]  # position t predicts token t + 1: [T - first, V]
             tgt = torch.tensor(r.ids[first:], dtype=torch.long, device=dev)
             lps: list[float | None] = [None] * first + at.gather(-1, tgt[:, None]).squeeze(-1).tolist()
             top: list[list[tuple[int, float]] | None] = [None] * first

@@ -107,12 +107,15 @@ class Engine(Decoding):
                 if job.score is not None:
                     self._check_ids(s, job.score)
                     results[j] = [None] * len(job.score)
-                    score_rows.extend(Row(j, i, s, "", ids=x, top=job.top) for i, x in enumerate(job.score))
+                    ctx = job.context or [""] * len(job.score)
+                    score_rows.extend(Row(j, i, s, c, ids=x, top=job.top) for i, (x, c) in enumerate(zip(job.score, ctx)))
                     continue
                 if job.raw is not None:
                     self._check_lengths(s, job.raw, extra=job.max_new_tokens, cut=False)
                     results[j] = [None] * len(job.raw)
-                    gen_rows.extend(Row(j, i, s, t, max_new=job.max_new_tokens) for i, t in enumerate(job.raw))
+                    samplers = job.sampling or [None] * len(job.raw)
+                    gen_rows.extend(Row(j, i, s, t, max_new=job.max_new_tokens, sampler=samplers[i])
+                                    for i, t in enumerate(job.raw))
                     continue
                 examples = s.prepare(self.backbone, job.examples)
                 if not s.batchable:

@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import PromptlabError
 from ..tasks.base import Example
 from .registry import Servable
+from .sampling import Sampler
 
 
 class InputTooLong(PromptlabError):
@@ -46,6 +47,8 @@ class Job:
     max_new_tokens: int | None = None  # raw: tokens to generate, instead of the prompt's own
     score: list[list[int]] | None = None  # token ids whose log-probs to compute after the soft prompt (causal)
     top: int = 0  # score: how many most likely tokens to return per position
+    sampling: list[Sampler | None] | None = None  # raw: per text, its sampler (None: greedy)
+    context: list[str] | None = None  # score, seq2seq: the encoder input each row's (decoder) ids follow
 
     @property
     def rows(self) -> int:
@@ -61,3 +64,4 @@ class Row:
     max_new: int | None = None  # raw generation
     ids: list[int] | None = None  # scoring
     top: int = 0
+    sampler: Sampler | None = None
