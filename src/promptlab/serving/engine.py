@@ -12,9 +12,10 @@ Layout per backbone kind (what PEFT does for one prompt, done per row):
   each verbalizer, or generates.
 - causal, choices: `[P_i, x_i + target, pad]` with positions 0.., or, with the KV cache, the prompt's
   precomputed keys/values `[K_i, masked gap up to the longest prompt]` then `x_i + target` at positions
-  n_i... Generation: `[pad, P_i, x_i]` through `generate` (positions follow the attention mask), or the
-  cached prompt plus a plain greedy loop. Raw jobs (the OpenAI endpoints) generate from text as given, for their
-  own number of tokens; score jobs give each token's log-prob after the prompt (one full forward).
+  n_i... Generation (decode.py): `[pad, P_i, x_i]` through `generate` (positions follow the attention mask), or
+  the cached prompt plus a plain decoding loop. Raw jobs (the OpenAI endpoints) generate from text as given, for
+  their own number of tokens, greedy or sampled per row (sampling.py); score jobs give each token's log-prob after
+  the prompt (one full forward).
 
 Every path is checked against the offline predictor of each artifact (tests/test_serving.py).
 """
