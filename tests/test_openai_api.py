@@ -252,8 +252,11 @@ def test_seeded_sampling_is_the_same_alone_and_in_a_mixed_batch(setup, kind):
     want = {"model": "qa", "prompt": TEXTS[0], "max_tokens": 8, "temperature": 1.3, "top_p": 0.95, "n": 3, "seed": 7}
     with live_server(create_app(state)) as (url, _, _):
         c = client_for(url)
-        alone = [ch.text for ch in c.completions.create(**want).choices]
+        first = c.completions.create(**want)
+        alone = [ch.text for ch in first.choices]
         assert len(alone) == 3 and len(set(alone)) > 1  # independent samples
+        n_prompt = len(state.backbone.tokenizer(TEXTS[0])["input_ids"])
+        assert (first.usage.prompt_tokens, first.usage.completion_tokens) == (n_prompt, 24)  # the prompt counted once
         others = [lambda: httpx.post(f"{url}/v1/predict", timeout=60, json={"prompt": "zs", "inputs": [{"text": "ok"}]}),
                   lambda: c.completions.create(**{**want, "seed": 8, "prompt": TEXTS}),
                   lambda: c.completions.create(**{**want, "prompt": TEXTS[1], "temperature": 0, "n": 1}),
