@@ -198,7 +198,6 @@ def test_errors_have_openais_shape_and_status(setup):
         refused(openai.NotFoundError, "model", "hard prompt", model="zs")
         assert refused(openai.APIStatusError, "prompt", "n=3", prompt=["x", "y"], n=3).status_code == 413
         refused(openai.BadRequestError, "max_tokens", "limit", max_tokens=5000)
-        refused(openai.BadRequestError, "logprobs", "not streamed", logprobs=1, stream=True)
         assert refused(openai.APIStatusError, "prompt", "limit is 4", prompt=["x"] * 5).status_code == 413
         assert refused(openai.APIStatusError, "prompt", "limit is 200", prompt="x" * 201).status_code == 413
         e = refused(openai.APIStatusError, "prompt", "model takes at most 1024", prompt="x" * 100, max_tokens=1000)
@@ -296,6 +295,19 @@ def test_chat_logprobs_in_chats_shape(setup):
         with pytest.raises(openai.BadRequestError) as e:
             c.chat.completions.create(model="qa", messages=msgs, top_logprobs=2)
         assert e.value.body["param"] == "top_logprobs"
+        # streamed: each chunk carries its tokens' log-probs, and they join to the non-streamed ones
+        chunks = list(c.chat.completions.create(model="qa", messages=msgs, max_tokens=5, logprobs=True, top_logprobs=3,
+                                                stream=True))
+        joined = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+        assert [t.model_dump() for t in joined] == [t.model_dump() for t in content]
+        full = c.completions.create(model="pt", prompt=TEXTS, max_tokens=4, echo=True, logprobs=2)
+        parts: dict[int, dict[str, list]] = {i: {"tokens": [], "token_logprobs": [], "text_offset": []} for i in range(3)}
+        for ch in c.completions.create(model="pt", prompt=TEXTS, max_tokens=4, echo=True, logprobs=2, stream=True):
+            if ch.choices[0].logprobs:
+                for key, got in parts[ch.choices[0].index].items():
+                    got.extend(getattr(ch.choices[0].logprobs, key))
+        for i, ch in enumerate(full.choices):
+            assert parts[i] == {k: getattr(ch.logprobs, k) for k in parts[i]}
 
 
 @torch.inference_mode()

@@ -49,7 +49,7 @@ OPENAI_BAD = [  # (path, request kwargs, status, param); every body is {"error":
     ("/v1/completions", {"json": {"model": "nope", "prompt": "x"}}, 404, "model"),
     ("/v1/completions", {"json": {"model": "qa", "prompt": "x", "max_tokens": 5000}}, 400, "max_tokens"),
     ("/v1/completions", {"json": {"model": "qa", "prompt": "x", "n": 0}}, 400, "n"),
-    ("/v1/completions", {"json": {"model": "qa", "prompt": "x", "stream": True, "logprobs": 1}}, 400, "logprobs"),
+    ("/v1/completions", {"json": {"model": "qa", "prompt": "x", "stream": True, "logprobs": 9}}, 400, "logprobs"),
     ("/v1/completions", {"content": b'{"model": "qa", "prompt": ', "headers": {"content-type": "application/json"}},
      400, None),
     ("/v1/completions", {"json": {"model": "qa", "prompt": "y" * 600}}, 413, "prompt"),

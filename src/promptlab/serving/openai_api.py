@@ -193,8 +193,6 @@ def register(app: FastAPI, state: Any) -> None:
         if logprobs is not None and echo and bb.kind != "causal":
             raise OpenAIError(400, f"echo with logprobs is served for decoder-only models; {bb.name} is {bb.kind}: its "
                                    "prompt is encoder input, which has no next-token log-probabilities", "echo")
-        if req.stream and logprobs is not None:
-            raise OpenAIError(400, "logprobs are not streamed; send stream=false", "logprobs")
         t0 = time.perf_counter()
         prompt_ids = bb.tokenizer(texts, add_special_tokens=True)["input_ids"]
         for i, ids in enumerate(prompt_ids):
@@ -276,7 +274,7 @@ def register(app: FastAPI, state: Any) -> None:
             for o in outs:
                 o["echo"] = o["prompt"]
         if req.stream:
-            return sse(stream_text(head, outs, usage, include_usage(req), chat=False))
+            return sse(stream_text(head, outs, usage, include_usage(req), chat=False, top=req.logprobs))
         return {**head, "choices": [{"index": i, "text": o.get("echo", "") + o["text"],
                                      "logprobs": legacy_logprobs(o, req.logprobs) if "scored" in o else None,
                                      "finish_reason": o["finish_reason"]} for i, o in enumerate(outs)],
@@ -329,34 +327,48 @@ def register(app: FastAPI, state: Any) -> None:
         return out
 
     def stream_text(head: dict[str, Any], outs: list[dict[str, Any]], usage: dict[str, int], with_usage: bool,
-                    chat: bool) -> list[dict[str, Any]]:
-        """Chunks whose texts join to the non-streamed text: one per token that completes a character."""
+                    chat: bool, top: int | None = None) -> list[dict[str, Any]]:
+        """Chunks whose texts join to the non-streamed text: one per token that completes a character; with
+        logprobs, each chunk carries those of its tokens, so they too join to the non-streamed ones."""
         chunks = []
 
-        def piece(i: int, text: str | None, reason: str | None = None) -> dict[str, Any]:
+        def piece(i: int, text: str | None, reason: str | None = None, lp: Any = None) -> dict[str, Any]:
             if chat:
                 delta: dict[str, Any] = {} if text is None else {"content": text}
-                return {**head, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]}
-            return {**head, "choices": [{"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+                return {**head, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}]}
+            return {**head, "choices": [{"index": i, "text": text or "", "logprobs": lp, "finish_reason": reason}]}
+
+        def cut(lps: Any, a: int, b: int) -> Any:
+            if lps is None or a >= b:
+                return None
+            if chat:
+                return {"content": lps[a:b], "refusal": None}
+            return {k: (v[a:b] if v is not None else None) for k, v in lps.items()}
 
         for i, o in enumerate(outs):
+            lps = None
+            if "scored" in o:
+                lps = chat_logprobs(o)["content"] if chat else legacy_logprobs(o, top or 0)
+            n_ids = len(o["ids"])
+            c0 = (len(lps) if chat else len(lps["tokens"])) - n_ids if lps is not None else 0  # completion's 1st
             if chat:
                 chunks.append({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                     "logprobs": None, "finish_reason": None}]})
             if o.get("echo"):
-                chunks.append(piece(i, o["echo"]))
-            final, sent = o["text"], 0
-            for k in range(1, len(o["ids"]) + 1):
+                chunks.append(piece(i, o["echo"], lp=cut(lps, 0, c0)))
+            final, sent, done = o["text"], 0, 0
+            for k in range(1, n_ids + 1):
                 cur = decode(o["ids"][:k])
                 if cur.endswith("\ufffd"):  # a character split across tokens: wait for the rest
                     continue
                 upto = min(len(cur), len(final))
                 if upto > sent:
-                    chunks.append(piece(i, final[sent:upto]))
-                    sent = upto
+                    chunks.append(piece(i, final[sent:upto], lp=cut(lps, c0 + done, c0 + k)))
+                    sent, done = upto, k
             if sent < len(final):
-                chunks.append(piece(i, final[sent:]))
-            chunks.append(piece(i, None, o["finish_reason"]))
+                chunks.append(piece(i, final[sent:], lp=cut(lps, c0 + done, c0 + n_ids)))
+                done = n_ids
+            chunks.append(piece(i, None, o["finish_reason"], cut(lps, c0 + done, c0 + n_ids)))  # e.g. EOS: no text
         if with_usage:
             chunks.append({**head, "choices": [], "usage": usage})
         return chunks
