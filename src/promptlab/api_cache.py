@@ -1,0 +1,71 @@
+"""An on-disk cache of API responses: a rerun of the same requests costs no HTTP request and no money.
+
+SQLite (stdlib) rather than one file per response: one file holds any number of them, writes are atomic, and
+several runs (or threads) may share it. A key is the sha256 of everything that decides the answer: model, base
+URL, endpoint and the full request body (decoding settings included). The API key is not part of it (it does not
+change an answer) and is never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_DIR = Path("~/.cache/promptlab/api")
+SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL)"
+
+
+def request_key(model: str, base_url: str, endpoint: str, body: dict[str, Any]) -> str:
+    blob = json.dumps({"model": model, "base_url": base_url.rstrip("/"), "endpoint": endpoint, "body": body},
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResponseCache:
+    """get/put by request key. One connection shared under a lock: SQLite serialises writes anyway, and the
+    requests the lock waits on take milliseconds next to an API call's latency."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.path: Path | None = None
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        if directory is None:
+            return
+        root = Path(directory).expanduser()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.path = root / "responses.sqlite"
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")  # another run may read while this one writes
+            self._db.execute(SCHEMA)
+            self._db.commit()
+        except (OSError, sqlite3.Error) as e:
+            raise ConfigError(f"cannot open the API response cache in '{root}' ({e}); pass a writable --api-cache "
+                              "DIR, or --api-cache off") from None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if self._db is None:
+            return None
+        with self._lock:
+            row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+        if self._db is None:
+            return
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)",
+                             (key, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)))
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
