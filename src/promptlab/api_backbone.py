@@ -27,7 +27,7 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -64,7 +64,7 @@ class CharTokenizer:
     A piece's id is its index in a table built as texts arrive, so decode returns the exact text cut at piece
     boundaries."""
 
-    all_special_tokens: list[str] = []
+    all_special_tokens: ClassVar[list[str]] = []
     eos_token = pad_token = None
     backend_tokenizer = None
     name = f"estimate: 1 token per {CHARS_PER_TOKEN} characters"

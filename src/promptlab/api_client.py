@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .api_cache import ResponseCache, request_key
-from .errors import ApiError, ConfigError
+from .errors import ApiError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,16 +34,10 @@ PRICES: dict[str, tuple[float, float]] = {
 
 
 def parse_price(text: str | None) -> tuple[float, float] | None:
-    """`--api-price-per-mtok IN,OUT` -> (in, out) USD per million tokens."""
+    """`--api-price-per-mtok IN,OUT` (config.PRICE_RE has checked it) -> (in, out) USD per million tokens."""
     if text is None:
         return None
-    try:
-        a, b = (float(x) for x in text.split(","))
-    except ValueError:
-        a = b = -1.0
-    if not (a >= 0 and b >= 0):
-        raise ConfigError(f"--api-price-per-mtok '{text}' is not two prices; give USD per million input and output "
-                          "tokens, e.g. 0.15,0.60")
+    a, b = (float(x) for x in text.split(","))
     return a, b
 
 
@@ -84,9 +78,9 @@ class Usage:
             out["cost_note"] = f"no price known for '{model}'; pass --api-price-per-mtok IN,OUT"
         else:
             out["price_per_mtok"] = list(known)
-            out["cost_usd"] = round((self.prompt_tokens * known[0] + self.completion_tokens * known[1]) / 1e6, 6)
+            out["cost_usd"] = round((self.prompt_tokens * known[0] + self.completion_tokens * known[1]) / 1e6, 10)
             out["cached_cost_usd_saved"] = round(
-                (self.cached_prompt_tokens * known[0] + self.cached_completion_tokens * known[1]) / 1e6, 6)
+                (self.cached_prompt_tokens * known[0] + self.cached_completion_tokens * known[1]) / 1e6, 10)
             out["cost_source"] = "--api-price-per-mtok" if price else "promptlab's price table"
         return out
 

@@ -24,6 +24,7 @@ from .errors import ConfigError, unknown
 
 ALL = ("eval", "train", "predict", "compare")  # the commands that build a RunConfig
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+PRICE_RE = re.compile(r"^\s*\d+(\.\d*)?\s*,\s*\d+(\.\d*)?\s*$")
 TRAINING = ("train", "compare")
 SPLITTING = ("eval", "train", "compare")  # the commands that load the task's data and carve its dev slice
 
@@ -142,7 +143,10 @@ class ApiConfig:
                                      "requests sends none), or off; default ~/.cache/promptlab/api", metavar="DIR")
     api_price_per_mtok: str | None = _f(None, "API models: USD per million input and output tokens for the cost "
                                               "estimate, e.g. 0.15,0.60; default promptlab's table of OpenAI "
-                                              "models (others: cost unknown)", metavar="IN,OUT")
+                                              "models (others: cost unknown)", metavar="IN,OUT",
+                                        range=Range(lambda v: bool(PRICE_RE.match(v)), "is not two prices, got "
+                                                    "'{value}'; give USD per million input and output tokens, e.g. "
+                                                    "0.15,0.60"))
     api_endpoint: str = _f("completions", "API models: completions (raw text, and choices scored by echoed "
                                           "log-probs) or chat (one user message; choices matched to a generated "
                                           "answer), for chat-only models", choices=("completions", "chat"))
