@@ -13,7 +13,7 @@ import yaml
 
 from promptlab import config
 from promptlab.cli import parser
-from promptlab.config import HardConfig, RunConfig, TrainConfig, build_config, config_flags, from_dict
+from promptlab.config import RunConfig, TrainConfig, build_config, config_flags, from_dict
 from promptlab.errors import ConfigError
 
 
