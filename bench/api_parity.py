@@ -52,8 +52,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="api-parity-"))
     model = ascii_model(build_tiny("causal", tmp / "causal"), tmp / "ascii")
     state = build_state(load_backbone(str(model)), [], Limits())
-    print(f"| method | same inputs | same predictions | accuracy API / local | requests | cached rerun requests "
-          f"| seconds API / local / rerun |\n|---|---|---|---|---|---|---|")
+    print("| method | same inputs | same predictions | accuracy API / local | requests | cached rerun requests "
+          "| seconds API / local / rerun |\n|---|---|---|---|---|---|---|")
     with live_server(create_app(state)) as (url, _, _):
         for method, extra in METHODS.items():
             common = ["--task", "sentiment", "--method", method, "--limit", str(args.limit), *extra]

@@ -121,6 +121,23 @@ def test_a_rerun_is_served_from_the_cache_with_no_http_request(served, run_cli, 
     assert completions_served(url) == before and read_run(tmp_path / "third")[1] == rows1
 
 
+def test_a_chat_endpoint_generates_and_matches_the_reply_to_the_choices(served, run_cli, tmp_path):
+    url, model = served
+    before = completions_served(url)
+    code, _, err = run_cli("eval", "--model", f"openai:{model}@{url}/v1", "--api-endpoint", "chat", "--task",
+                           "sentiment", "--method", "zero-shot", "--limit", "2", "--api-cache", tmp_path / "c",
+                           "--out", tmp_path / "run")
+    assert code == 0, err
+    metrics, rows = read_run(tmp_path / "run")
+    info = metrics["api"]
+    assert info["endpoint"] == "/v1/chat/completions" and info["scoring"] == "match"
+    assert "chat completions give no prompt log-probs" in info["scoring_note"]
+    # the random model's reply names no sentiment: counted, and the tie goes to the first label
+    assert info["unmatched_answers"] == 2 and {r["prediction"] for r in rows} == {VERBALIZERS[0]}
+    routes = httpx.get(f"{url}/metrics", timeout=30).json()["requests"]["by_route"]
+    assert routes.get("POST /v1/chat/completions 200") == 2 and completions_served(url) == before + 2
+
+
 # -- a fake server for the faults -------------------------------------------------------------------------------
 def echo_reply(body: dict, logprobs: bool = True) -> dict:
     """A completions reply: echoed prompts whose every character is a token of log-prob -1 (a shorter choice
