@@ -72,13 +72,15 @@ class CharTokenizer:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self._pieces: list[str] = []
+        self._lock = threading.Lock()
 
     def _id(self, piece: str) -> int:
         i = self._ids.get(piece)
         if i is None:
-            i = self._ids.setdefault(piece, len(self._pieces))
-            if i == len(self._pieces):
-                self._pieces.append(piece)
+            with self._lock:
+                i = self._ids.setdefault(piece, len(self._pieces))
+                if i == len(self._pieces):
+                    self._pieces.append(piece)
         return i
 
     def __call__(self, texts: str | Sequence[str], add_special_tokens: bool = True, truncation: bool = False,
@@ -139,6 +141,7 @@ class ApiBackbone:
         self.scoring: str | None = None  # "logprobs" or "match", once a choice task has been scored
         self.scoring_note: str | None = None
         self.unmatched = 0
+        self._answer_tokens = 8
         self._lock = threading.Lock()
 
     # -- what artifacts and metrics read -------------------------------------------------------------------------
@@ -216,8 +219,8 @@ class ApiBackbone:
     def generate(self, prompts: Sequence[str], max_new_tokens: int, model: Any = None, batch_size: int = 16) -> list[str]:
         """Greedy (temperature 0) answers, one request per prompt, `--api-concurrency` at a time."""
         budget = self.input_budget(new_tokens=max_new_tokens)
-        return self.client.map(lambda p: self._text(self._post(self._request(self._cut(p, budget, False),
-                                                                             max_new_tokens))).strip(), list(prompts))
+        cut = [self._cut(p, budget, False) for p in prompts]  # here: a tokenizer is not shared across threads
+        return self.client.map(lambda p: self._text(self._post(self._request(p, max_new_tokens))).strip(), cut)
 
     # -- choices ---------------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -230,6 +233,7 @@ class ApiBackbone:
             return torch.empty(0, len(choices))
         longest = max(len(c) for c in self.tokenizer([" " + c for c in choices], add_special_tokens=False)["input_ids"])
         prompts = [self._cut(p, max(1, self.max_length - longest), True) for p in prompts]
+        self._answer_tokens = max(longest + 4, 8)  # room for a matched answer: the longest choice and a little
         rows: list[list[float]] = []
         if self.scoring is None:  # the first prompt decides, alone, before the others go out together
             rows.append(self._first(prompts[0], choices))
@@ -273,10 +277,9 @@ class ApiBackbone:
     def _match(self, prompt: str, choices: list[str]) -> list[float]:
         """A short greedy answer, matched to the choices: 0 for the one it names, NO_MATCH for the others (all 0
         where it names none: the first choice wins, as in any tie, and the run counts it as unmatched)."""
-        longest = max(len(c) for c in self.tokenizer(choices, add_special_tokens=False)["input_ids"])
         if self.endpoint == "chat/completions":  # a chat model answers in sentences unless it is told the options
             prompt = f"{prompt}\n\nAnswer with one of: {', '.join(choices)}."
-        text = self._text(self._post(self._request(prompt, max(longest + 4, 8))))
+        text = self._text(self._post(self._request(prompt, self._answer_tokens)))
         best = match_choice(text, choices)
         if best is None:
             with self._lock:

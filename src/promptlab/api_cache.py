@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DiskFullError, disk_full
 
 DEFAULT_DIR = Path("~/.cache/promptlab/api")
 SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL)"
@@ -59,10 +59,16 @@ class ResponseCache:
     def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
         if self._db is None:
             return
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)",
-                             (key, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)))
-            self._db.commit()
+        try:
+            with self._lock:
+                self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)",
+                                 (key, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)))
+                self._db.commit()
+        except sqlite3.Error as e:
+            if disk_full(e) or "disk is full" in str(e):  # SQLITE_FULL
+                raise DiskFullError.writing(f"the API response cache {self.path}", e) from None
+            raise ConfigError(f"cannot write the API response cache {self.path} ({e}); pass another --api-cache DIR, "
+                              "or --api-cache off") from None
 
     def close(self) -> None:
         with self._lock:

@@ -114,8 +114,11 @@ class ApiClient:
         """fn over items, at most `concurrency` at a time, results in order; the first error is raised."""
         if len(items) <= 1 or self.concurrency == 1:
             return [fn(x) for x in items]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)))
+        try:
             return list(pool.map(fn, items))
+        finally:  # after an error (a 401) or Ctrl-C, the requests not yet sent are not sent
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """The server's JSON for `body` at `endpoint` ("completions" or "chat/completions"), from the cache when
