@@ -284,6 +284,19 @@ def test_echoed_logprobs_score_the_continuation_only(fake, run_cli, tmp_path):
     assert [r["prediction"] for r in rows] == [shortest] * 2
 
 
+def test_compare_counts_each_runs_requests_apart(fake, run_cli, tmp_path):
+    Fake.seen.clear()
+    code, _, err = run_cli("compare", "--model", f"openai:gpt-4o-mini@{fake}/ok/v1", "--task", "sentiment",
+                           "--methods", "zero-shot,cot", "--limit", "2", "--api-cache", tmp_path / "cache",
+                           "--out", tmp_path / "cmp")
+    assert code == 0, err
+    usage = {m: json.loads(next((tmp_path / "cmp").glob(f"*{m}*/metrics.json")).read_text())["api"]["usage"]
+             for m in ("zero-shot", "cot")}
+    assert usage["zero-shot"]["requests"] == 2  # one echo request per example
+    assert usage["cot"]["requests"] == 4  # reasoning, then the answer's echo request, per example
+    assert len(Fake.seen) == 6
+
+
 # -- one-line refusals that need no server ---------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning", "lora", "linear-probe", "pez"])
 def test_a_soft_method_on_an_api_model_is_one_line(run_cli, tmp_path, method):
