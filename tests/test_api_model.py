@@ -284,6 +284,18 @@ def test_echoed_logprobs_score_the_continuation_only(fake, run_cli, tmp_path):
     assert [r["prediction"] for r in rows] == [shortest] * 2
 
 
+def test_a_local_tokenizer_counts_tokens_exactly(fake, tiny_models, run_cli, tmp_path):
+    code, err, out = fake_eval(run_cli, fake, tmp_path, "ok", "--api-tokenizer", tiny_models["causal"])
+    assert code == 0, err
+    metrics, rows = read_run(out)
+    assert metrics["api"]["token_counts"] == f"tokenizer {tiny_models['causal']}"
+    # the tiny model's byte tokenizer: a token per UTF-8 byte, and the EOS it adds
+    lengths = [len(r["input"].encode()) + 1 for r in rows]
+    assert metrics["input_stats"]["input_tokens"]["max"] == max(lengths)
+    code, err, out = fake_eval(run_cli, fake, tmp_path / "estimate", "ok")
+    assert read_run(out)[0]["input_stats"]["input_tokens"]["max"] == max(-(-len(r["input"]) // 4) for r in rows)
+
+
 def test_compare_counts_each_runs_requests_apart(fake, run_cli, tmp_path):
     Fake.seen.clear()
     code, _, err = run_cli("compare", "--model", f"openai:gpt-4o-mini@{fake}/ok/v1", "--task", "sentiment",
