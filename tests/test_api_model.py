@@ -148,6 +148,9 @@ def echo_reply(body: dict, logprobs: bool = True) -> dict:
         if body.get("echo") and logprobs:
             lp = {"tokens": list(p), "token_logprobs": [None] + [-1.0] * (len(p) - 1),
                   "text_offset": list(range(len(p))), "top_logprobs": None}
+            if body.get("max_tokens"):  # a generated token after the text, whose (bogus) score favours long choices
+                lp.update(tokens=[*lp["tokens"], "!"], token_logprobs=[*lp["token_logprobs"], 10.0 * len(p)],
+                          text_offset=[*lp["text_offset"], len(p)])
             choices.append({"index": i, "text": p, "logprobs": lp, "finish_reason": "length"})
         else:
             choices.append({"index": i, "text": (p if body.get("echo") else "") + " Positive, clearly.",
@@ -190,6 +193,8 @@ class Fake(BaseHTTPRequestHandler):
             return self.reply(200, b'{"choices": [{"text": ')
         if scenario in ("401", "404"):
             return self.reply(int(scenario), json.dumps(err).encode())
+        if scenario == "min1" and body.get("max_tokens") == 0:
+            return self.reply(400, json.dumps({"error": {"message": "max_tokens must be at least 1"}}).encode())
         if scenario == "noecho" and body.get("echo"):
             return self.reply(400, json.dumps({"error": {"message": "echo is not supported", "type": "x"}}).encode())
         return self.reply(200, json.dumps(echo_reply(body, logprobs=scenario != "nologprobs")).encode())
@@ -248,7 +253,7 @@ def one_line_error(code: int, err: str, out: Path, *fragments: str) -> None:
     ("slow", ["--api-timeout", "0.3", "--api-retries", "1"], ["did not answer within 0.3 s after 1 retries"]),
     ("malformed", [], ["malformed JSON"]),
     ("401", [], ["401", "OPENAI_API_KEY is not set"]),
-    ("404", [], ["404", "model id 'gpt-4o-mini'", "/models"]),
+    ("404", [], ["404", "model id 'gpt-4o-mini'", "/models", "a chat-only model needs --api-endpoint chat"]),
     ("nologprobs", ["--api-scoring", "logprobs"], ["no prompt log-probs", "--api-scoring match"]),
 ])
 def test_faults_are_one_line_errors(fake, run_cli, tmp_path, monkeypatch, scenario, extra, fragments):
@@ -275,11 +280,15 @@ def test_without_echoed_logprobs_choices_are_matched_and_the_run_says_so(fake, r
     assert [r["prediction"] for r in rows] == ["positive", "positive"]  # the fake always answers "Positive, ..."
 
 
-def test_echoed_logprobs_score_the_continuation_only(fake, run_cli, tmp_path):
-    code, err, out = fake_eval(run_cli, fake, tmp_path, "ok")
+@pytest.mark.parametrize("scenario", ["ok", "min1"])
+def test_echoed_logprobs_score_the_continuation_only(fake, run_cli, tmp_path, scenario):
+    code, err, out = fake_eval(run_cli, fake, tmp_path, scenario)
     assert code == 0, err
     metrics, rows = read_run(out)
     assert metrics["api"]["scoring"] == "logprobs"
+    if scenario == "min1":  # a server that refuses max_tokens=0 is asked with 1, the generated token not counted
+        assert "echoed with max_tokens=1" in metrics["api"]["scoring_note"]
+        assert metrics["api"]["usage"]["requests"] == 2 and len(Fake.seen) == 3
     shortest = min(VERBALIZERS, key=len)  # -1 per character: the shortest continuation is the likeliest
     assert [r["prediction"] for r in rows] == [shortest] * 2
 

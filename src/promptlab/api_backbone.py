@@ -142,6 +142,7 @@ class ApiBackbone:
         self.scoring_note: str | None = None
         self.unmatched = 0
         self._answer_tokens = 8
+        self._echo_new = 0  # max_tokens of an echo request: 0, or 1 where a server refuses 0
         self._lock = threading.Lock()
 
     # -- what artifacts and metrics read -------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class ApiBackbone:
     def begin_run(self) -> None:
         """Counters per run: a compare runs several methods on one backbone."""
         self.client.usage = type(self.client.usage)()
-        self.scoring, self.scoring_note, self.unmatched = None, None, 0
+        self.scoring, self.scoring_note, self.unmatched, self._echo_new = None, None, 0, 0
 
     def report(self) -> dict[str, Any]:
         """metrics.json's "api": the server, how choices were scored, the tokens billed and their cost."""
@@ -251,7 +252,14 @@ class ApiBackbone:
             self.scoring = "match"
             return self._match(prompt, choices)
         try:
-            row = self._logprobs(prompt, choices)
+            try:
+                row = self._logprobs(prompt, choices)
+            except Refused:
+                # Some servers refuse max_tokens=0; with 1, the one generated token lies after the choice and is not
+                # counted (what lm-eval's local-completions sends).
+                self._echo_new = 1
+                row = self._logprobs(prompt, choices)
+                self.scoring_note = "the server refused max_tokens=0; echoed with max_tokens=1"
         except LacksLogprobs as e:
             if mode == "logprobs":
                 raise ApiError(f"{self.client.base_url}/completions gives no prompt log-probs ({e}), which "
@@ -263,11 +271,11 @@ class ApiBackbone:
 
     def _logprobs(self, prompt: str, choices: list[str]) -> list[float]:
         fulls = [f"{prompt} {c}" for c in choices]
-        body = {"prompt": fulls, "echo": True, "logprobs": 1, "max_tokens": 0, "temperature": 0}
+        body = {"prompt": fulls, "echo": True, "logprobs": 1, "max_tokens": self._echo_new, "temperature": 0}
         try:
             data = self.client.post("completions", body)
         except ServerRefused as e:
-            raise LacksLogprobs(f"HTTP {e.status}: {e.message}") from None
+            raise (Refused if self._echo_new == 0 else LacksLogprobs)(f"HTTP {e.status}: {e.message}") from None
         got = sorted(data["choices"], key=lambda c: c.get("index", 0))
         if len(got) != len(fulls):
             raise ApiError(f"{self.client.base_url}/completions answered {len(got)} choices to {len(fulls)} prompts; "
@@ -290,6 +298,10 @@ class ApiBackbone:
 
 class LacksLogprobs(Exception):
     """The server answered an echo/logprobs request without the prompt's log-probs."""
+
+
+class Refused(LacksLogprobs):
+    """The server refused an echo request of max_tokens=0 (it may take max_tokens=1)."""
 
 
 def continuation_logprob(lp: Any, start: int, end: int) -> float:

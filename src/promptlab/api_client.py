@@ -151,8 +151,9 @@ class ApiClient:
             raise ApiError(f"{url} answered 403 Forbidden ({_msg(e)}); the key in {self.key_env} may not use model "
                            f"'{self.model}'") from None
         except o.NotFoundError as e:
+            chat = "; a chat-only model needs --api-endpoint chat" if endpoint == "completions" else ""
             raise ApiError(f"{url} answered 404 Not Found ({_msg(e)}); check the model id '{self.model}' (GET "
-                           f"{self.base_url}/models lists them) and that the base URL ends in /v1") from None
+                           f"{self.base_url}/models lists them) and that the base URL ends in /v1{chat}") from None
         except o.RateLimitError as e:
             raise ApiError(f"{url} is still rate-limiting (429: {_msg(e)}) {after}; lower --api-concurrency, raise "
                            "--api-retries, or retry later") from None
