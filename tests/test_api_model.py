@@ -19,6 +19,7 @@ from test_serving import ascii_model, live_server, synth_artifact
 from promptlab.api_backbone import CharTokenizer, continuation_logprob, match_choice, parse_model
 from promptlab.api_cache import ResponseCache, request_key
 from promptlab.backbones import load_backbone
+from promptlab.errors import ConfigError
 from promptlab.serving.app import Limits, create_app
 from promptlab.serving.server import build_state
 from promptlab.tasks import get_task
@@ -322,9 +323,10 @@ def test_compare_counts_each_runs_requests_apart(fake, run_cli, tmp_path):
 @pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning", "lora", "linear-probe", "pez"])
 def test_a_soft_method_on_an_api_model_is_one_line(run_cli, tmp_path, method):
     code, _, err = run_cli("train", "--model", "openai:gpt-4o-mini@http://127.0.0.1:9/v1", "--task", "sentiment",
-                           "--method", method, "--out", tmp_path / "run", "--api-cache", "off")
+                           "--method", method, "--out", tmp_path / "run", "--api-cache", tmp_path / "cache")
     assert code == 2
     assert err.count("\n") == 1 and "no weights to attach vectors to" in err and f"'{method}'" in err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing written, nothing sent
 
 
 def test_a_soft_prompt_artifact_on_an_api_model_is_one_line(tiny_models, run_cli, tmp_path):
@@ -389,4 +391,8 @@ def test_the_cache_is_safe_under_concurrent_writers(tmp_path):
         t.join(30)
     again = ResponseCache(tmp_path)  # another run reads what this one wrote
     assert all(again.get(k) is not None for k in keys)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "responses.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(ConfigError, match="cannot open the API response cache .*not a database.*delete it"):
+        ResponseCache(tmp_path / "broken").get(keys[0])
     assert request_key("m", "http://x/v1", "completions", {"prompt": "0", "max_tokens": 1}) != keys[0]

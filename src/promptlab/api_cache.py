@@ -32,38 +32,47 @@ class ResponseCache:
     requests the lock waits on take milliseconds next to an API call's latency."""
 
     def __init__(self, directory: str | Path | None) -> None:
-        self.path: Path | None = None
+        self.root = Path(directory).expanduser() if directory is not None else None
+        self.path = self.root / "responses.sqlite" if self.root is not None else None
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        if directory is None:
-            return
-        root = Path(directory).expanduser()
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            self.path = root / "responses.sqlite"
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")  # another run may read while this one writes
-            self._db.execute(SCHEMA)
-            self._db.commit()
-        except (OSError, sqlite3.Error) as e:
-            raise ConfigError(f"cannot open the API response cache in '{root}' ({e}); pass a writable --api-cache "
-                              "DIR, or --api-cache off") from None
+
+    def _conn(self) -> sqlite3.Connection | None:
+        """The database, opened at the first request (call under the lock): a run refused before it sends one
+        leaves nothing on disk."""
+        if self._db is None and self.root is not None:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+                db.execute("PRAGMA journal_mode=WAL")  # another run may read while this one writes
+                db.execute(SCHEMA)
+                db.commit()
+            except (OSError, sqlite3.Error) as e:
+                fix = "delete it, or pass another --api-cache DIR" if self.path.exists() else "pass a writable --api-cache DIR"
+                raise ConfigError(f"cannot open the API response cache {self.path} ({e}); {fix}, or --api-cache "
+                                  "off") from None
+            self._db = db
+        return self._db
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if self._db is None:
-            return None
-        with self._lock:
-            row = self._db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
+        try:
+            with self._lock:
+                db = self._conn()
+                row = db.execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone() if db else None
+        except sqlite3.Error as e:
+            raise ConfigError(f"cannot read the API response cache {self.path} ({e}); delete it, or pass another "
+                              "--api-cache DIR") from None
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
-        if self._db is None:
-            return
         try:
             with self._lock:
-                self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)",
-                                 (key, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)))
-                self._db.commit()
+                db = self._conn()
+                if db is None:
+                    return
+                db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?)",
+                           (key, json.dumps(request, ensure_ascii=False), json.dumps(response, ensure_ascii=False)))
+                db.commit()
         except sqlite3.Error as e:
             if disk_full(e) or "disk is full" in str(e):  # SQLITE_FULL
                 raise DiskFullError.writing(f"the API response cache {self.path}", e) from None
