@@ -20,9 +20,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from .api_backbone import ApiBackbone, is_api_model, load_api_backbone
 from .attention import use_fast_attention
 from .devices import resolve_device, resolve_dtype
-from .errors import ModelError, first_line
+from .errors import ConfigError, ModelError, first_line
 from .model_layout import (
     encoder_reusable,
     input_prompt,
@@ -376,7 +377,7 @@ GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "encode
                            "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty"))}
 
 def load_backbone(name: str, max_length: int | None = None, attention: str | None = None,
-                  dtype: str | None = None, device: str | None = None) -> Backbone:
+                  dtype: str | None = None, device: str | None = None, api: Any = None) -> Backbone | ApiBackbone:
     """Load a model by alias, hub id or local directory onto `device` (devices.resolve_device); freeze it; detect
     its kind.
 
@@ -384,8 +385,21 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
     default T5-family models get `attention.position_bias_attention` for inference. `dtype` (devices.resolve_dtype:
     auto is bf16 on CUDA) is the frozen weights'; trainable parameters (PEFT prompts, LoRA) stay float32 and are
     cast where they meet the model.
+
+    `api` (config.ApiConfig): the settings of an `openai:MODEL@BASE_URL` model, which only the commands that run
+    hard prompts pass (eval, compare, train, which refuses it); the others need a local model.
     """
     import pickle
+
+    if is_api_model(name):
+        if api is None:
+            raise ConfigError(f"'{name}' is an API model, which runs hard prompts with promptlab eval or compare; "
+                              "this command needs a local model (alias, hub id or directory)")
+        return load_api_backbone(name, api, max_length)
+    if api is not None and any(getattr(api, f) != getattr(type(api)(), f) for f in vars(api)):
+        first = next(f for f in vars(api) if getattr(api, f) != getattr(type(api)(), f))
+        raise ConfigError(f"--{first.replace('_', '-')} is a setting of API models (--model openai:MODEL@BASE_URL), "
+                          f"but '{name}' is a local model; drop the flag")
 
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer

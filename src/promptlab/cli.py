@@ -180,7 +180,8 @@ def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
 
     task = get_task(cfg.task)
     data = load_data(task, cfg)
-    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device)
+    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device,
+                             api=cfg.api)
     return task, data, backbone
 
 

@@ -24,6 +24,7 @@ from .errors import ConfigError, unknown
 
 ALL = ("eval", "train", "predict", "compare")  # the commands that build a RunConfig
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+PRICE_RE = re.compile(r"^\s*\d+(\.\d*)?\s*,\s*\d+(\.\d*)?\s*$")
 TRAINING = ("train", "compare")
 SPLITTING = ("eval", "train", "compare")  # the commands that load the task's data and carve its dev slice
 
@@ -123,11 +124,47 @@ class HardConfig:
 
 
 @dataclass
+class ApiConfig:
+    """Settings of an API model (`--model openai:MODEL@BASE_URL`); refused with any other model. Flags of the
+    commands that run hard prompts (train, to refuse its methods on an API model in one line)."""
+
+    flags_on: ClassVar[tuple[str, ...]] = ("eval", "train", "compare")
+
+    api_key_env: str | None = _f(None, "API models: the environment variable holding the API key; default "
+                                       "OPENAI_API_KEY (the key itself is never written anywhere)", metavar="NAME")
+    api_concurrency: int = _f(8, "API models: requests in flight at once", range=AT_LEAST_1, metavar="N")
+    api_timeout: float = _f(60.0, "API models: seconds to wait for one answer before retrying",
+                            range=Range(lambda v: 0 < v < math.inf, "must be a positive number of seconds, got "
+                                                                    "{value}; e.g. 60"), metavar="S")
+    api_retries: int = _f(5, "API models: retries of a request that failed with 429, 5xx, a timeout or a dropped "
+                             "connection (exponential backoff with jitter; Retry-After honoured)", range=AT_LEAST_0,
+                          metavar="N")
+    api_cache: str | None = _f(None, "API models: directory of the on-disk response cache (a rerun of the same "
+                                     "requests sends none), or off; default ~/.cache/promptlab/api", metavar="DIR")
+    api_price_per_mtok: str | None = _f(None, "API models: USD per million input and output tokens for the cost "
+                                              "estimate, e.g. 0.15,0.60; default promptlab's table of OpenAI "
+                                              "models (others: cost unknown)", metavar="IN,OUT",
+                                        range=Range(lambda v: bool(PRICE_RE.match(v)), "is not two prices, got "
+                                                    "'{value}'; give USD per million input and output tokens, e.g. "
+                                                    "0.15,0.60"))
+    api_endpoint: str = _f("completions", "API models: completions (raw text, and choices scored by echoed "
+                                          "log-probs) or chat (one user message; choices matched to a generated "
+                                          "answer), for chat-only models", choices=("completions", "chat"))
+    api_scoring: str = _f("auto", "API models: how choices are scored: logprobs (echoed prompt log-probs, refused "
+                                  "where the server lacks them), match (a generated answer matched to the choices) "
+                                  "or auto (logprobs where given, else match)", choices=("auto", "logprobs", "match"))
+    api_tokenizer: str | None = _f(None, "API models: a local tokenizer directory of the same model, to count "
+                                         "tokens exactly; default an estimate of 4 characters per token",
+                                   metavar="DIR")
+
+
+@dataclass
 class RunConfig:
     flags_on: ClassVar[tuple[str, ...]] = ALL
 
     task: str = _f("sentiment", "task name (promptlab tasks) or a task spec YAML file")
-    model: str = _f("minilm", "model: alias (minilm), hub id or local save_pretrained directory")
+    model: str = _f("minilm", "model: alias (minilm), hub id, local save_pretrained directory, or "
+                              "openai:MODEL@BASE_URL (an OpenAI-compatible server; hard methods only)")
     method: str = _f("zero-shot", "method name (promptlab methods lists them): a hard method for eval and predict "
                                   "(or --prompt DIR instead), a soft method or baseline for train; no default",
                      on=("eval", "train", "predict"))
@@ -151,6 +188,7 @@ class RunConfig:
                    range=Range(lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1, got {value}; e.g. 0"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})
     hard: HardConfig = field(default_factory=HardConfig, metadata={"help": "hard-prompt settings"})
+    api: ApiConfig = field(default_factory=ApiConfig, metadata={"help": "API model settings"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,7 +279,7 @@ def load_yaml(path: str) -> dict[str, Any]:
 
 
 # -- flags, generated from the fields -----------------------------------------------------------------
-SECTIONS: dict[str | None, type] = {None: RunConfig, "train": TrainConfig, "hard": HardConfig}
+SECTIONS: dict[str | None, type] = {None: RunConfig, "train": TrainConfig, "hard": HardConfig, "api": ApiConfig}
 TYPED = "flags_typed"  # Namespace attribute: dest -> the option string the user typed (`--limit`, `--eval-size`)
 
 
@@ -321,7 +359,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             continue
         check_value(flag.field, value, typed_name(args, flag.dest))  # the error names the flag the user typed
         setattr(flag.part(cfg), flag.field.name, value)
-    for part, where in ((cfg, "flags"), (cfg.train, "flags"), (cfg.hard, "flags")):
+    for part, where in ((cfg, "flags"), (cfg.train, "flags"), (cfg.hard, "flags"), (cfg.api, "flags")):
         validate(part, where)
     return cfg
 

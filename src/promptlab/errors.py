@@ -29,6 +29,14 @@ class ModelError(PromptlabError):
     """A model or artifact cannot be loaded, or does not fit the backbone."""
 
 
+class ApiError(PromptlabError):
+    """An API model's server failed or refused (unreachable, rate-limited past the retries, 401, 404, malformed
+    replies): like running out of memory, not a mistake in the input, so exit status 1; the message says what to
+    check."""
+
+    exit_code = 1
+
+
 class DiskFullError(PromptlabError):
     """The disk (or the user's quota) filled up while writing: like running out of memory, not a mistake in the
     input, so exit status 1; what was written before stays as it was."""

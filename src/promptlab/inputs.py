@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from .config import RunConfig
     from .methods.base import Predictor
 
+DECODERS = ("causal", "api")
+
 
 def input_budget(task: Task, backbone: Backbone, cfg: RunConfig, virtual: int = 0, new_tokens: int | None = None,
                  reserve: int = 0) -> int:
@@ -23,7 +25,8 @@ def input_budget(task: Task, backbone: Backbone, cfg: RunConfig, virtual: int = 
     `virtual` tokens of a soft prompt in front and, for a causal model, the `new_tokens` of its answer after
     (default the run's). `reserve`: tokens the predictor adds after the input (chain-of-thought's reasoning)."""
     budget = cfg.max_input_tokens or task.extras.get("max_input_tokens") or backbone.max_length
-    answer = (new_tokens or cfg.max_new_tokens or task.max_new_tokens) if backbone.kind == "causal" else 0
+    # a decoder-only model (local, or behind an API) writes its answer into the same window as the input
+    answer = (new_tokens or cfg.max_new_tokens or task.max_new_tokens) if backbone.kind in DECODERS else 0
     room = backbone.input_budget(virtual=virtual, new_tokens=answer)
     return max(1, int(min(budget, room)) - reserve)
 
@@ -72,7 +75,7 @@ def received_stats(predictor: Predictor, examples: list[Example], inputs: list[s
     read from the part it kept. `budget`: the tokens inputs were fitted to."""
     backbone, task = predictor.backbone, predictor.task
     new = predictor.readout.max_new_tokens if predictor.readout is not None and task.kind == "text" else 0
-    keep = backbone.input_budget(predictor.model, new_tokens=new if backbone.kind == "causal" else 0)
+    keep = backbone.input_budget(predictor.model, new_tokens=new if backbone.kind in DECODERS else 0)
     ids = backbone.tokenizer(list(inputs), truncation=False)["input_ids"] if inputs else []
     lengths = [len(i) for i in ids]
     kept = [t if len(i) <= keep else backbone.tokenizer.decode(i[:keep], skip_special_tokens=True)

@@ -64,6 +64,8 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
             checkpoint: CheckpointPlan | None = None) -> RunResult:
     """`checkpoint`: where a training method checkpoints and resumes from (the CLI's hidden work dir)."""
     devices.reset_peak(backbone.device)
+    if backbone.kind == "api":  # its tokens and cost are this run's, not the compare's so far
+        backbone.begin_run()
     if cfg.max_new_tokens is not None and backbone.kind == "encoder":
         raise ConfigError(f"--max-new-tokens sets the length of a generated answer, but '{backbone.name}' is an "
                           "encoder, which generates none (it compares the input with the labels); drop the flag")
@@ -115,11 +117,13 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         "eval_examples_per_second": round(result.examples_per_second, 3),
         "train_examples": len(data.train), "dev_examples": len(data.dev), "data": data.info,
         "history": predictor.history, "input_stats": input_stats, "template": template.text,
-        "device": devices.describe(backbone.device, backbone.dtype),
+        "device": backbone.describe() if backbone.kind == "api" else devices.describe(backbone.device, backbone.dtype),
         "versions": versions(), "git": git_revision(), "config": cfg.to_dict(),
     }
     if plan is not None:
         metrics["plan"] = plan
+    if backbone.kind == "api":  # the server, how choices were scored, tokens billed and their estimated cost
+        metrics["api"] = backbone.report()
     info = predictor.run_info()
     if info:
         metrics["method_info"] = info

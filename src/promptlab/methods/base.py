@@ -131,6 +131,8 @@ class Method:
     name: ClassVar[str]
     family: ClassVar[str]  # hard | soft | baseline
     summary: ClassVar[str]
+    # The backbone kinds it runs on: local ones (backbones.Kind), and "api" (an OpenAI-compatible server: text in,
+    # text and log-probs out; only hard prompts, which need no weights).
     kinds: ClassVar[tuple[str, ...]] = ("encoder", "seq2seq", "causal")
     trains: ClassVar[bool] = False
     uses_examples: ClassVar[bool] = False  # fits on labelled data without training (demos, a search): needs --data
@@ -149,6 +151,12 @@ class Method:
         return task.template(config.hard.template)
 
     def check(self, backbone: Backbone, task: Task) -> None:
+        if backbone.kind == "api" and "api" not in self.kinds:
+            raise ConfigError(
+                f"method '{self.name}' cannot run on the API model '{backbone.name}': it trains or reads the model's "
+                "weights (soft prompts, adapters, heads, embeddings), and an API serves only text, with no weights to "
+                "attach vectors to; use zero-shot, few-shot, cot or prompt-search, or a local model"
+            )
         if backbone.kind not in self.kinds:
             kinds = " or ".join(self.kinds)
             raise ConfigError(

@@ -233,6 +233,7 @@ class HardPredictor(Predictor):
 @register
 class ZeroShot(Method):
     name, family = "zero-shot", "hard"
+    kinds = ("encoder", "seq2seq", "causal", "api")
     summary = "instruction template; encoders compare the input with label descriptions"
 
     def fit(self, ctx: FitContext) -> Predictor:
@@ -246,6 +247,7 @@ class ZeroShot(Method):
 @register
 class FewShot(Method):
     name, family = "few-shot", "hard"
+    kinds = ("encoder", "seq2seq", "causal", "api")
     uses_examples = True
     summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
 
@@ -272,7 +274,7 @@ class FewShot(Method):
 class ChainOfThought(Method):
     name, family = "cot", "hard"
     summary = "'think step by step' template, then the answer read after a fixed cue"
-    kinds = ("seq2seq", "causal")
+    kinds = ("seq2seq", "causal", "api")
 
     def check(self, backbone: Backbone, task: Task) -> None:
         if backbone.kind == "encoder":

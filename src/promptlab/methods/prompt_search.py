@@ -139,6 +139,7 @@ class SearchPredictor(HardPredictor):
 @register
 class PromptSearch(Method):
     name, family = "prompt-search", "hard"
+    kinds = ("encoder", "seq2seq", "causal", "api")
     uses_examples = True
     summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --search-size)"
 
