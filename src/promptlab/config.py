@@ -129,7 +129,7 @@ class HardConfig:
     chat_template_kwargs: str | None = _f(None, "with a chat template: a JSON object of the template's own settings, "
                                                 "e.g. '{\"enable_thinking\": false}' (Qwen3)", metavar="JSON",
                                           range=Range(kwargs_ok, "must be a JSON object, got {value}; e.g. "
-                                                                 "'{\"enable_thinking\": false}'"))
+                                                                 "'{{\"enable_thinking\": false}}'"))
 
 
 @dataclass
