@@ -6,9 +6,17 @@ quoted in the Marin project's experiments/llama.py (`llama3_instruct_trainable_c
 `'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>'` that
 the original has). Its date is fixed (date_string "26 Jul 2024"), so renders are reproducible.
 
+build_chat_model: a tiny random Llama- or Qwen2-shaped model whose byte-level tokenizer carries one of them and knows
+its special tokens (bench/chat_templates.py and the README's example build it too).
+
 QWEN_25: Qwen/Qwen2.5-Instruct's `chat_template` (tokenizer_config.json of every Qwen2.5 instruct size), as printed
 from the GGUF metadata by llama-cpp-python in a public log. No BOS: Qwen's tokenizer adds none either.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 LLAMA_31 = """{{- bos_token }}
 {%- if custom_tools is defined %}
@@ -176,3 +184,54 @@ QWEN_25 = """{%- if tools %}
     {{- '<|im_start|>assistant\\n' }}
 {%- endif %}
 """
+
+
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _byte_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str, template: str) -> Any:
+    """Bytes (as tests/families.py's byte tokenizer) plus the template's special tokens; a BOS is added in front of
+    every text where the real tokenizer adds one (Llama 3), none where it does not (Qwen2.5)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    char = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    vocab = {"<unk>": 0} | {char[b]: 1 + b for b in range(256)} | {s: 257 + i for i, s in enumerate(specials)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.add_special_tokens(specials)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, vocab[bos])])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+                                  unk_token="<unk>", model_max_length=2048)
+    out.chat_template = template
+    return out
+
+
+def build_chat_model(family: str, out: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    if family == "llama":
+        tok = _byte_tokenizer(LLAMA_SPECIALS, "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
+                              LLAMA_31)
+        config, cls = LlamaConfig, LlamaForCausalLM
+    else:
+        tok = _byte_tokenizer(QWEN_SPECIALS, None, "<|im_end|>", "<|endoftext|>", QWEN_25)
+        config, cls = Qwen2Config, Qwen2ForCausalLM
+    model = cls(config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       num_key_value_heads=1, vocab_size=257, max_position_embeddings=4096))
+    model.resize_token_embeddings(len(tok))  # the bytes' rows, and one for each of the template's special tokens
+    model.config.update({"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                         "eos_token_id": tok.eos_token_id})
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
