@@ -24,6 +24,7 @@ from promptlab.methods.readout import Readout
 from promptlab.pipeline import load_data
 from promptlab.serving.openai_api import render_chat as served_chat
 from promptlab.tasks import get_task
+from promptlab.tasks.base import Example, Template
 
 SYSTEM = "You label reviews."
 @pytest.fixture(scope="module")
@@ -203,6 +204,18 @@ def test_reload_renders_the_same(chat_models, tmp_path, run_cli, verb, method):
     assert all(r["input"].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>") for r in first)
     assert all(r["input"].endswith("<|im_start|>assistant\n") for r in first)
     assert [r["prediction"] for r in first] == [r["prediction"] for r in again]
+    # predict (the server's code path: a soft prompt's rows in the engine's mixed batch) renders the same way
+    code, out, err = run_cli("predict", "--prompt", tmp_path / "a", "a fine film")
+    assert code == 0, err
+    served = json.loads(out.splitlines()[0])["input"]
+    tok = load_backbone(str(chat_models["qwen"])).tokenizer
+    template = Template(meta["template"]["name"], meta["template"]["text"])
+    user = template.render(Example("x", {"text": "a fine film"}), ["negative", "neutral", "positive"])
+    if method == "hybrid":
+        assert served == render_chat(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}])
+    else:
+        assert served.startswith(first[0]["input"].split("<|im_start|>user")[0]) and served.endswith(
+            f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_served_chat_and_hard_prompts_share_the_rendering(chat_models):

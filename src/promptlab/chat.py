@@ -105,6 +105,13 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]], kwargs: dict[str
                           "template takes no system turn") from None
 
 
+def around(tokenizer: Any, fmt: ChatFormat, turns: Sequence[tuple[str, str]], text: str) -> str:
+    """A template's `text` (with its {fields}) as the last user turn of the rendered conversation, everything else
+    escaped: the whole text the model reads around an example's fields, to fit a long context around."""
+    rendered = render_chat(tokenizer, fmt.messages(turns, SLOT), fmt.kwargs)
+    return rendered.replace("{", "{{").replace("}", "}}").replace(SLOT, text)
+
+
 def holds_specials(tokenizer: Any, text: str) -> bool:
     """Whether `text` already starts with the tokenizer's BOS as text (a chat template wrote it): tokenised with
     add_special_tokens=False, as apply_chat_template(tokenize=True) does, it keeps one BOS, not two."""

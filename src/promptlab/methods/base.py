@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..artifacts import META_FILE
 from ..backbones import Backbone
-from ..chat import SLOT, ChatFormat, render_chat, resolve_chat
+from ..chat import ChatFormat, around, render_chat, resolve_chat
 from ..checkpoints import CheckpointPlan
 from ..errors import ConfigError
 from ..tasks.base import Example, Task, Template
@@ -91,8 +91,7 @@ class Predictor:
         budget), its own text kept as the user turn's."""
         if self.chat is None:
             return template
-        around = self.as_chat(turns, SLOT).replace("{", "{{").replace("}", "}}")
-        return Template(template.name, around.replace(SLOT, template.text))
+        return Template(template.name, around(self.backbone.tokenizer, self.chat, turns, template.text))
 
     def reserved_tokens(self) -> int:
         """Tokens this predictor adds after the input that the template cannot show (chain-of-thought's
