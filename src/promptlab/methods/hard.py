@@ -148,8 +148,10 @@ def fit_demos(ctx: FitContext, demos: list[Example], how: str, k: int,
                 note["shots"], note["asked"] = shots, k
             return fitted, shots, {"demonstrations": {**note, "tokens_at_most": half}} if note else {}
     unit = "per class " if per_class(task, how) else ""
-    raise ConfigError(f"few-shot: not even one demonstration {unit}fits half the {2 * half}-token input budget "
-                      f"(the shortest takes {min(costs)} tokens); raise --max-input-tokens, or use zero-shot")
+    room = f"the {2 * half} tokens the chat template leaves of the input budget" if fixed else \
+        f"the {2 * half}-token input budget"
+    raise ConfigError(f"few-shot: not even one demonstration {unit}fits half {room} (the shortest takes "
+                      f"{min(costs)} tokens); raise --max-input-tokens, or use zero-shot")
 
 
 @dataclass
