@@ -110,7 +110,8 @@ def _a_value(flag: config.Flag) -> str:
     if meta["choices"]:
         return next(c for c in reversed(meta["choices"]) if c != flag.field.default)
     if flag.kind is str and meta["range"]:  # a string with a form (--device cuda:N)
-        return next(v for v in ("some-value", "cpu", "1,2") if meta["range"].ok(v) and v != flag.field.default)
+        return next(v for v in ("some-value", "cpu", "1,2", '{"some": "value"}') if meta["range"].ok(v)
+                    and v != flag.field.default)
     return {int: "7", float: "0.5", str: "some-value"}[flag.kind]
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .api_backbone import ApiBackbone, is_api_model, load_api_backbone
 from .attention import use_fast_attention
+from .chat import add_specials
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, ModelError, first_line
 from .model_layout import (
@@ -175,7 +176,8 @@ class Backbone:
     def _tok(self, texts: Sequence[str], side: str = "right", max_length: int | None = None) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = side
         enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length or self.max_length, return_tensors="pt"
+            list(texts), padding=True, truncation=True, max_length=max_length or self.max_length, return_tensors="pt",
+            add_special_tokens=add_specials(self.tokenizer, texts),  # a chat template's text holds its BOS already
         )
         return {k: v.to(self.device) for k, v in enc.items()}
 
@@ -351,7 +353,9 @@ class Backbone:
         greedy = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id, **GREEDY}
         for idx in self._batches(prompts, batch_size):
             if prompt is not None:
-                ids = self.tokenizer([prompts[i] for i in idx], truncation=True, max_length=budget)["input_ids"]
+                rows = [prompts[i] for i in idx]
+                ids = self.tokenizer(rows, truncation=True, max_length=budget,
+                                     add_special_tokens=add_specials(self.tokenizer, rows))["input_ids"]
                 emb, mask = left_padded_embeds(model, [prompt] * len(idx), ids)
                 gen = model.get_base_model().generate(inputs_embeds=emb, attention_mask=mask, **greedy)  # new only
             else:

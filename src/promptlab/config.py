@@ -20,6 +20,7 @@ from typing import Any, ClassVar, get_type_hints
 
 import yaml
 
+from .chat import kwargs_ok
 from .errors import ConfigError, unknown
 
 ALL = ("eval", "train", "predict", "compare")  # the commands that build a RunConfig
@@ -121,6 +122,15 @@ class HardConfig:
     search_on: str = _f("train", "prompt-search: labelled data that scores candidates: train (demos are scored on "
                                  "the other training examples) or dev (the held-out dev slice)",
                         choices=("train", "dev"))
+    chat_template: str = _f("auto", "hard and soft prompts on a model whose tokenizer has a chat template: auto (render "
+                                    "through it when there is one), on (refuse a model without one) or off (raw "
+                                    "text)", choices=("auto", "on", "off"))
+    system_prompt: str | None = _f(None, "with a chat template: the system turn's text (default: the template's own, "
+                                         "if it writes one)", metavar="TEXT")
+    chat_template_kwargs: str | None = _f(None, "with a chat template: a JSON object of the template's own settings, "
+                                                "e.g. '{\"enable_thinking\": false}' (Qwen3)", metavar="JSON",
+                                          range=Range(kwargs_ok, "must be a JSON object, got {value}; e.g. "
+                                                                 "'{{\"enable_thinking\": false}}'"))
 
 
 @dataclass

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .backbones import Backbone
+from .chat import token_ids
 from .model_layout import virtual_tokens
 from .tasks.base import Example, Task, Template
 
@@ -62,10 +63,13 @@ def fit_for(predictor: Predictor, cfg: RunConfig, examples: list[Example]) -> tu
 
 
 def count_tokens(tokenizer: Any, texts: Sequence[str], special: bool = True) -> list[int]:
-    """Each text's token count as the backbone tokenises it, uncut (a tokenizer file may carry a truncation)."""
+    """Each text's token count as the backbone tokenises it, uncut (a tokenizer file may carry a truncation); a
+    chat-rendered text counts the special tokens it holds, not the tokenizer's on top (chat.token_ids)."""
     if not texts:
         return []
-    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=special, truncation=False)["input_ids"]]
+    if special:
+        return [len(ids) for ids in token_ids(tokenizer, texts, truncation=False)]
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]]
 
 
 def received_stats(predictor: Predictor, examples: list[Example], inputs: list[str], budget: int) -> dict[str, Any]:
@@ -76,7 +80,7 @@ def received_stats(predictor: Predictor, examples: list[Example], inputs: list[s
     backbone, task = predictor.backbone, predictor.task
     new = predictor.readout.max_new_tokens if predictor.readout is not None and task.kind == "text" else 0
     keep = backbone.input_budget(predictor.model, new_tokens=new if backbone.kind in DECODERS else 0)
-    ids = backbone.tokenizer(list(inputs), truncation=False)["input_ids"] if inputs else []
+    ids = token_ids(backbone.tokenizer, inputs, truncation=False)
     lengths = [len(i) for i in ids]
     kept = [t if len(i) <= keep else backbone.tokenizer.decode(i[:keep], skip_special_tokens=True)
             for t, i in zip(inputs, ids)]

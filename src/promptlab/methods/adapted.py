@@ -117,8 +117,9 @@ def fit_adapted(ctx: FitContext, method: AdaptedMethod, model: torch.nn.Module) 
     """Train `model` (the backbone with an adapter, or an unfrozen copy) on ctx.train; select on ctx.dev."""
     cfg = ctx.config
     _check_room(ctx, model)
+    # A soft prompt on a chat model trains on the very text it is evaluated on: the same chat rendering (inputs()).
     pred = AdaptedPredictor(method.name, ctx.backbone, ctx.task, ctx.template, model=model,
-                            max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens)
+                            max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens, chat=method.chat_format(ctx))
     if any(p.requires_grad and p.dtype != torch.float32 for p in model.parameters()):
         # bf16 weights cannot take small updates (8 mantissa bits): training them needs float32 master copies
         raise ConfigError(f"{method.name} trains the model's own weights, which are {cfg.dtype} here; use --dtype "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..artifacts import META_FILE
 from ..backbones import Backbone
+from ..chat import ChatFormat, around, render_chat, resolve_chat
 from ..checkpoints import CheckpointPlan
 from ..errors import ConfigError
 from ..tasks.base import Example, Task, Template
@@ -67,15 +68,30 @@ class Predictor:
     train_info: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # how the fit went beyond the artifact: method_info
     readout: Readout | None = field(default=None, init=False, repr=False, compare=False)
+    chat: ChatFormat | None = None  # the tokenizer's chat template renders the input (chat.py); None: raw text
 
     def inputs(self, examples: list[Example]) -> list[str]:
-        """The exact text the model reads for each example."""
-        return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
+        """The exact text the model reads for each example: the templated input, as the user turn of a chat."""
+        return [self.as_chat([], self.template.render(ex, self.task.verbalizers or None)) for ex in examples]
+
+    def as_chat(self, turns: list[tuple[str, str]], user: str) -> str:
+        """`user` (after the demonstration `turns`) as the model reads it: a conversation rendered by the chat
+        template, ending in the assistant's generation prompt; raw text where there is no chat."""
+        if self.chat is None:
+            return user
+        return render_chat(self.backbone.tokenizer, self.chat.messages(turns, user), self.chat.kwargs)
 
     def input_template(self) -> Template:
         """Everything the model reads around one example's fields, as one template: what a long context is
         fitted around (inputs.fit_for). A few-shot prompt's demonstrations are part of it."""
-        return self.template
+        return self.chat_template(self.template, [])
+
+    def chat_template(self, template: Template, turns: list[tuple[str, str]]) -> Template:
+        """`template` inside the conversation (the template's special tokens and turns count against the input
+        budget), its own text kept as the user turn's."""
+        if self.chat is None:
+            return template
+        return Template(template.name, around(self.backbone.tokenizer, self.chat, turns, template.text))
 
     def reserved_tokens(self) -> int:
         """Tokens this predictor adds after the input that the template cannot show (chain-of-thought's
@@ -99,7 +115,8 @@ class Predictor:
             "labels": self.task.labels,
             "verbalizers": self.task.verbalizers,  # what a generative readout scored: transfer maps labels by name
             "trainable_params": self.n_trainable(),
-            "extras": self.extras,
+            # how the input was rendered (chat.chat_from_meta reads it back): eval --prompt, predict and serve repeat it
+            "extras": {**self.extras, **({"chat": self.chat.meta()} if self.chat is not None else {})},
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -138,6 +155,9 @@ class Method:
     uses_examples: ClassVar[bool] = False  # fits on labelled data without training (demos, a search): needs --data
     # Weight and head baselines see the bare input whatever --template says (DESIGN.md: what is compared).
     bare_input: ClassVar[bool] = False
+    # Renders the input through the tokenizer's chat template (--chat-template, --system-prompt, ...): the hard and
+    # soft prompts; weight and head baselines read the bare input as they always did.
+    reads_chat: ClassVar[bool] = False
 
     def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
         """The text around the input; long-context tasks select what fits around this template.
@@ -182,7 +202,14 @@ class Method:
 
     def reads(self, cfg: RunConfig) -> set[str]:
         """Which of METHOD_SETTINGS this method reads under `cfg`: the template, unless it sees the bare input."""
-        return set() if self.bare_input else {"template"}
+        return (set() if self.bare_input else {"template"}) | (CHAT_SETTINGS if self.reads_chat else set())
+
+    def chat_format(self, ctx: FitContext) -> ChatFormat | None:
+        """This run's chat rendering (None: raw text), for methods that read it."""
+        if not self.reads_chat:
+            return None
+        hard = ctx.config.hard
+        return resolve_chat(ctx.backbone, hard.chat_template, hard.system_prompt, hard.chat_template_kwargs)
 
     def refusals(self, cfg: RunConfig, given: set[str]) -> list[Refusal]:
         """The settings given (`given`: config fields set by flag) that this run would not read, or not with these
@@ -229,7 +256,11 @@ WHY_UNREAD = {
     "lora_targets": "chooses LoRA's modules; {m} has none",
     "grad_accum": "accumulates gradients in the shared training loop; {m} does not train through it",
     "gradient_checkpointing": "recomputes activations in the shared training loop; {m} does not train through it",
+    "chat_template": "renders prompts through a chat template; {m} reads the bare input as raw text",
+    "system_prompt": "is a chat template's system turn; {m} reads the bare input as raw text",
+    "chat_template_kwargs": "sets a chat template's options; {m} reads the bare input as raw text",
 }
+CHAT_SETTINGS = {"chat_template", "system_prompt", "chat_template_kwargs"}
 METHOD_SETTINGS = tuple(WHY_UNREAD)
 
 def _a(word: str) -> str:

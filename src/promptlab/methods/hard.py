@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import Backbone
+from ..chat import ChatFormat, chat_from_meta, render_chat
 from ..errors import ConfigError
 from ..inputs import count_tokens, input_budget
 from ..tasks.base import Example, Task, Template
-from .base import FitContext, Method, Prediction, Predictor
+from .base import CHAT_SETTINGS, FitContext, Method, Prediction, Predictor
 from .readout import Readout, label_anchors, predictions_from_scores
 from .registry import register
 
@@ -37,6 +38,24 @@ def answer_text(task: Task, ex: Example) -> str:
 def demo_text(task: Task, template: Template, d: Example) -> str:
     """One demonstration as the prompt shows it: the rendered input, its answer, a blank line."""
     return f"{render(task, template, d)} {answer_text(task, d)}\n\n"
+
+
+def demo_turn(task: Task, template: Template, d: Example) -> tuple[str, str]:
+    """One demonstration as a chat shows it: the rendered input as a user turn, its answer as the assistant's."""
+    return render(task, template, d), answer_text(task, d)
+
+
+def demo_costs(backbone: Backbone, task: Task, template: Template, demos: list[Example],
+               fmt: ChatFormat | None) -> list[int]:
+    """Tokens each demonstration adds to a prompt: its text, or in a chat its two turns with the template's
+    headers and end-of-turn tokens (measured as what the turns add to a one-turn conversation)."""
+    tok = backbone.tokenizer
+    if fmt is None:
+        return count_tokens(tok, [demo_text(task, template, d) for d in demos], False)
+    chats = [render_chat(tok, fmt.messages(turns, "x"), fmt.kwargs)
+             for turns in [[]] + [[demo_turn(task, template, d)] for d in demos]]
+    n = count_tokens(tok, chats)
+    return [k - n[0] for k in n[1:]]
 
 
 def escape(text: str) -> str:
@@ -91,17 +110,21 @@ def in_prompt(task: Task, k: int, how: str, pool: int) -> int:
     return min(k * max(1, len(task.labels)), pool) if how == "nearest" else pool
 
 
-def fit_demos(ctx: FitContext, demos: list[Example], how: str, k: int) -> tuple[list[Example], int, dict[str, Any]]:
+def fit_demos(ctx: FitContext, demos: list[Example], how: str, k: int,
+              fmt: ChatFormat | None = None) -> tuple[list[Example], int, dict[str, Any]]:
     """Demonstrations that fit half the input budget, so that the example itself keeps the other half (a prompt
     longer than the model keeps loses its end: the example's question). A long context (HotpotQA) is selected for
     each demonstration to its share of that half, as the example's own is to the rest; where the demonstrations'
     fixed text (question, answer) alone does not fit, fewer of them: k per class lowered until they do (for
     nearest selection, the longest candidates are left out first). Returns (demos, k, a note for the run's
-    method_info); refuses in one line when not one fits."""
+    method_info); refuses in one line when not one fits. `fmt`: a chat's demonstrations are turns, and the
+    template's own tokens (system turn, headers) come off the budget before it is halved."""
     backbone, task = ctx.backbone, ctx.task
     if backbone.kind == "encoder" or not demos:  # an encoder never reads demonstrations in its input
         return demos, k, {}
-    half = input_budget(task, backbone, ctx.config, new_tokens=_new_tokens(ctx)) // 2
+    fixed = count_tokens(backbone.tokenizer, [render_chat(backbone.tokenizer, fmt.messages([], ""), fmt.kwargs)])[0] \
+        if fmt is not None else 0
+    half = max(1, input_budget(task, backbone, ctx.config, new_tokens=_new_tokens(ctx)) - fixed) // 2
     template = Template(ctx.template.name, ctx.template.text + " {_answer}\n\n")
     for shots in range(k, 0, -1):
         pool = demos if how == "nearest" else trim_demos(demos, task, shots, how)
@@ -113,7 +136,7 @@ def fit_demos(ctx: FitContext, demos: list[Example], how: str, k: int) -> tuple[
             fitted = [Example(d.id, {f: v for f, v in d.fields.items() if f != "_answer"}, d.label, d.answers,
                               d.meta) for d in fitted]
             note = {"tokens_each": half // n}
-        costs = count_tokens(backbone.tokenizer, [demo_text(task, ctx.template, d) for d in fitted], False)
+        costs = demo_costs(backbone, task, ctx.template, fitted, fmt)
         order = sorted(range(len(fitted)), key=lambda i: costs[i])
         # the shortest m whose n longest fit: every prompt then fits, whichever n of them it shows
         m = max((m for m in range(n, len(order) + 1) if sum(costs[i] for i in order[m - n : m]) <= half), default=0)
@@ -125,8 +148,10 @@ def fit_demos(ctx: FitContext, demos: list[Example], how: str, k: int) -> tuple[
                 note["shots"], note["asked"] = shots, k
             return fitted, shots, {"demonstrations": {**note, "tokens_at_most": half}} if note else {}
     unit = "per class " if per_class(task, how) else ""
-    raise ConfigError(f"few-shot: not even one demonstration {unit}fits half the {2 * half}-token input budget "
-                      f"(the shortest takes {min(costs)} tokens); raise --max-input-tokens, or use zero-shot")
+    room = f"the {2 * half} tokens the chat template leaves of the input budget" if fixed else \
+        f"the {2 * half}-token input budget"
+    raise ConfigError(f"few-shot: not even one demonstration {unit}fits half {room} (the shortest takes "
+                      f"{min(costs)} tokens); raise --max-input-tokens, or use zero-shot")
 
 
 @dataclass
@@ -160,17 +185,24 @@ class HardPredictor(Predictor):
     def input_template(self) -> Template:
         """The template with the demonstrations in front (for nearest selection, the longest k: each input
         gets its own k) and chain-of-thought's cues after, so a long context is fitted around all of it."""
-        text = self.template.text
-        if self.demos and self.backbone.kind != "encoder":
-            demos = [demo_text(self.task, self.template, d) for d in self.demos]
-            if self.selection == "nearest":
-                k = in_prompt(self.task, self.shots, "nearest", len(demos))
-                costs = count_tokens(self.backbone.tokenizer, demos, special=False)
-                demos = [demos[i] for i in sorted(range(len(demos)), key=lambda i: costs[i])[len(demos) - k:]]
-            text = escape("".join(demos)) + text
+        demos = self.demos if self.backbone.kind != "encoder" else []
+        if demos and self.selection == "nearest":
+            k = in_prompt(self.task, self.shots, "nearest", len(demos))
+            costs = demo_costs(self.backbone, self.task, self.template, demos, self.chat)
+            demos = [demos[i] for i in sorted(range(len(demos)), key=lambda i: costs[i])[len(demos) - k:]]
+        if self.chat is not None:
+            text = self.chat_template(self.template, [demo_turn(self.task, self.template, d) for d in demos]).text
+        else:
+            text = escape("".join(demo_text(self.task, self.template, d) for d in demos)) + self.template.text
         if self.cot:
-            text += escape(f"\n{COT_TRIGGER} \n{COT_ANSWER}")
+            text += escape(f"{self.cot_break}{COT_TRIGGER} \n{COT_ANSWER}")
         return Template(self.template.name, text)
+
+    @property
+    def cot_break(self) -> str:
+        """What comes between the input and chain-of-thought's trigger: a new line in raw text; nothing in a chat,
+        whose generation prompt has opened the assistant's turn (the reasoning and the answer cue are its reply)."""
+        return "" if self.chat is not None else "\n"
 
     def reserved_tokens(self) -> int:
         return COT_TOKENS if self.cot else 0
@@ -186,25 +218,28 @@ class HardPredictor(Predictor):
 
     def inputs(self, examples: list[Example]) -> list[str]:
         base = [render(self.task, self.template, ex) for ex in examples]
-        if self.backbone.kind == "encoder" or not self.demos:
+        if self.backbone.kind == "encoder":
             return base
-        if self.selection == "nearest":
-            return self._nearest_contexts(examples, base)
-        context = "".join(demo_text(self.task, self.template, d) for d in self.demos)
-        return [context + b for b in base]
+        if not self.demos:
+            demo_sets: list[list[Example]] = [[] for _ in base]
+        elif self.selection == "nearest":
+            demo_sets = self._nearest_demos(base)
+        else:
+            demo_sets = [self.demos] * len(base)
+        if self.chat is not None:
+            return [self.as_chat([demo_turn(self.task, self.template, d) for d in ds], b)
+                    for ds, b in zip(demo_sets, base)]
+        return ["".join(demo_text(self.task, self.template, d) for d in ds) + b for ds, b in zip(demo_sets, base)]
 
-    def _nearest_contexts(self, examples: list[Example], base: list[str]) -> list[str]:
+    def _nearest_demos(self, base: list[str]) -> list[list[Example]]:
         # The demos' embeddings once per predictor: evaluation predicts a batch at a time (evaluation.py).
         if getattr(self, "_demo_vectors", None) is None:
             rendered = [render(self.task, self.template, d) for d in self.demos]
             self._demo_vectors = F.normalize(self.backbone.embed(rendered), dim=-1)
         sims = F.normalize(self.backbone.embed(base), dim=-1) @ self._demo_vectors.T
         k = in_prompt(self.task, self.shots, "nearest", len(self.demos))
-        out = []
-        for row, b in zip(sims, base):
-            idx = row.topk(k).indices.flip(0).tolist()  # most similar last, nearest the question
-            out.append("".join(demo_text(self.task, self.template, self.demos[i]) for i in idx) + b)
-        return out
+        # most similar last, nearest the question
+        return [[self.demos[i] for i in row.topk(k).indices.flip(0).tolist()] for row in sims]
 
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
         inputs = self.inputs(examples)
@@ -224,7 +259,7 @@ class HardPredictor(Predictor):
 
     def _predict_cot(self, inputs: list[str], batch_size: int) -> list[Prediction]:
         """Zero-shot CoT (Kojima et al.): generate reasoning, then read the answer after a fixed cue."""
-        first = [f"{i}\n{COT_TRIGGER}" for i in inputs]
+        first = [f"{i}{self.cot_break}{COT_TRIGGER}" for i in inputs]
         reasons = self.backbone.generate(first, COT_TOKENS, batch_size=batch_size)
         second = [f"{f} {r}\n{COT_ANSWER}" for f, r in zip(first, reasons)]
         return self.readout.predict(self.backbone.model, second, batch_size)
@@ -234,11 +269,13 @@ class HardPredictor(Predictor):
 class ZeroShot(Method):
     name, family = "zero-shot", "hard"
     kinds = ("encoder", "seq2seq", "causal", "api")
+    reads_chat = True
     summary = "instruction template; encoders compare the input with label descriptions"
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
-        return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, max_new_tokens=_new_tokens(ctx))
+        return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, max_new_tokens=_new_tokens(ctx),
+                             chat=self.chat_format(ctx))
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         return _load_hard(self.name, backbone, task, meta)
@@ -249,10 +286,11 @@ class FewShot(Method):
     name, family = "few-shot", "hard"
     kinds = ("encoder", "seq2seq", "causal", "api")
     uses_examples = True
+    reads_chat = True
     summary = "k demonstrations in context; encoders use them as class prototypes or neighbours"
 
     def reads(self, cfg: RunConfig) -> set[str]:
-        return {"template", "shots", "selection"}
+        return {"template", "shots", "selection"} | CHAT_SETTINGS
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
@@ -262,9 +300,10 @@ class FewShot(Method):
             demos = select_demos(pool, ctx.task, max(hard.shots, 16), "balanced", ctx.config.seed)
         else:
             demos = select_demos(pool, ctx.task, hard.shots, hard.selection, ctx.config.seed)
-        demos, shots, note = fit_demos(ctx, demos, hard.selection, hard.shots)
+        fmt = self.chat_format(ctx)
+        demos, shots, note = fit_demos(ctx, demos, hard.selection, hard.shots, fmt)
         return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, demos=demos, selection=hard.selection,
-                             shots=shots, max_new_tokens=_new_tokens(ctx), info=note)
+                             shots=shots, max_new_tokens=_new_tokens(ctx), info=note, chat=fmt)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         return _load_hard(self.name, backbone, task, meta)
@@ -273,6 +312,7 @@ class FewShot(Method):
 @register
 class ChainOfThought(Method):
     name, family = "cot", "hard"
+    reads_chat = True
     summary = "'think step by step' template, then the answer read after a fixed cue"
     kinds = ("seq2seq", "causal", "api")
 
@@ -286,7 +326,7 @@ class ChainOfThought(Method):
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
         return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, cot=True,
-                             max_new_tokens=_new_tokens(ctx))
+                             max_new_tokens=_new_tokens(ctx), chat=self.chat_format(ctx))
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         self.check(backbone, task)
@@ -303,4 +343,5 @@ def _load_hard(name: str, backbone: Backbone, task: Task, meta: dict[str, Any]) 
     return HardPredictor(name, backbone, task, Template(t["name"], t["text"]),
                          demos=[example_from_json(d) for d in ex.get("demos", [])],
                          selection=ex.get("selection", "balanced"), shots=ex.get("shots", 0),
-                         cot=ex.get("cot", False), max_new_tokens=ex.get("max_new_tokens", task.max_new_tokens))
+                         cot=ex.get("cot", False), max_new_tokens=ex.get("max_new_tokens", task.max_new_tokens),
+                         chat=chat_from_meta(ex.get("chat")))

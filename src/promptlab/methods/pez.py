@@ -107,6 +107,7 @@ class Pez(PromptTuning):
     name, family = "pez", "hard"
     summary = "a hard prompt learnt by projected gradients (Wen et al. 2023): real vocabulary tokens any tool can take"
     optimizer, default_lr = "adamw", 0.1  # as Wen et al. train the continuous copy of a PEZ prompt
+    reads_chat = False  # its prompt is projected onto words to be read as raw text before the input
 
     def fit(self, ctx: FitContext) -> Predictor:
         from peft import get_peft_model

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..inputs import fit_for
 from ..tasks.base import Example, Task, Template
 from .adapted import dev_score
-from .base import FitContext, Method, Predictor
+from .base import CHAT_SETTINGS, FitContext, Method, Predictor
 from .hard import HardPredictor, _load_hard, _new_tokens, fit_demos, render, select_demos
 from .registry import register
 
@@ -141,10 +141,11 @@ class PromptSearch(Method):
     name, family = "prompt-search", "hard"
     kinds = ("encoder", "seq2seq", "causal", "api")
     uses_examples = True
+    reads_chat = True
     summary = "best of templates x instructions x demo sets, scored on the labelled data (--candidates, --search-size)"
 
     def reads(self, cfg: RunConfig) -> set[str]:
-        return {"template", "shots", "selection", "candidates", "search_size", "search_on"}
+        return {"template", "shots", "selection", "candidates", "search_size", "search_on"} | CHAT_SETTINGS
 
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
@@ -181,7 +182,7 @@ class PromptSearch(Method):
         assert best is not None, "the candidate list always holds the bare input"
         chosen, won = cands[best[1]], preds[best[1]]
         pred = SearchPredictor(self.name, ctx.backbone, task, won.template, demos=won.demos, selection=hard.selection,
-                               shots=won.shots, max_new_tokens=new_tokens, info=won.info, record=record,
+                               shots=won.shots, max_new_tokens=new_tokens, info=won.info, record=record, chat=won.chat,
                                instruction=chosen.instruction, base_template=chosen.template.name)
         pred.search_info = {"search_on": hard.search_on, "scoring_pool": len(scoring), "max_scored": hard.search_size,
                             "demo_sets": len(sets), "evaluated": len(cands), "chosen": best[1],
@@ -194,10 +195,10 @@ class PromptSearch(Method):
 
     def _predictor(self, ctx: FitContext, tmpl: Template, demos: list[Example], new_tokens: int) -> HardPredictor:
         """A candidate: its demonstrations fitted to the input budget around its own template (few-shot's rule)."""
-        hard = ctx.config.hard
-        demos, shots, note = fit_demos(replace(ctx, template=tmpl), demos, hard.selection, hard.shots)
+        hard, fmt = ctx.config.hard, self.chat_format(ctx)
+        demos, shots, note = fit_demos(replace(ctx, template=tmpl), demos, hard.selection, hard.shots, fmt)
         return HardPredictor(self.name, ctx.backbone, ctx.task, tmpl, demos=demos, selection=hard.selection,
-                             shots=shots, max_new_tokens=new_tokens, info=note)
+                             shots=shots, max_new_tokens=new_tokens, info=note, chat=fmt)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         pred = _load_hard(self.name, backbone, task, meta)

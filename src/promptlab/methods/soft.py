@@ -23,6 +23,7 @@ from ..artifacts import (
     read_prompt_artifact,
 )
 from ..backbones import Backbone
+from ..chat import chat_from_meta
 from ..errors import ConfigError, ModelError, first_line
 from ..tasks.base import Example, Task, Template
 from .adapted import NO_PREFIX_CHECKPOINTING, AdaptedMethod, AdaptedPredictor, fit_adapted
@@ -158,6 +159,9 @@ class SoftMethod(AdaptedMethod):
     family = "soft"
     peft_type: ClassVar[str]  # PEFT's peft_type, as adapter_config.json records it
     uses_template: ClassVar[bool] = False
+    # On a chat model the (templated) input is the user turn of the chat template, and PEFT puts the virtual tokens in
+    # front of all of it, BOS included (DESIGN.md, "Soft prompts on a chat model").
+    reads_chat = True
     token_init: ClassVar[bool] = False  # prompts that live in the word-embedding space start from words
     activation_init: ClassVar[bool] = False  # per-layer prompts start from words' keys and values
     default_init: ClassVar[str] = "text"
@@ -265,7 +269,8 @@ class SoftMethod(AdaptedMethod):
         extras = meta.get("extras", {})
         return AdaptedPredictor(self.name, backbone, task, Template(t["name"], t["text"]), model=model,
                                 anchors=load_anchors(path), extras=extras,
-                                max_new_tokens=extras.get("max_new_tokens", task.max_new_tokens))
+                                max_new_tokens=extras.get("max_new_tokens", task.max_new_tokens),
+                                chat=chat_from_meta(extras.get("chat")))
 
     def _check_adapter_type(self, path: Path) -> None:
         """PEFT loads whatever adapter_config.json names; a LoRA config here would silently drop the prompt."""

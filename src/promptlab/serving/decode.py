@@ -9,6 +9,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from ..backbones import GREEDY
+from ..chat import token_ids
 from ..errors import PromptlabError
 from ..model_layout import left_padded_embeds
 from .jobs import Answer, InputTooLong, Row
@@ -45,7 +46,7 @@ class Decoding:
         if bb.kind == "causal" and self._use_kv(servables) and self._plain_greedy:
             new = self._greedy_cached(servables, texts, max_new, samplers)
         elif bb.kind == "causal":
-            ids = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
+            ids = token_ids(bb.tokenizer, texts, truncation=True, max_length=bb.max_length)
             emb, mask = left_padded_embeds(self.model, [s.prompt for s in servables], ids)
             new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
                                       pad_token_id=pad, **GREEDY, **sample)  # only the new tokens come back
@@ -67,7 +68,7 @@ class Decoding:
         """Decoding from each row's cached prompt (the prompt's keys/values are never recomputed): greedy, or the
         row's sampler's draw."""
         bb = self.backbone
-        ids_list = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
+        ids_list = token_ids(bb.tokenizer, texts, truncation=True, max_length=bb.max_length)
         dev = self.device
         lens = torch.tensor([len(x) for x in ids_list], device=dev)
         width = int(lens.max())

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from .. import console
 from ..backbones import Backbone
+from ..chat import token_ids
 from ..methods.readout import ANCHOR_SCALE, predictions_from_scores
 from ..tasks.base import Example
 from .decode import Decoding, out_cache, positions
@@ -122,7 +123,7 @@ class Engine(Decoding):
                 if not s.batchable:
                     results[j] = self._alone(s, examples)
                     continue
-                texts = s.render(examples)
+                texts = s.render(examples, self.backbone)
                 self._check_lengths(s, texts)
             except Exception as e:  # noqa: BLE001 — the user's mistake (PromptlabError) or a bug: this job only
                 results[j] = e
@@ -149,7 +150,7 @@ class Engine(Decoding):
         answering a cut input), and inputs with nothing to read."""
         bb = self.backbone
         n = s.prompt.shape[0]
-        full = [len(x) for x in bb.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        full = [len(x) for x in token_ids(bb.tokenizer, texts)]  # a chat text's BOS is in it already
         lengths = [min(k, bb.max_length) for k in full]  # what the model would read; the message says what came
         if extra is None:  # choices: lm_batch truncates input + target
             extra = s.max_new_tokens if s.task.kind == "text" else 0

@@ -23,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..chat import has_template, token_ids
+from ..chat import render_chat as render_template
 from ..config import RunConfig
 from ..errors import PromptlabError
 from .batcher import QueueFull, ShuttingDown
@@ -194,7 +196,7 @@ def register(app: FastAPI, state: Any) -> None:
             raise OpenAIError(400, f"echo with logprobs is served for decoder-only models; {bb.name} is {bb.kind}: its "
                                    "prompt is encoder input, which has no next-token log-probabilities", "echo")
         t0 = time.perf_counter()
-        prompt_ids = bb.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        prompt_ids = token_ids(bb.tokenizer, texts)
         for i, ids in enumerate(prompt_ids):
             if not ids and not s.virtual_tokens:
                 raise OpenAIError(400, f"{param}[{i}] is empty and model '{req.model}' has no soft prompt: nothing to "
@@ -390,9 +392,9 @@ def include_usage(req: _Common) -> bool:
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
-    """The tokenizer's chat template with the generation prompt, when it has one; otherwise one `role: content`
-    line per message and a final `assistant:`. A BOS the template writes is dropped when the tokenizer adds its
-    own, so the model reads one."""
+    """The tokenizer's chat template with the generation prompt (chat.render_chat, as hard prompts render), when it
+    has one; otherwise one `role: content` line per message and a final `assistant:`. A BOS the template writes
+    stays in the text, and tokenisation adds none on top of it (chat.token_ids)."""
     msgs = []
     for i, m in enumerate(messages):
         content = m.get("content")
@@ -404,12 +406,11 @@ def render_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
                 parts.append(p["text"])
             content = "".join(parts)
         msgs.append({"role": m["role"], "content": content or ""})
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        bos = tokenizer.bos_token
-        if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
-            text = text[len(bos):]
-        return text
+    if has_template(tokenizer):
+        try:
+            return render_template(tokenizer, msgs)
+        except PromptlabError as e:
+            raise OpenAIError(400, str(e), "messages") from None
     return "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:"
 
 

@@ -33,6 +33,7 @@ from ..artifacts import (
     recorded_run,
 )
 from ..backbones import Backbone
+from ..chat import ChatFormat, around, chat_from_meta, render_chat
 from ..config import RunConfig
 from ..errors import ConfigError, ModelError, unknown
 from ..inputs import fit_for, fit_inputs
@@ -67,6 +68,7 @@ class Servable:
     artifact_bytes: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [heads, n, d] keys/values (causal)
+    chat: ChatFormat | None = None  # a soft prompt's input is a chat template's user turn, as it was trained on
 
     @property
     def batchable(self) -> bool:
@@ -85,13 +87,20 @@ class Servable:
             return examples
         if self.predictor is not None:  # around everything it reads: a few-shot prompt's demonstrations too
             return fit_for(self.predictor, self.config, examples)[0]
-        return fit_inputs(self.task, backbone, self.template, self.config, examples, virtual=self.virtual_tokens,
+        template = self.template if self.chat is None else \
+            Template(self.template.name, around(backbone.tokenizer, self.chat, [], self.template.text))
+        return fit_inputs(self.task, backbone, template, self.config, examples, virtual=self.virtual_tokens,
                           new_tokens=self.max_new_tokens)[0]
 
-    def render(self, examples: list[Example]) -> list[str]:
+    def render(self, examples: list[Example], backbone: Backbone | None = None) -> list[str]:
+        """The exact text the model reads for each example (`backbone`: whose chat template renders it)."""
         if self.predictor is not None:
             return self.predictor.inputs(examples)
-        return [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
+        texts = [self.template.render(ex, self.task.verbalizers or None) for ex in examples]
+        if self.chat is None:
+            return texts
+        assert backbone is not None, "a chat-rendered prompt needs the backbone's tokenizer"
+        return [render_chat(backbone.tokenizer, self.chat.messages([], t), self.chat.kwargs) for t in texts]
 
     def resident_bytes(self) -> int:
         """Memory this prompt holds beyond the shared backbone (tensors only; see bench/serving.py): its prompt rows,
@@ -269,7 +278,8 @@ def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], m
     family = get_method(meta["method"]).family
     return Servable(name, task, meta["method"], family, Template(t.get("name", "plain"), t.get("text", "")), value,
                     config, prompt=prompt, anchors=anchors, artifact_bytes=nbytes, extras=dict(extras),
-                    max_new_tokens=int(extras.get("max_new_tokens", task.max_new_tokens)))
+                    max_new_tokens=int(extras.get("max_new_tokens", task.max_new_tokens)),
+                    chat=chat_from_meta(extras.get("chat")))
 
 
 def refuse_pickles(adir: Path) -> None:
