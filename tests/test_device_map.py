@@ -156,21 +156,26 @@ def test_a_hard_method_on_a_split_model_via_the_cli(tiny_models, run_cli, tmp_pa
     assert "disk" in placement["modules"]
 
 
-def test_the_server_engine_on_a_split_model_equals_the_offline_one(soft_run, tiny_models, tmp_path):
-    from promptlab.config import RunConfig
-    from promptlab.serving import Engine, load_servable
-    from promptlab.tasks.base import Example
+def test_the_server_on_a_split_model_answers_as_on_the_whole_one(soft_run, tiny_models, tmp_path):
+    """The HTTP app over a placed model: a soft prompt and a hard one in the same requests."""
+    from fastapi.testclient import TestClient
 
-    examples = [Example(str(i), {"text": t}, None, ()) for i, t in enumerate(["great food", "awful", "fine i guess"])]
+    from promptlab.serving.app import create_app
+    from promptlab.serving.server import build_state
+
+    texts = [{"text": t} for t in ["great food", "awful", "fine i guess"]]
     answers = []
     for placement in ({}, load_kwargs(str(_map(tmp_path, "causal")), None, str(tmp_path / "off"))):
         bb = load_backbone(str(tiny_models["causal"]), placement=placement)
-        servable = load_servable("pt", str(soft_run), bb, RunConfig(model=str(tiny_models["causal"])))
-        engine = Engine(bb)
-        engine.attach(servable)
-        answers.append([(a.prediction, a.score) for a in engine.predict(servable, examples, batch_size=2)])
-    assert [p for p, _ in answers[1]] == [p for p, _ in answers[0]]
-    assert [s for _, s in answers[1]] == pytest.approx([s for _, s in answers[0]], abs=1e-5)
+        with TestClient(create_app(build_state(bb, [f"pt={soft_run}", "zs=zero-shot:sentiment"]))) as c:
+            for name in ("pt", "zs"):
+                r = c.post("/v1/predict", json={"prompt": name, "inputs": texts})
+                assert r.status_code == 200, r.text
+                answers.append([(o["label"], o["score"]) for o in r.json()["predictions"]])
+    whole, split = answers[:2], answers[2:]
+    for w, s in zip(whole, split):
+        assert [p for p, _ in s] == [p for p, _ in w]
+        assert [x for _, x in s] == pytest.approx([x for _, x in w], abs=1e-5)
 
 
 def test_training_a_placed_model_is_refused_in_one_line(tiny_models, run_cli, tmp_path):
@@ -184,3 +189,11 @@ def test_device_and_device_map_together_are_refused(tiny_models, run_cli, tmp_pa
     code, _, err = run_cli("eval", "--task", "sentiment", "--method", "zero-shot", "--model", tiny_models["causal"],
                            "--device", "cpu", "--device-map", "auto", "--out", tmp_path / "x")
     assert code == 2 and err.count("\n") == 1 and "keep one" in err, err
+
+
+@pytest.mark.parametrize("extra, match", [(["--max-memory", "cpu=1GiB"], "add --device-map auto"),
+                                          (["--device", "cpu", "--device-map", "auto"], "keep one")])
+def test_serve_checks_its_placement_flags_in_one_line(extra, match, tiny_models, run_cli):
+    code, _, err = run_cli("serve", "--model", tiny_models["causal"], "--prompt", "zs=zero-shot:sentiment", "--port",
+                           "0", *extra)
+    assert code == 2 and err.count("\n") == 1 and match in err, err
