@@ -126,3 +126,20 @@ def test_fsdp_refuses_a_method_that_trains_inside_the_blocks(tiny_models):
     with pytest.raises(ConfigError, match="trains weights inside them") as e:
         shard_frozen_blocks(lora, "lora")
     assert "\n" not in str(e.value)
+
+
+def test_under_fsdp_a_gpu_model_loads_on_the_cpu_and_is_sharded_onto_its_gpu(monkeypatch):
+    """No GPU ever holds the whole model: load_backbone keeps it on the CPU and records the GPU it is for."""
+    from promptlab.sharding import load_device, target_device
+
+    cuda, cpu = torch.device("cuda:1"), torch.device("cpu")
+    assert load_device(cuda) == cuda  # no launcher asked for FSDP
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert load_device(cuda) == cpu and load_device(cpu) == cpu
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert load_device(cuda) == cuda  # one process: nothing to shard over
+    model = torch.nn.Linear(2, 2)
+    assert target_device(model) == cpu
+    model.promptlab_target_device = "cuda:1"
+    assert target_device(model) == cuda

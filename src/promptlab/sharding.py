@@ -29,6 +29,20 @@ def requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def load_device(where: torch.device) -> torch.device:
+    """Where load_backbone puts a model: on the CPU when FSDP will shard it over several GPU processes, so that no
+    GPU ever holds the whole model; shard_frozen_blocks then moves each block's shard, and the rest, to `where`
+    (recorded on the model as `promptlab_target_device`)."""
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return torch.device("cpu") if requested() and multi and where.type == "cuda" else where
+
+
+def target_device(model: torch.nn.Module) -> torch.device:
+    """The device the model is meant for: load_device's `where`, else where its parameters are."""
+    target = getattr(model, "promptlab_target_device", None)
+    return torch.device(target) if target else next(model.parameters()).device
+
+
 def shard_frozen_blocks(model: torch.nn.Module, label: str) -> list[torch.nn.Module]:
     """fully_shard every frozen transformer block of `model` (bare or PEFT-wrapped) over all processes; return
     them. Blocks that hold the input embeddings (BERT lists BertEmbeddings among its blocks) stay whole: the
@@ -48,8 +62,14 @@ def shard_frozen_blocks(model: torch.nn.Module, label: str) -> list[torch.nn.Mod
         raise ConfigError(f"FSDP here shards frozen blocks only, but {label} trains weights inside them ({inside[0]}); "
                           "train it data-parallel (accelerate launch without the FSDP config) or pick a soft-prompt "
                           "method")
-    for block in blocks:
+    target = target_device(model)
+    for block in blocks:  # FSDP2 moves a CPU block to the mesh's device one block at a time, then shards it
         fully_shard(block)
+    sharded = {id(t) for b in blocks for t in [*b.parameters(), *b.buffers()]}
+    with torch.no_grad():  # the rest (embeddings, head, the prompt): whole on every process, in place for the optimizer
+        for t in [*model.parameters(), *model.buffers()]:
+            if id(t) not in sharded and t.device != target:
+                t.data = t.data.to(target)
     return blocks
 
 

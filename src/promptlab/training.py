@@ -3,6 +3,8 @@
 Plain PyTorch, with accelerate handling the device and, under `accelerate launch` / `torchrun`, the
 processes: every process builds the same batches, trains on its own slice of each batch, and DDP
 averages the gradients, so N processes take the same steps as one process with the same global batch.
+Under FSDP (sharding.py) the frozen blocks are sharded instead of replicated, and the loop averages the
+replicated prompt's gradients itself.
 Only parameters with requires_grad are optimised and kept; the best dev epoch wins; patience stops early.
 
 With a CheckpointPlan the loop checkpoints every `checkpoint_every` steps and at each epoch end, and
@@ -153,7 +155,7 @@ def train_loop(
     lr, weight_decay, patience = (cfg.lr if cfg.lr is not None else default_lr), cfg.weight_decay, cfg.patience
     # The backbone's device decides (--device): accelerate would otherwise move a model the user put on the CPU
     # to a GPU it finds.
-    accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
+    accelerator = Accelerator(cpu=sharding.target_device(model).type == "cpu")
     optimizer = make_optimizer(optimizer, params, lr, weight_decay)
     world, rank = accelerator.num_processes, accelerator.process_index
     sharded = sharding.requested() and world > 1
