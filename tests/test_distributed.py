@@ -113,33 +113,28 @@ def test_fsdp_shards_the_frozen_blocks_and_reaches_the_same_prompt(no_dropout_en
 
 
 def test_fsdp_refuses_a_method_that_trains_inside_the_blocks(tiny_models):
-    """LoRA's weights live inside the blocks FSDP would shard: refused in one line before any process group."""
+    """LoRA's weights live inside the blocks FSDP shards: refused in one line."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
 
     from promptlab.errors import ConfigError
-    from promptlab.sharding import shard_frozen_blocks
+    from promptlab.sharding import check_trainable, frozen_blocks
 
     model = AutoModel.from_pretrained(tiny_models["encoder"])
     model.requires_grad_(False)
-    lora = get_peft_model(model, LoraConfig(target_modules=["query", "value"], r=2))
+    blocks = frozen_blocks(model)
+    assert [type(b).__name__ for b in blocks] == ["BertLayer", "BertLayer"]  # BertEmbeddings stays whole
+    get_peft_model(model, LoraConfig(target_modules=["query", "value"], r=2))
     with pytest.raises(ConfigError, match="trains weights inside them") as e:
-        shard_frozen_blocks(lora, "lora")
+        check_trainable(blocks, "lora")
     assert "\n" not in str(e.value)
 
 
-def test_under_fsdp_a_gpu_model_loads_on_the_cpu_and_is_sharded_onto_its_gpu(monkeypatch):
-    """No GPU ever holds the whole model: load_backbone keeps it on the CPU and records the GPU it is for."""
-    from promptlab.sharding import load_device, target_device
+def test_without_fsdp_or_with_one_process_the_model_is_moved_whole(monkeypatch):
+    from promptlab.sharding import place, sharded_blocks
 
-    cuda, cpu = torch.device("cuda:1"), torch.device("cpu")
-    assert load_device(cuda) == cuda  # no launcher asked for FSDP
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert load_device(cuda) == cpu and load_device(cpu) == cpu
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert load_device(cuda) == cuda  # one process: nothing to shard over
     model = torch.nn.Linear(2, 2)
-    assert target_device(model) == cpu
-    model.promptlab_target_device = "cuda:1"
-    assert target_device(model) == cuda
+    assert place(model, torch.device("cpu")) is model and not sharded_blocks(model)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing to shard over
+    assert place(model, torch.device("cpu")) is model and not sharded_blocks(model)

@@ -32,7 +32,7 @@ from .model_layout import (
     virtual_tokens,
 )
 from .placement import execution_device
-from .sharding import load_device
+from .sharding import place
 
 Kind = Literal["encoder", "seq2seq", "causal"]
 
@@ -431,9 +431,8 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
         # Qwen2 or Llama directory holding another family's tokenizer files reads every text as no tokens at all.
         raise ModelError(f"model '{name}''s tokenizer turns text into no tokens ({type(tokenizer).__name__} found no "
                          "vocabulary it can use); save the model's own tokenizer (tokenizer.json) beside it")
-    if not placement and (at := load_device(where)) != where:  # FSDP shards it onto `where` (sharding.py)
-        model.promptlab_target_device, where = str(where), at
-    return from_pretrained_objects(name, model if placement else model.to(where), tokenizer, path=path, max_length=max_length,
+    model = model if placement else place(model, where)  # sharding.place: FSDP shards it here when launched so
+    return from_pretrained_objects(name, model, tokenizer, path=path, max_length=max_length,
                                    fast_attention=attention is None)
 
 

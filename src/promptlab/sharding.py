@@ -1,8 +1,9 @@
 """Training a soft prompt on a model bigger than one device: the frozen blocks sharded with FSDP, the prompt replicated.
 
 Asked for by the launcher, as data parallelism is: `accelerate launch --config_file docs/accelerate_fsdp.yaml`
-sets ACCELERATE_USE_FSDP=true (torchrun with that variable does the same). Each transformer block (the model's
-_no_split_modules, as accelerate's transformer_based_wrap picks them) goes through torch's FSDP2 `fully_shard`:
+sets ACCELERATE_USE_FSDP=true (torchrun with that variable does the same). When load_backbone places the model,
+each transformer block (the model's _no_split_modules, as accelerate's transformer_based_wrap picks them) goes
+through torch's FSDP2 `fully_shard`:
 every process keeps 1/N of each block's weights and gathers a block's weights only for its forward and backward.
 What trains (the PEFT prompt, trained anchors) stays outside the sharded blocks, a full copy on every process, its
 gradients averaged here as DDP would, so the saved prompt is whole and the same on every rank, and the rank-0-only
@@ -29,48 +30,70 @@ def requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def load_device(where: torch.device) -> torch.device:
-    """Where load_backbone puts a model: on the CPU when FSDP will shard it over several GPU processes, so that no
-    GPU ever holds the whole model; shard_frozen_blocks then moves each block's shard, and the rest, to `where`
-    (recorded on the model as `promptlab_target_device`)."""
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return torch.device("cpu") if requested() and multi and where.type == "cuda" else where
-
-
-def target_device(model: torch.nn.Module) -> torch.device:
-    """The device the model is meant for: load_device's `where`, else where its parameters are."""
-    target = getattr(model, "promptlab_target_device", None)
-    return torch.device(target) if target else next(model.parameters()).device
-
-
-def shard_frozen_blocks(model: torch.nn.Module, label: str) -> list[torch.nn.Module]:
-    """fully_shard every frozen transformer block of `model` (bare or PEFT-wrapped) over all processes; return
-    them. Blocks that hold the input embeddings (BERT lists BertEmbeddings among its blocks) stay whole: the
-    embeddings are read outside a forward (initialising and inspecting prompts)."""
+def place(model: torch.nn.Module, where: torch.device) -> torch.nn.Module:
+    """load_backbone's last step: the model onto `where`, or, when the launcher asked for FSDP over several
+    processes, its frozen blocks sharded onto `where` straight from the CPU (no device ever holds the whole model)
+    and the rest moved there. Sharded at load, not at training: every method of a run (hard ones in a compare,
+    the evaluations) then runs on the same sharded model, every process in step."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not (requested() and world > 1):
+        return model.to(where)
+    from accelerate import PartialState
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or ())
-    embeddings = base.get_input_embeddings()
-    blocks = [m for m in base.modules()
-              if type(m).__name__ in names and not any(x is embeddings for x in m.modules())]
+    PartialState(cpu=where.type == "cpu")  # the launcher's process group (gloo on CPUs), as the Accelerator's
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
+    mesh = init_device_mesh(where.type, (world,))
+    blocks = frozen_blocks(model)
+    for block in blocks:  # fully_shard moves a CPU block to the mesh's device, then keeps this process's shard
+        # reshard_after_forward given, not left to FSDP2's default: each block is its own root here (the model
+        # around them is not sharded), and a root left to the default keeps its weights gathered after a forward.
+        fully_shard(block, mesh=mesh, reshard_after_forward=True)
+        # FSDP2 allocates a block's gathered weights at its first gather and reuses them; a first gather under
+        # torch.inference_mode (promptlab scores and embeds in it) would make them inference tensors, which
+        # training's backward then refuses. Gather once here, outside it.
+        block.unshard()
+        block.reshard()
+    sharded = {id(t) for b in blocks for t in [*b.parameters(), *b.buffers()]}
+    return model.to(where) if not sharded else _move_rest(model, sharded, where)
+
+
+def _move_rest(model: torch.nn.Module, sharded: set[int], where: torch.device) -> torch.nn.Module:
+    with torch.no_grad():  # embeddings, head, norms: whole on every process
+        for t in [*model.parameters(), *model.buffers()]:
+            if id(t) not in sharded and t.device != where:
+                t.data = t.data.to(where)
+    return model
+
+
+def frozen_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks FSDP shards: the model's _no_split_modules (what accelerate's transformer_based_wrap
+    picks), except one holding the input embeddings (BERT lists BertEmbeddings): those are read outside a forward
+    (initialising and inspecting prompts) and stay whole."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    embeddings = model.get_input_embeddings()
+    blocks = [m for m in model.modules() if type(m).__name__ in names and not any(x is embeddings for x in m.modules())]
     if not blocks:
-        raise ConfigError(f"FSDP: {type(base).__name__} names no transformer blocks to shard (_no_split_modules); "
-                          "train it without the FSDP config (plain accelerate launch: data-parallel)")
+        raise ConfigError(f"FSDP: {type(model).__name__} names no transformer blocks to shard (_no_split_modules); "
+                          "run it without the FSDP config (plain accelerate launch: data-parallel)")
+    return blocks
+
+
+def sharded_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def check_trainable(blocks: list[torch.nn.Module], label: str) -> None:
+    """What trains must sit outside the sharded blocks (it is replicated, its gradients averaged here)."""
     inside = [n for b in blocks for n, p in b.named_parameters() if p.requires_grad]
     if inside:
         raise ConfigError(f"FSDP here shards frozen blocks only, but {label} trains weights inside them ({inside[0]}); "
                           "train it data-parallel (accelerate launch without the FSDP config) or pick a soft-prompt "
                           "method")
-    target = target_device(model)
-    for block in blocks:  # FSDP2 moves a CPU block to the mesh's device one block at a time, then shards it
-        fully_shard(block)
-    sharded = {id(t) for b in blocks for t in [*b.parameters(), *b.buffers()]}
-    with torch.no_grad():  # the rest (embeddings, head, the prompt): whole on every process, in place for the optimizer
-        for t in [*model.parameters(), *model.buffers()]:
-            if id(t) not in sharded and t.device != target:
-                t.data = t.data.to(target)
-    return blocks
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:

@@ -155,12 +155,13 @@ def train_loop(
     lr, weight_decay, patience = (cfg.lr if cfg.lr is not None else default_lr), cfg.weight_decay, cfg.patience
     # The backbone's device decides (--device): accelerate would otherwise move a model the user put on the CPU
     # to a GPU it finds.
-    accelerator = Accelerator(cpu=sharding.target_device(model).type == "cpu")
+    accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
     optimizer = make_optimizer(optimizer, params, lr, weight_decay)
     world, rank = accelerator.num_processes, accelerator.process_index
-    sharded = sharding.requested() and world > 1
-    if sharded:  # the frozen blocks sharded, what trains replicated (sharding.py: why not accelerator.prepare)
-        blocks = sharding.shard_frozen_blocks(model, label)
+    blocks = sharding.sharded_blocks(model)  # FSDP: sharded when the backbone loaded (sharding.place)
+    sharded = bool(blocks)
+    if sharded:  # what trains stays replicated (sharding.py: why not accelerator.prepare)
+        sharding.check_trainable(blocks, label)
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)  # parameter names without DDP's "module." prefix
