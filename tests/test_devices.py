@@ -146,3 +146,33 @@ def test_a_tokenizer_that_reads_text_as_nothing_is_refused(tmp_path, run_cli):
                            "--out", tmp_path / "x")
     assert code == 2 and err.count("\n") == 1 and "no tokens" in err and "tokenizer.json" in err, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def prompt_run(tiny_models, tmp_path_factory):
+    from promptlab.cli import main
+
+    out = tmp_path_factory.mktemp("dev") / "pt"
+    assert main(["train", "--task", "sentiment", "--method", "prompt-tuning", "--model", str(tiny_models["encoder"]),
+                 "--train-size", "8", "--epochs", "1", "--virtual-tokens", "2", "--limit", "4", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("command", ["inspect", "transfer"])
+def test_inspect_and_transfer_take_device(command, prompt_run, tiny_models, run_cli, tmp_path):
+    def argv(device, out):
+        if command == "inspect":
+            return ["inspect", prompt_run, "--json", "--device", device]
+        return ["transfer", "--model", tiny_models["encoder"], "--prompt", f"pt={prompt_run}", "--limit", "4",
+                "--device", device, "--out", out]
+
+    code, out, err = run_cli(*argv("cpu", tmp_path / "cpu"))
+    assert code == 0, err
+    if command == "inspect":
+        assert json.loads(out)["method"] == "prompt-tuning"
+    else:
+        assert (tmp_path / "cpu" / "transfer.json").is_file()
+    if NO_CUDA:
+        code, _, err = run_cli(*argv("cuda", tmp_path / "cuda"))
+        assert code == 2 and err.count("\n") == 1 and "--device cpu" in err and "Traceback" not in err, err
+        assert not (tmp_path / "cuda").exists()

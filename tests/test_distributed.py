@@ -76,3 +76,65 @@ def test_two_processes_match_one_with_the_same_global_batch(no_dropout_encoder, 
     # The work was split, not repeated: rank 0 computed losses on half of each batch (27 = 4+4 + 4+4 + 4+4 + 2+1).
     assert ms["training"]["processes"] == 1 and ms["training"]["examples_per_process"] == 2 * 27
     assert mm["training"]["processes"] == 2 and mm["training"]["examples_per_process"] == 2 * 14
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_frozen_blocks_and_reaches_the_same_prompt(no_dropout_encoder, run_cli, tmp_path):
+    """ACCELERATE_USE_FSDP=true (what `accelerate launch --config_file docs/accelerate_fsdp.yaml` sets): the BERT
+    layers sharded over 2 gloo processes with torch's FSDP2, the prompt replicated; same prompt as 1 process.
+    (`accelerate launch --cpu` with that config starts one process, so torchrun launches here.)"""
+    (tmp_path / "fast.yaml").write_text("train:\n  dev_size: 8\n")
+    argv = [*ARGV, "--model", str(no_dropout_encoder), "--config", str(tmp_path / "fast.yaml")]
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, _, err = run_cli(*argv, "--out", single)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_FSDP": "true"}
+    env.pop("RANK", None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "promptlab.cli", *argv, "--out", str(multi)],
+                          capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(str(single / "artifact" / "adapter_model.safetensors"))
+    b = load_file(str(multi / "artifact" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:  # the whole prompt, not a shard of it
+        assert b[k].shape == a[k].shape and not torch.equal(a[k], torch.zeros_like(a[k]))
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    training = json.loads((multi / "metrics.json").read_text())["training"]
+    sharded = training["sharding"]
+    assert training["processes"] == 2 and sharded["kind"] == "fsdp2" and sharded["sharded_blocks"] == 2  # 2 BertLayers
+    assert sharded["block_bytes_this_process"] * 2 == sharded["block_bytes"]  # each process holds half the blocks
+    assert "sharding" not in json.loads((single / "metrics.json").read_text())["training"]
+
+
+def test_fsdp_refuses_a_method_that_trains_inside_the_blocks(tiny_models):
+    """LoRA's weights live inside the blocks FSDP shards: refused in one line."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from promptlab.errors import ConfigError
+    from promptlab.sharding import check_trainable, frozen_blocks
+
+    model = AutoModel.from_pretrained(tiny_models["encoder"])
+    model.requires_grad_(False)
+    blocks = frozen_blocks(model)
+    assert [type(b).__name__ for b in blocks] == ["BertLayer", "BertLayer"]  # BertEmbeddings stays whole
+    get_peft_model(model, LoraConfig(target_modules=["query", "value"], r=2))
+    with pytest.raises(ConfigError, match="trains weights inside them") as e:
+        check_trainable(blocks, "lora")
+    assert "\n" not in str(e.value)
+
+
+def test_without_fsdp_or_with_one_process_the_model_is_moved_whole(monkeypatch):
+    from promptlab.sharding import place, sharded_blocks
+
+    model = torch.nn.Linear(2, 2)
+    assert place(model, torch.device("cpu")) is model and not sharded_blocks(model)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing to shard over
+    assert place(model, torch.device("cpu")) is model and not sharded_blocks(model)

@@ -33,6 +33,8 @@ from .model_layout import (
     sliding_window,
     virtual_tokens,
 )
+from .placement import execution_device
+from .sharding import place
 
 Kind = Literal["encoder", "seq2seq", "causal"]
 
@@ -123,8 +125,10 @@ class Backbone:
 
     @property
     def device(self) -> torch.device:
-        """Where the model's input embeddings live: every batch is built there."""
-        return self.model.get_input_embeddings().weight.device
+        """Where the model's input embeddings live: every batch is built there (a placed model's main device when
+        they sit offloaded, on `meta`)."""
+        device = self.model.get_input_embeddings().weight.device
+        return (execution_device(self.model) or device) if device.type == "meta" else device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -381,14 +385,16 @@ GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "encode
                            "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty"))}
 
 def load_backbone(name: str, max_length: int | None = None, attention: str | None = None,
-                  dtype: str | None = None, device: str | None = None, api: Any = None) -> Backbone | ApiBackbone:
+                  dtype: str | None = None, device: str | None = None, api: Any = None,
+                  placement: dict[str, Any] | None = None) -> Backbone | ApiBackbone:
     """Load a model by alias, hub id or local directory onto `device` (devices.resolve_device); freeze it; detect
     its kind.
 
     `attention`: transformers' attn_implementation to keep as is (e.g. "sdpa", to measure against it); by
     default T5-family models get `attention.position_bias_attention` for inference. `dtype` (devices.resolve_dtype:
     auto is bf16 on CUDA) is the frozen weights'; trainable parameters (PEFT prompts, LoRA) stay float32 and are
-    cast where they meet the model.
+    cast where they meet the model. `placement`: from_pretrained's device_map/max_memory/offload_folder
+    (placement.load_kwargs), the model across devices instead of whole on `device`.
 
     `api` (config.ApiConfig): the settings of an `openai:MODEL@BASE_URL` model, which only the commands that run
     hard prompts pass (eval, compare, train, which refuses it); the others need a local model.
@@ -399,6 +405,8 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
         if api is None:
             raise ConfigError(f"'{name}' is an API model, which runs hard prompts with promptlab eval or compare; "
                               "this command needs a local model (alias, hub id or directory)")
+        if placement:
+            raise ConfigError(f"--device-map places a local model's layers; '{name}' is an API model; drop the flag")
         return load_api_backbone(name, api, max_length)
     if api is not None and any(getattr(api, f) != getattr(type(api)(), f) for f in vars(api)):
         first = next(f for f in vars(api) if getattr(api, f) != getattr(type(api)(), f))
@@ -416,6 +424,7 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
         kind = detect_kind(config)
         cls = {"encoder": AutoModel, "seq2seq": AutoModelForSeq2SeqLM, "causal": AutoModelForCausalLM}[kind]
         kw: dict[str, Any] = {"attn_implementation": attention} if attention else {}
+        kw.update(placement or {})
         if weights != torch.float32:
             kw["dtype"] = weights
         try:
@@ -442,7 +451,8 @@ def load_backbone(name: str, max_length: int | None = None, attention: str | Non
         # Qwen2 or Llama directory holding another family's tokenizer files reads every text as no tokens at all.
         raise ModelError(f"model '{name}''s tokenizer turns text into no tokens ({type(tokenizer).__name__} found no "
                          "vocabulary it can use); save the model's own tokenizer (tokenizer.json) beside it")
-    return from_pretrained_objects(name, model.to(where), tokenizer, path=path, max_length=max_length,
+    model = model if placement else place(model, where)  # sharding.place: FSDP shards it here when launched so
+    return from_pretrained_objects(name, model, tokenizer, path=path, max_length=max_length,
                                    fast_attention=attention is None)
 
 

@@ -65,12 +65,14 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _device_flags(p: argparse.ArgumentParser, dtype: bool = True) -> None:
-    """--device (and --dtype) for the commands that load a model without a run config (serve, inspect, transfer):
-    the same settings, with the same help, as the config's."""
-    for name in ("device", "dtype") if dtype else ("device",):
+def _device_flags(p: argparse.ArgumentParser, dtype: bool = True, placement: bool = False) -> None:
+    """--device (and --dtype; and --device-map, --max-memory, --offload-dir) for the commands that load a model
+    without a run config (serve, inspect, transfer): the same settings, with the same help, as the config's."""
+    names = ("device", "dtype")[: 2 if dtype else 1] + (("device_map", "max_memory", "offload_dir") if placement else ())
+    for name in names:
         f = setting(RunConfig, name)
-        p.add_argument(f"--{name}", default=f.default, choices=f.metadata.get("choices"), help=f.metadata["help"])
+        p.add_argument(f"--{name.replace('_', '-')}", default=f.default, choices=f.metadata.get("choices"),
+                       metavar=f.metadata.get("metavar"), help=f.metadata["help"])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -133,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=[], metavar="NAME=SOURCE",
                    help="a prompt to serve, repeatable: NAME=DIR (artifact or run directory) or "
                         "NAME=METHOD:TASK[:TEMPLATE] for a hard prompt, e.g. zs=zero-shot:sentiment")
-    _device_flags(p)
+    _device_flags(p, placement=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port, 0-65535 (0: any free one)")
     p.add_argument("--token", help="bearer token for PUT/DELETE /v1/prompts (default $PROMPTLAB_TOKEN; "
@@ -176,12 +178,14 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def _setup(cfg: RunConfig) -> tuple[Any, Any, Any]:
     from .backbones import load_backbone
     from .pipeline import load_data
+    from .placement import load_kwargs
     from .tasks import get_task
 
     task = get_task(cfg.task)
     data = load_data(task, cfg)
     backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device,
-                             api=cfg.api)
+                             api=cfg.api,
+                             placement=load_kwargs(cfg.device_map, cfg.max_memory, cfg.offload_dir))
     return task, data, backbone
 
 
@@ -318,6 +322,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     """The server's code path (serving.Engine), so `predict` and `serve` cannot drift apart."""
     from .backbones import load_backbone
     from .methods import get_method
+    from .placement import load_kwargs
     from .serving import Engine, hard_servable, load_servable
     from .tasks import get_task
     from .tasks.predict_inputs import predict_inputs
@@ -331,7 +336,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         prompt_config(cfg, args, own_task=False)
     else:
         get_method(args.method).check_flags(cfg, given_fields(args))
-    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device)
+    backbone = load_backbone(cfg.model, max_length=cfg.max_input_tokens, dtype=cfg.dtype, device=cfg.device,
+                             placement=load_kwargs(cfg.device_map, cfg.max_memory, cfg.offload_dir))
     if cfg.prompt:
         servable = load_servable("predict", cfg.prompt, backbone, cfg, get_task(args.task) if args.task else None)
     else:

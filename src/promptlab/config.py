@@ -194,6 +194,14 @@ class RunConfig:
     dtype: str = _f("auto", "dtype of the frozen model's weights: auto (bfloat16 on a GPU, float32 on the CPU), "
                     "float32, or bfloat16 (half the memory; faster on GPUs and on CPUs with AMX or AVX512-BF16; scores "
                     "differ in the last digits); what trains stays float32", choices=("auto", "float32", "bfloat16"))
+    device_map: str | None = _f(None, "inference across devices: auto, balanced, balanced_low_0, sequential (accelerate "
+                                      "places the layers over the GPUs, then the CPU, then --offload-dir) or a JSON file "
+                                      "{module: device}; training refuses it (FSDP: docs/accelerate_fsdp.yaml)",
+                                on=("eval", "predict", "train", "compare"), metavar="MAP")
+    max_memory: str | None = _f(None, "with --device-map: memory each device may hold, e.g. 0=20GiB,1=20GiB,cpu=60GiB",
+                                on=("eval", "predict"), metavar="DEV=SIZE,...")
+    offload_dir: str | None = _f(None, "with --device-map: folder for the layers placed on disk",
+                                 on=("eval", "predict"), metavar="DIR")
     seed: int = _f(0, "seed for sampling, initialisation and data order",  # torch's generator takes a 64-bit seed
                    range=Range(lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1, got {value}; e.g. 0"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})
@@ -371,6 +379,13 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         setattr(flag.part(cfg), flag.field.name, value)
     for part, where in ((cfg, "flags"), (cfg.train, "flags"), (cfg.hard, "flags"), (cfg.api, "flags")):
         validate(part, where)
+    if cfg.device_map and getattr(args, "command", None) in TRAINING:
+        raise ConfigError("--device-map places a model for inference (eval, predict, serve); training does not run on a "
+                          "placed model: shard it with FSDP instead (accelerate launch --config_file "
+                          "docs/accelerate_fsdp.yaml -m promptlab.cli train ...), or drop --device-map")
+    if cfg.device_map and cfg.device != "auto":
+        raise ConfigError(f"--device {cfg.device} and --device-map {cfg.device_map} both say where the model goes; "
+                          "keep one")
     return cfg
 
 

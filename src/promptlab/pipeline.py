@@ -20,7 +20,7 @@ import peft
 import torch
 import transformers
 
-from . import console, devices
+from . import console, devices, placement
 from .artifacts import INSPECT_FILE, run_record
 from .backbones import Backbone
 from .checkpoints import CheckpointPlan
@@ -117,7 +117,9 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
         "eval_examples_per_second": round(result.examples_per_second, 3),
         "train_examples": len(data.train), "dev_examples": len(data.dev), "data": data.info,
         "history": predictor.history, "input_stats": input_stats, "template": template.text,
-        "device": backbone.describe() if backbone.kind == "api" else devices.describe(backbone.device, backbone.dtype),
+        "device": backbone.describe() if backbone.kind == "api" else
+                  {**devices.describe(backbone.device, backbone.dtype),
+                   **({"placement": placed} if (placed := placement.describe(backbone.model)) else {})},
         "versions": versions(), "git": git_revision(), "config": cfg.to_dict(),
     }
     if plan is not None:

@@ -3,6 +3,8 @@
 Plain PyTorch, with accelerate handling the device and, under `accelerate launch` / `torchrun`, the
 processes: every process builds the same batches, trains on its own slice of each batch, and DDP
 averages the gradients, so N processes take the same steps as one process with the same global batch.
+Under FSDP (sharding.py) the frozen blocks are sharded instead of replicated, and the loop averages the
+replicated prompt's gradients itself.
 Only parameters with requires_grad are optimised and kept; the best dev epoch wins; patience stops early.
 
 With a CheckpointPlan the loop checkpoints every `checkpoint_every` steps and at each epoch end, and
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import console
+from . import console, sharding
 from .checkpoints import Checkpoint, CheckpointPlan, CheckpointStore, restore_rng
 from .errors import ConfigError
 
@@ -46,6 +48,7 @@ class TrainResult:
     resumed_from: int | None = None  # the step a checkpoint put us at, when the run was resumed
     processes: int = 1  # data-parallel processes (torchrun / accelerate launch)
     local_examples: int = 0  # examples this process computed losses on: n_steps x batch / processes
+    sharding: dict[str, Any] | None = None  # FSDP: the frozen blocks sharded over the processes (sharding.py)
 
 
 def lr_factor(schedule: str, step: int, planned: int, warmup: float) -> float:
@@ -154,11 +157,17 @@ def train_loop(
     # to a GPU it finds.
     accelerator = Accelerator(cpu=next(model.parameters()).device.type == "cpu")
     optimizer = make_optimizer(optimizer, params, lr, weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    core = accelerator.unwrap_model(model)  # parameter names without DDP's "module." prefix
     world, rank = accelerator.num_processes, accelerator.process_index
+    blocks = sharding.sharded_blocks(model)  # FSDP: sharded when the backbone loaded (sharding.place)
+    sharded = bool(blocks)
+    if sharded:  # what trains stays replicated (sharding.py: why not accelerator.prepare)
+        sharding.check_trainable(blocks, label)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)  # parameter names without DDP's "module." prefix
 
-    result = TrainResult(lr=lr, optimizer=type(getattr(optimizer, "optimizer", optimizer)).__name__, processes=world)
+    result = TrainResult(lr=lr, optimizer=type(getattr(optimizer, "optimizer", optimizer)).__name__, processes=world,
+                         sharding=sharding.describe(blocks, world) if sharded else None)
     pos = _Position()
     best_state = _trainable_state(core)
     store = CheckpointStore(checkpoint, cfg.keep_checkpoints, writer=accelerator.is_main_process) if checkpoint else None
@@ -210,13 +219,15 @@ def train_loop(
             sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
             for j, piece in enumerate(pieces):
                 share = weight * len(piece) / len(shard)
-                sync = world == 1 or j == len(pieces) - 1  # DDP averages gradients once, after the last piece
+                sync = world == 1 or sharded or j == len(pieces) - 1  # DDP averages once, after the last piece
                 with nullcontext() if sync else accelerator.no_sync(model):
                     loss = loss_fn(model, piece)  # scalar, mean over the piece
                     n = len(piece) if weight else 0
                     sums += torch.tensor([loss.item() * n if n else 0.0, float(n)], dtype=torch.float64,
                                          device=accelerator.device)
                     accelerator.backward(loss * share if share != 1.0 else loss)
+            if sharded:
+                sharding.average_gradients(params, world)
             result.local_examples += int(sums[1].item())
             stats = accelerator.reduce(sums, "sum")
             batch_loss = stats[0].item() / max(stats[1].item(), 1.0)

@@ -151,7 +151,8 @@ def fit_adapted(ctx: FitContext, method: AdaptedMethod, model: torch.nn.Module) 
     pred.extras.update({"best_epoch": result.best_epoch, "steps": result.steps, "lr": result.lr,
                         "optimizer": result.optimizer})
     pred.train_info = {"processes": result.processes, "examples_per_process": result.local_examples,
-                       "resumed_from_step": result.resumed_from}
+                       "resumed_from_step": result.resumed_from,
+                       **({"sharding": result.sharding} if result.sharding else {})}
     return pred
 
 

@@ -25,6 +25,7 @@ from ..artifacts import (
 from ..backbones import Backbone
 from ..chat import chat_from_meta
 from ..errors import ConfigError, ModelError, first_line
+from ..placement import load_prompt_adapter
 from ..tasks.base import Example, Task, Template
 from .adapted import NO_PREFIX_CHECKPOINTING, AdaptedMethod, AdaptedPredictor, fit_adapted
 from .base import FitContext, Predictor, Refusal
@@ -260,7 +261,12 @@ class SoftMethod(AdaptedMethod):
 
         try:
             self._check_adapter_type(path)
-            model = PeftModel.from_pretrained(backbone.model, str(path))
+            if getattr(backbone.model, "hf_device_map", None):  # --device-map: keep the placement (placement.py)
+                model = load_prompt_adapter(backbone.model, str(path))
+            else:
+                model = PeftModel.from_pretrained(backbone.model, str(path))
+        except ConfigError:
+            raise
         except Exception as e:  # noqa: BLE001 — PEFT/safetensors raise many types for missing or corrupt files
             raise ModelError(f"cannot load the soft prompt in '{path}' ({type(e).__name__}: "
                              f"{first_line(e)[:120]}); retrain or restore it") from None

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
+from ..placement import load_kwargs
 from ..tasks import task_names
 from .app import Limits, ServerState, create_app
 from .engine import Engine
@@ -101,7 +102,11 @@ def serve(args: Any) -> None:
                               "from")
     check_listen(args.host, args.port)
     token = args.token or os.environ.get("PROMPTLAB_TOKEN") or None
-    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
+    placed = load_kwargs(args.device_map, args.max_memory, args.offload_dir)
+    if placed and args.device != "auto":
+        raise ConfigError(f"--device {args.device} and --device-map {args.device_map} both say where the model goes; "
+                          "keep one")
+    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device, placement=placed)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                     max_input_chars=args.max_input_chars, max_batch=args.max_batch,
                     max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, body_timeout_s=args.body_timeout)
