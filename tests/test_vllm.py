@@ -44,6 +44,7 @@ class FakeVllm(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.bodies: list[dict] = []
+        self.delay = 0.0  # seconds each completion takes
 
     @property
     def url(self) -> str:
@@ -71,6 +72,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"error": {"message": "expected prompt_embeds", "type": "BadRequestError"}})
             return
         body["decoded"] = decode_embeds(body["prompt_embeds"])
+        time.sleep(self.server.delay)
         self.server.bodies.append(body)
         ids = CANNED[: body["max_tokens"]]
         self._send(200, {"choices": [{"index": 0, "text": bytes(i - 3 for i in ids).decode(), "token_ids": ids,
@@ -144,6 +146,31 @@ def test_payload_is_the_soft_prompt_rows_then_the_inputs_word_embeddings(setup):
             r = c.post("/v1/chat/completions", json={"model": "pt", "messages": [{"role": "user", "content": "hi"}],
                                                      "max_tokens": 3})
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok!", r.text
+
+
+def test_requests_reach_vllm_while_earlier_ones_are_still_computing(setup):
+    """vLLM batches continuously: a request that arrives while another is at vLLM is sent at once, not after it
+    (promptlab's own batcher runs one batch at a time). With 2 s per completion, two requests 0.3 s apart take
+    about 2.3 s together, not 4 s."""
+    with fake_vllm() as server:
+        server.delay = 2.0
+        state = vllm_state(setup, server, names=("pt",))
+        with TestClient(create_app(state)) as c:
+            done: list[float] = []
+            body = {"model": "pt", "prompt": "abc", "max_tokens": 2}
+            t0 = time.perf_counter()
+
+            def post() -> None:
+                assert c.post("/v1/completions", json=body).status_code == 200
+                done.append(time.perf_counter() - t0)
+
+            first = threading.Thread(target=post)
+            first.start()
+            time.sleep(0.3)
+            post()
+            first.join(30)
+        assert len(done) == 2 and max(done) < 3.3, done
+        assert len(server.bodies) == 2
 
 
 def _examples(q, ctx):
