@@ -9,7 +9,8 @@ the tokens equal promptlab's own engine's where the arithmetic agrees (bench/vll
 
 What vLLM cannot do with prompt embeddings is refused in one line:
 - scoring choices, and log-probabilities of given tokens (OpenAI `logprobs`/`echo`): vLLM returns no prompt
-  log-probs for `prompt_embeds` requests, and a choice score is exactly a prompt log-prob;
+  log-probs for `prompt_embeds` requests ("prompt_logprobs is not compatible with prompt embeds", its
+  renderers/online_renderer.py in 0.32), and a choice score is exactly a prompt log-prob;
 - prompts that change the model's inside (prefix tuning's keys/values, LoRA), chain of thought's two passes, and
   encoder or seq2seq backbones: vLLM takes embeddings as a decoder-only model's input only.
 The stdlib HTTP client (not httpx, a dev-only dependency here) keeps the server's runtime dependencies as they are.
