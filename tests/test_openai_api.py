@@ -196,10 +196,8 @@ def test_errors_have_openais_shape_and_status(setup):
         e = refused(openai.NotFoundError, "model", "does not exist", model="nope")
         assert e.status_code == 404 and e.body["code"] == "model_not_found" and "qa" in e.body["message"]
         refused(openai.NotFoundError, "model", "hard prompt", model="zs")
-        refused(openai.BadRequestError, "temperature", "greedy", temperature=0.7)
-        refused(openai.BadRequestError, "n", "n=2", n=2)
+        assert refused(openai.APIStatusError, "prompt", "n=3", prompt=["x", "y"], n=3).status_code == 413
         refused(openai.BadRequestError, "max_tokens", "limit", max_tokens=5000)
-        refused(openai.BadRequestError, "logprobs", "not streamed", logprobs=1, stream=True)
         assert refused(openai.APIStatusError, "prompt", "limit is 4", prompt=["x"] * 5).status_code == 413
         assert refused(openai.APIStatusError, "prompt", "limit is 200", prompt="x" * 201).status_code == 413
         e = refused(openai.APIStatusError, "prompt", "model takes at most 1024", prompt="x" * 100, max_tokens=1000)
@@ -217,6 +215,7 @@ def test_errors_have_openais_shape_and_status(setup):
         raw(400, content=b'{"model": ', headers={"content-type": "application/json"})
         assert "tokenized_requests=False" in raw(400, json={"model": "qa", "prompt": [[1, 2]]})["message"]
         assert raw(400, json={"model": "qa", "prompt": [1, 2]})["param"] == "prompt"
+        assert "below" in raw(400, json={"model": "qa", "prompt": [[10 ** 9]]})["message"]
         assert raw(400, json={"model": "qa", "prompt": [{"text": "x"}]})["param"].startswith("prompt")
         assert raw(400, json={"model": "qa", "prompt": "x", "tools": []})["param"] == "tools"
         raw(415, content=b"{}")
@@ -225,7 +224,7 @@ def test_errors_have_openais_shape_and_status(setup):
     with live_server(create_app(seq)) as (url, _, _):
         with pytest.raises(openai.BadRequestError) as e:
             client_for(url).completions.create(model="qa", prompt="x", echo=True, logprobs=1, max_tokens=0)
-        assert "decoder-only" in e.value.body["message"]
+        assert "decoder-only" in e.value.body["message"] and e.value.body["param"] == "echo"
 
 
 def test_readme_client_example_runs(setup):
@@ -238,3 +237,107 @@ def test_readme_client_example_runs(setup):
         exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 — our own README
         assert namespace["reply"].choices[0].message.content is not None
         assert len(namespace["scored"].choices[0].logprobs.token_logprobs) > 1
+
+
+# -- sampling, logprobs everywhere, token-id prompts -------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["causal", "seq2seq"])
+def test_seeded_sampling_is_the_same_alone_and_in_a_mixed_batch(setup, kind):
+    """A seeded request draws from its own generators: the same text alone and sharing a forward with other
+    requests (greedy /v1/predict rows, other seeds, chat); n choices differ; top_p near 0 is greedy."""
+    state = state_for(setup, kind, max_wait_ms=400, max_batch=64)
+    batches: list[list] = []
+    real = state.engine.run
+    state.engine.run = lambda jobs: batches.append(jobs) or real(jobs)
+    want = {"model": "qa", "prompt": TEXTS[0], "max_tokens": 8, "temperature": 1.3, "top_p": 0.95, "n": 3, "seed": 7}
+    with live_server(create_app(state)) as (url, _, _):
+        c = client_for(url)
+        first = c.completions.create(**want)
+        alone = [ch.text for ch in first.choices]
+        assert len(alone) == 3 and len(set(alone)) > 1  # independent samples
+        n_prompt = len(state.backbone.tokenizer(TEXTS[0])["input_ids"])
+        assert (first.usage.prompt_tokens, first.usage.completion_tokens) == (n_prompt, 24)  # the prompt counted once
+        others = [lambda: httpx.post(f"{url}/v1/predict", timeout=60, json={"prompt": "zs", "inputs": [{"text": "ok"}]}),
+                  lambda: c.completions.create(**{**want, "seed": 8, "prompt": TEXTS}),
+                  lambda: c.completions.create(**{**want, "prompt": TEXTS[1], "temperature": 0, "n": 1}),
+                  lambda: c.chat.completions.create(model="pt", messages=[{"role": "user", "content": "hi"}],
+                                                    temperature=0.8, max_tokens=5)]
+        mixed: list = []
+        threads = [threading.Thread(target=lambda: mixed.append(c.completions.create(**want)))]
+        threads += [threading.Thread(target=f) for f in others]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert [ch.text for ch in mixed[0].choices] == alone
+        shared = [jobs for jobs in batches if any(j.sampling and j.raw == [TEXTS[0]] * 3 for j in jobs)]
+        assert len(shared[-1]) >= 3  # it did share its engine call with the others
+        assert [ch.text for ch in c.completions.create(**{**want, "seed": 8}).choices] != alone
+        greedy = c.completions.create(**{**want, "temperature": 0}).choices
+        assert len({ch.text for ch in greedy}) == 1  # n identical greedy choices, as OpenAI allows
+        nucleus = c.completions.create(**{**want, "top_p": 1e-6}).choices  # only the most likely token survives
+        assert [ch.text for ch in nucleus] == [ch.text for ch in greedy]
+
+
+def test_chat_logprobs_in_chats_shape(setup):
+    state = state_for(setup, "causal")
+    msgs = [{"role": "user", "content": "who was born in the city?"}]
+    with live_server(create_app(state)) as (url, _, _):
+        c = client_for(url)
+        r = c.chat.completions.create(model="qa", messages=msgs, max_tokens=5, logprobs=True, top_logprobs=3)
+        content = r.choices[0].logprobs.content
+        assert "".join(t.token for t in content) == r.choices[0].message.content and len(content) == 5
+        assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-6)
+                   for t in content)  # greedy: the chosen token is the most likely
+        assert all(bytes(t.bytes).decode() == t.token for t in content)
+        text = render_chat(state.backbone.tokenizer, msgs)
+        legacy = c.completions.create(model="qa", prompt=text, max_tokens=5, logprobs=1).choices[0].logprobs
+        assert [t.logprob for t in content] == pytest.approx(legacy.token_logprobs, abs=1e-6)
+        with pytest.raises(openai.BadRequestError) as e:
+            c.chat.completions.create(model="qa", messages=msgs, top_logprobs=2)
+        assert e.value.body["param"] == "top_logprobs"
+        # streamed: each chunk carries its tokens' log-probs, and they join to the non-streamed ones
+        chunks = list(c.chat.completions.create(model="qa", messages=msgs, max_tokens=5, logprobs=True, top_logprobs=3,
+                                                stream=True))
+        joined = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+        assert [t.model_dump() for t in joined] == [t.model_dump() for t in content]
+        full = c.completions.create(model="pt", prompt=TEXTS, max_tokens=4, echo=True, logprobs=2)
+        parts: dict[int, dict[str, list]] = {i: {"tokens": [], "token_logprobs": [], "text_offset": []} for i in range(3)}
+        for ch in c.completions.create(model="pt", prompt=TEXTS, max_tokens=4, echo=True, logprobs=2, stream=True):
+            if ch.choices[0].logprobs:
+                for key, got in parts[ch.choices[0].index].items():
+                    got.extend(getattr(ch.choices[0].logprobs, key))
+        for i, ch in enumerate(full.choices):
+            assert parts[i] == {k: getattr(ch.logprobs, k) for k in parts[i]}
+
+
+@torch.inference_mode()
+def test_seq2seq_completion_logprobs_equal_the_decoder(setup):
+    """seq2seq: log p(y_t | encoder [P, x], y_<t) of the generated tokens, from a forward of the model by hand."""
+    state = state_for(setup, "seq2seq")
+    bb = state.backbone
+    with live_server(create_app(state)) as (url, _, _):
+        r = client_for(url).completions.create(model="qa", prompt=TEXTS[:2], max_tokens=4, logprobs=2)
+    for text, ch in zip(TEXTS, r.choices):
+        ids = bb.tokenizer(text, return_tensors="pt")["input_ids"]
+        emb = torch.cat([state.prompts["qa"].prompt, bb.model.get_input_embeddings()(ids)[0]])[None]
+        new = bb.tokenizer([ch.text], add_special_tokens=False)["input_ids"][0][:4]
+        lp = ch.logprobs
+        assert len(lp.token_logprobs) == 4 and "".join(lp.tokens) == ch.text
+        logp = torch.log_softmax(bb.model(inputs_embeds=emb, labels=torch.tensor([new])).logits[0], -1)
+        assert lp.token_logprobs == pytest.approx([float(logp[t, x]) for t, x in enumerate(new)], abs=1e-4)
+        assert all(max(top.values()) == pytest.approx(v, abs=1e-6) for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+
+
+def test_token_id_prompts_answer_as_their_text(setup):
+    state = state_for(setup, "causal")
+    tok = state.backbone.tokenizer
+    with live_server(create_app(state)) as (url, _, _):
+        c = client_for(url)
+        by_text = c.completions.create(model="qa", prompt=TEXTS[:2], max_tokens=4, echo=True, logprobs=1)
+        ids = tok(TEXTS[:2])["input_ids"]
+        by_ids = c.completions.create(model="qa", prompt=ids, max_tokens=4, echo=True, logprobs=1)
+        one = c.completions.create(model="qa", prompt=ids[0], max_tokens=4)
+    assert [ch.text for ch in by_ids.choices] == [ch.text for ch in by_text.choices]
+    assert [ch.logprobs.token_logprobs for ch in by_ids.choices] == [ch.logprobs.token_logprobs for ch in by_text.choices]
+    assert one.choices[0].text == by_text.choices[0].text[len(TEXTS[0]):]
+

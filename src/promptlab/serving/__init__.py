@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .engine import Answer, Engine, Job
+from .engine import Engine
+from .jobs import Answer, Job
 from .registry import Servable, hard_servable, load_servable, parse_prompt_arg
 
 __all__ = ["Answer", "Engine", "Job", "Servable", "hard_servable", "load_servable", "parse_prompt_arg"]

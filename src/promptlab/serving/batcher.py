@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import Answer, Engine, Job
+from .engine import Engine
+from .jobs import Answer, Job
 from .metrics import Metrics
 
 

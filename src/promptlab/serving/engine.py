@@ -12,9 +12,10 @@ Layout per backbone kind (what PEFT does for one prompt, done per row):
   each verbalizer, or generates.
 - causal, choices: `[P_i, x_i + target, pad]` with positions 0.., or, with the KV cache, the prompt's
   precomputed keys/values `[K_i, masked gap up to the longest prompt]` then `x_i + target` at positions
-  n_i... Generation: `[pad, P_i, x_i]` through `generate` (positions follow the attention mask), or the
-  cached prompt plus a plain greedy loop. Raw jobs (the OpenAI endpoints) generate from text as given, for their
-  own number of tokens; score jobs give each token's log-prob after the prompt (one full forward).
+  n_i... Generation (decode.py): `[pad, P_i, x_i]` through `generate` (positions follow the attention mask), or
+  the cached prompt plus a plain decoding loop. Raw jobs (the OpenAI endpoints) generate from text as given, for
+  their own number of tokens, greedy or sampled per row (sampling.py); score jobs give each token's log-prob after
+  the prompt (one full forward).
 
 Every path is checked against the offline predictor of each artifact (tests/test_serving.py).
 """
@@ -22,73 +23,18 @@ Every path is checked against the offline predictor of each artifact (tests/test
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .. import console
-from ..backbones import GREEDY, Backbone
-from ..errors import PromptlabError
+from ..backbones import Backbone
 from ..methods.readout import ANCHOR_SCALE, predictions_from_scores
-from ..model_layout import left_padded_embeds
 from ..tasks.base import Example
+from .decode import Decoding, out_cache, positions
+from .jobs import Answer, InputTooLong, Job, Row
 from .registry import Servable
-
-
-class InputTooLong(PromptlabError):
-    """An input that does not fit the model once its prompt's virtual tokens are added (HTTP 413)."""
-
-
-@dataclass
-class Answer:
-    """One input's answer: the label and its probability (and all of them) for choices, text otherwise."""
-
-    input: str
-    prediction: str
-    label: int | None = None
-    score: float | None = None
-    scores: list[float] | None = None  # softmax over the task's labels, in label order
-    logits: list[float] | None = None  # what the softmax was taken of (log-likelihoods, or scaled cosines)
-    tokens: list[int] | None = None  # text tasks: the generated token ids
-
-    def to_json(self, labels: Sequence[str] | None = None) -> dict[str, Any]:
-        if self.label is None:
-            return {"text": self.prediction}
-        out: dict[str, Any] = {"label": self.prediction, "score": self.score}
-        if self.scores is not None and labels is not None:
-            out["scores"] = {name: round(p, 6) for name, p in zip(labels, self.scores)}
-        return out
-
-
-@dataclass
-class Job:
-    """One request's work: a prompt and its inputs."""
-
-    servable: Servable
-    examples: list[Example]
-    raw: list[str] | None = None  # completions: texts fed as they are after the soft prompt (no template)
-    max_new_tokens: int | None = None  # raw: tokens to generate, instead of the prompt's own
-    score: list[list[int]] | None = None  # token ids whose log-probs to compute after the soft prompt (causal)
-    top: int = 0  # score: how many most likely tokens to return per position
-
-    @property
-    def rows(self) -> int:
-        return len(self.score if self.score is not None else self.raw if self.raw is not None else self.examples)
-
-
-@dataclass
-class _Row:
-    job: int
-    pos: int
-    servable: Servable
-    text: str
-    max_new: int | None = None  # raw generation
-    ids: list[int] | None = None  # scoring
-    top: int = 0
-
 
 # Generation settings that change greedy decoding; the cached greedy loop only runs when none is set.
 _GREEDY_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
@@ -98,7 +44,7 @@ _GREEDY_NEUTRAL = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (N
                    "encoder_repetition_penalty": (None, 1.0), "num_beams": (None, 1)}
 
 
-class Engine:
+class Engine(Decoding):
     """Runs jobs for any mix of servables on one backbone. Not thread-safe: one caller at a time."""
 
     def __init__(self, backbone: Backbone, kv_cache: bool = True, max_rows: int = 128) -> None:
@@ -131,7 +77,7 @@ class Engine:
         n = prompt.shape[0]
         out = self.model(inputs_embeds=prompt[None], attention_mask=torch.ones(1, n, dtype=torch.long, device=self.device),
                          position_ids=torch.arange(n, device=self.device)[None], use_cache=True)
-        cache = _out_cache(out)
+        cache = out_cache(out)
         return [(layer.keys[0].clone(), layer.values[0].clone()) for layer in cache.layers]  # [heads, n, d]
 
     # -- entry points -------------------------------------------------------------------------------
@@ -153,21 +99,24 @@ class Engine:
     def run(self, jobs: list[Job]) -> list[list[Answer] | Exception]:
         """Answers per job, in order; a job that fails gets its exception and the others still run."""
         results: list[Any] = [None] * len(jobs)
-        choice_rows: list[_Row] = []
-        gen_rows: list[_Row] = []
-        score_rows: list[_Row] = []
+        choice_rows: list[Row] = []
+        gen_rows: list[Row] = []
+        score_rows: list[Row] = []
         for j, job in enumerate(jobs):
             s = job.servable
             try:
                 if job.score is not None:
                     self._check_ids(s, job.score)
                     results[j] = [None] * len(job.score)
-                    score_rows.extend(_Row(j, i, s, "", ids=x, top=job.top) for i, x in enumerate(job.score))
+                    ctx = job.context or [""] * len(job.score)
+                    score_rows.extend(Row(j, i, s, c, ids=x, top=job.top) for i, (x, c) in enumerate(zip(job.score, ctx)))
                     continue
                 if job.raw is not None:
                     self._check_lengths(s, job.raw, extra=job.max_new_tokens, cut=False)
                     results[j] = [None] * len(job.raw)
-                    gen_rows.extend(_Row(j, i, s, t, max_new=job.max_new_tokens) for i, t in enumerate(job.raw))
+                    samplers = job.sampling or [None] * len(job.raw)
+                    gen_rows.extend(Row(j, i, s, t, max_new=job.max_new_tokens, sampler=samplers[i])
+                                    for i, t in enumerate(job.raw))
                     continue
                 examples = s.prepare(self.backbone, job.examples)
                 if not s.batchable:
@@ -180,7 +129,7 @@ class Engine:
                 continue
             results[j] = [None] * len(texts)
             bucket = choice_rows if s.task.kind == "choices" else gen_rows
-            bucket.extend(_Row(j, i, s, t) for i, t in enumerate(texts))
+            bucket.extend(Row(j, i, s, t) for i, t in enumerate(texts))
         for rows, fn in ((choice_rows, self._choices), (gen_rows, self._generate), (score_rows, self._score)):
             for chunk in self._chunks(rows):
                 try:
@@ -217,10 +166,10 @@ class Engine:
                     f"inputs[{i}] is {full[i]} tokens; with prompt '{s.name}' ({n} virtual tokens"
                     f"{f', {extra} new tokens' if extra else ''}) the model takes at most {self._positions}: shorten it")
 
-    def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
+    def _chunks(self, rows: list[Row]) -> list[list[Row]]:
         """At most `max_rows` model rows per forward (a choice input costs one row per verbalizer)."""
-        out: list[list[_Row]] = []
-        cur: list[_Row] = []
+        out: list[list[Row]] = []
+        cur: list[Row] = []
         used = 0
         for r in rows:
             choices = r.max_new is None and r.ids is None and r.servable.task.kind == "choices"
@@ -234,7 +183,7 @@ class Engine:
 
     # -- choices ------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _choices(self, rows: list[_Row]) -> list[Answer]:
+    def _choices(self, rows: list[Row]) -> list[Answer]:
         if self.backbone.kind == "encoder":
             pooled = F.normalize(self._encode([r.servable.prompt for r in rows], [r.text for r in rows]), dim=-1)
             logits = [ANCHOR_SCALE * pooled[i] @ r.servable.anchors.to(pooled.device).T for i, r in enumerate(rows)]
@@ -276,7 +225,7 @@ class Engine:
                 logits = self._cached_logits(servables, ids, att)  # [R, T, V]
             else:
                 emb, mask = self._contiguous(prompts, ids, att)
-                kw = {"position_ids": _positions(mask)} if self._takes_positions else {}
+                kw = {"position_ids": positions(mask)} if self._takes_positions else {}
                 full = self.model(inputs_embeds=emb, attention_mask=mask, **kw).logits  # [R, W, V]
                 n = torch.tensor([p.shape[0] for p in prompts], device=self.device)
                 idx = (n[:, None] + torch.arange(ids.shape[1], device=self.device)[None]).clamp(max=full.shape[1] - 1)
@@ -286,112 +235,6 @@ class Engine:
         keep = tgt != -100
         picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (picked * keep).sum(-1)
-
-    # -- generation ---------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _generate(self, rows: list[_Row]) -> list[Answer]:
-        bb = self.backbone
-        servables = [r.servable for r in rows]
-        texts = [r.text for r in rows]
-        limits = [s.max_new_tokens if r.max_new is None else r.max_new for r, s in zip(rows, servables)]
-        max_new = max(limits)
-        pad = bb.tokenizer.pad_token_id
-        self.forwards += 1
-        if bb.kind == "causal" and self._use_kv(servables) and self._plain_greedy:
-            new = self._greedy_cached(servables, texts, max_new)
-        elif bb.kind == "causal":
-            ids = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
-            emb, mask = left_padded_embeds(self.model, [s.prompt for s in servables], ids)
-            new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      pad_token_id=pad, **GREEDY)  # only the new tokens come back
-        else:
-            enc = bb._tok(texts)
-            emb, mask = self._contiguous([s.prompt for s in servables], enc["input_ids"], enc["attention_mask"])
-            new = self.model.generate(inputs_embeds=emb, attention_mask=mask, max_new_tokens=max_new,
-                                      pad_token_id=pad, **GREEDY)
-            new = new[:, 1:]  # the decoder start token
-        outs = []
-        for r, k, seq in zip(rows, limits, new):
-            seq = seq[:k]
-            text = bb.tokenizer.decode(seq, skip_special_tokens=True).strip()
-            outs.append(Answer(input=r.text, prediction=text, tokens=seq.tolist()))
-        return outs
-
-    def _greedy_cached(self, servables: list[Servable], texts: list[str], max_new: int) -> torch.Tensor:
-        """Greedy decoding from each row's cached prompt: the prompt's keys/values are never recomputed."""
-        bb = self.backbone
-        ids_list = bb.tokenizer(texts, truncation=True, max_length=bb.max_length)["input_ids"]
-        dev = self.device
-        lens = torch.tensor([len(x) for x in ids_list], device=dev)
-        width = int(lens.max())
-        pad = bb.tokenizer.pad_token_id
-        ids = torch.full((len(texts), width), pad, dtype=torch.long, device=dev)
-        att = torch.zeros((len(texts), width), dtype=torch.long, device=dev)
-        for b, x in enumerate(ids_list):  # right padding: every query sees at least one real key
-            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
-            att[b, : len(x)] = 1
-        cache, prefix, n = self._batch_cache(servables)
-        mask = torch.cat([prefix, att], dim=1)
-        pos = (n[:, None] + torch.arange(width, device=dev)[None]) * att
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self._cache_kw: cache})
-        cache = _out_cache(out)
-        nxt = out.logits[torch.arange(len(texts), device=dev), lens - 1].argmax(-1)
-        cur = n + lens  # the next token's position
-        done = torch.zeros(len(texts), dtype=torch.bool, device=dev)
-        steps = []
-        for step in range(max_new):
-            tok = torch.where(done, torch.full_like(nxt, pad), nxt)
-            steps.append(tok)
-            done |= torch.isin(tok, self._eos)
-            if bool(done.all()) or step == max_new - 1:
-                break
-            mask = torch.cat([mask, mask.new_ones(len(texts), 1)], dim=1)
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=cur[:, None], use_cache=True,
-                             **{self._cache_kw: cache})
-            cache = _out_cache(out)
-            cur = cur + 1
-            nxt = out.logits[:, -1].argmax(-1)
-        return torch.stack(steps, dim=1) if steps else torch.empty(len(texts), 0, dtype=torch.long, device=dev)
-
-    def _check_ids(self, s: Servable, seqs: list[list[int]]) -> None:
-        if self.backbone.kind != "causal":
-            raise PromptlabError("per-token log-probabilities are computed for decoder-only models only")
-        n = s.prompt.shape[0]
-        for i, x in enumerate(seqs):
-            if self._positions is not None and n + len(x) > self._positions:
-                raise InputTooLong(f"inputs[{i}] is {len(x)} tokens; with prompt '{s.name}' ({n} virtual tokens) the "
-                                   f"model takes at most {self._positions}: shorten it")
-
-    @torch.inference_mode()
-    def _score(self, rows: list[_Row]) -> list[Answer]:
-        """log p(token_t | prompt_i, tokens_<t) for every token of each row, by one full forward of `[P_i, x_i]`
-        (the first token has none when the prompt is empty). Answer.logits: the log-probs, Answer.scores: the
-        `top` most likely (token id, log-prob) pairs per position (None where the first token has no log-prob)."""
-        dev = self.device
-        width = max(len(r.ids) for r in rows)
-        ids = torch.full((len(rows), width), int(self.backbone.tokenizer.pad_token_id or 0), dtype=torch.long, device=dev)
-        att = torch.zeros_like(ids)
-        for b, r in enumerate(rows):
-            ids[b, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long, device=dev)
-            att[b, : len(r.ids)] = 1
-        prompts = [r.servable.prompt for r in rows]
-        emb, mask = self._contiguous(prompts, ids, att)
-        kw = {"position_ids": _positions(mask)} if self._takes_positions else {}
-        self.forwards += 1
-        logp = torch.log_softmax(self.model(inputs_embeds=emb, attention_mask=mask, **kw).logits.float(), dim=-1)
-        out = []
-        for b, r in enumerate(rows):
-            n = r.servable.prompt.shape[0]
-            first = int(n == 0)  # without a prompt the first token has nothing before it
-            at = logp[b, max(n - 1, 0) : n + len(r.ids) - 1]  # position t predicts token t + 1: [T - first, V]
-            tgt = torch.tensor(r.ids[first:], dtype=torch.long, device=dev)
-            lps: list[float | None] = [None] * first + at.gather(-1, tgt[:, None]).squeeze(-1).tolist()
-            top: list[list[tuple[int, float]] | None] = [None] * first
-            if r.top:
-                v, i = at.topk(r.top, dim=-1)
-                top += [list(zip(ii, vv)) for ii, vv in zip(i.tolist(), v.tolist())]
-            out.append(Answer(input="", prediction="", logits=lps, tokens=list(r.ids), scores=top if r.top else None))  # type: ignore[arg-type]
-        return out
 
     # -- KV cache -----------------------------------------------------------------------------------
     def _use_kv(self, servables: list[Servable]) -> bool:
@@ -464,26 +307,17 @@ class Engine:
                     logits = torch.cat([readout.choice_logits(model, inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
                 else:
                     logits = self.backbone.score_choices(inputs, s.task.verbalizers, model)
-            return [_choice_answer(_Row(0, i, s, x), lg) for i, (x, lg) in enumerate(zip(inputs, logits))]
+            return [_choice_answer(Row(0, i, s, x), lg) for i, (x, lg) in enumerate(zip(inputs, logits))]
         preds = p.predict(examples)
         return [Answer(input=q.input, prediction=q.prediction, label=q.label,
                        score=q.score if q.label is not None else None) for q in preds]
 
 
-def _choice_answer(row: _Row, logits: torch.Tensor) -> Answer:
+def _choice_answer(row: Row, logits: torch.Tensor) -> Answer:
     (pred,) = predictions_from_scores(row.servable.task, [row.text], logits[None])
     probs = torch.softmax(logits.float(), dim=-1).tolist()
     return Answer(input=row.text, prediction=pred.prediction, label=pred.label, score=pred.score, scores=probs,
                   logits=logits.float().tolist())
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _out_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
 
 
 def kv_supported(model: Any) -> bool:

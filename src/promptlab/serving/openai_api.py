@@ -4,9 +4,11 @@ They ride the same micro-batcher, engine and KV cache as /v1/predict (a completi
 /v1/predict rows) and are counted in /metrics. A model id is a loaded soft prompt's name, or the backbone's own
 name (the bare model: a prompt of no virtual tokens and no task). `prompt` is the raw text fed after the soft
 prompt, tokenized as the tokenizer does by default; the prompt's task template is not applied (use /v1/predict
-for that). Decoding is greedy only: `temperature` > 0 and `n` > 1 are refused, `top_p` and `seed` change nothing.
-`logprobs` (with `echo`, the prompt's own tokens: log p(token | soft prompt, tokens before it)) are computed for
-decoder-only models. Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
+for that). Decoding is greedy when `temperature` is 0 or absent; otherwise each choice samples with `temperature`
+and `top_p` from its own generator seeded from `seed` (sampling.py), so a seeded request gives the same text alone or
+in any batch; `n` choices per prompt. `logprobs` of the completion (chat: `logprobs`/`top_logprobs` in chat's shape)
+for causal and seq2seq models; with `echo`, the prompt's own tokens too (log p(token | soft prompt, tokens before
+it)), for decoder-only models. Errors have OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from ..errors import PromptlabError
 from .batcher import QueueFull, ShuttingDown
 from .engine import InputTooLong, Job
 from .registry import Servable
+from .sampling import Sampler
 
 ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions")
 JSON_ROUTES = ("/v1/completions", "/v1/chat/completions")
 MAX_TOKENS = 1024  # per completion
 MAX_LOGPROBS = 5  # as OpenAI's legacy completions
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat completions
+MAX_N = 16
 
 
 def is_openai(path: str) -> bool:
@@ -60,13 +65,13 @@ def error_body(message: str, param: str | None = None, code: str | None = None,
 class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(description="a loaded soft prompt's name, or the backbone's name (GET /v1/models)")
-    temperature: float | None = Field(None, ge=0, le=2, description="0 or absent: greedy (the only decoding served)")
-    top_p: float | None = Field(None, gt=0, le=1, description="accepted; greedy decoding does not read it")
-    n: int | None = Field(None, ge=1, description="1 only")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 or absent: greedy; otherwise sampling")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (with temperature > 0)")
+    n: int | None = Field(None, ge=1, le=MAX_N, description="choices per prompt")
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = Field(None, description="up to 4 strings; the text ends before the first")
-    seed: int | None = Field(None, description="accepted; greedy decoding is deterministic")
+    seed: int | None = Field(None, description="sampling: the same seed gives the same text")
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -77,7 +82,7 @@ class CompletionRequest(_Common):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"model": "sst2", "prompt": "a gorgeous, witty film. It was", "max_tokens": 8}]})
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
-        description="raw text fed after the soft prompt (no task template); token ids are refused")
+        description="raw text fed after the soft prompt (no task template), or token ids of the server's tokenizer")
     max_tokens: int | None = Field(16, ge=0)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="log-probs of the tokens, and this many "
                                  "most likely tokens per position (decoder-only models)")
@@ -98,7 +103,7 @@ class ChatRequest(_Common):
     max_tokens: int | None = Field(None, ge=0)
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 # -- the endpoints ---------------------------------------------------------------------------------------------
@@ -170,45 +175,50 @@ def register(app: FastAPI, state: Any) -> None:
 
     async def run(req: _Common, texts: list[str], max_tokens: int, param: str, logprobs: int | None = None,
                   echo: bool = False) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        """Greedy completions of `texts` (after the soft prompt): one dict per text (text, ids, finish_reason,
-        prompt ids, logprobs)."""
+        """`n` completions of each of `texts` (after the soft prompt), prompt-major: one dict per choice (text, ids,
+        finish_reason, prompt ids, logprobs: the raw Answer of the scoring job)."""
         check_sampling(req)
+        n = req.n or 1
         s = resolve(req.model)
         lim = state.limits
-        if len(texts) > lim.max_inputs:
-            raise OpenAIError(413, f"{len(texts)} prompts in one request; the limit is {lim.max_inputs}: split the "
-                                   "request", param)
+        if len(texts) * n > lim.max_inputs:
+            raise OpenAIError(413, f"{len(texts)} prompts x n={n} choices in one request; the limit is {lim.max_inputs} "
+                                   "choices: split the request", param)
         for i, t in enumerate(texts):
             if len(t) > lim.max_input_chars:
                 raise OpenAIError(413, f"{param}[{i}] has {len(t)} characters; the limit is {lim.max_input_chars}: "
                                        "shorten it", param)
         if max_tokens > MAX_TOKENS:
             raise OpenAIError(400, f"max_tokens is {max_tokens}; the limit is {MAX_TOKENS}", "max_tokens")
-        if logprobs is not None and bb.kind != "causal":
-            raise OpenAIError(400, f"logprobs are served for decoder-only models; {bb.name} is {bb.kind} (its prompt "
-                                   "is encoder input, which no token log-probability scores)", "logprobs")
-        if req.stream and logprobs is not None:
-            raise OpenAIError(400, "logprobs are not streamed; send stream=false", "logprobs")
+        if logprobs is not None and echo and bb.kind != "causal":
+            raise OpenAIError(400, f"echo with logprobs is served for decoder-only models; {bb.name} is {bb.kind}: its "
+                                   "prompt is encoder input, which has no next-token log-probabilities", "echo")
         t0 = time.perf_counter()
         prompt_ids = bb.tokenizer(texts, add_special_tokens=True)["input_ids"]
         for i, ids in enumerate(prompt_ids):
             if not ids and not s.virtual_tokens:
                 raise OpenAIError(400, f"{param}[{i}] is empty and model '{req.model}' has no soft prompt: nothing to "
                                        "continue from; give some text", param)
-        outs = [{"text": "", "ids": [], "finish_reason": "length", "prompt_ids": list(p)} for p in prompt_ids]
+        rows = [t for t in texts for _ in range(n)]
+        outs = [{"text": "", "ids": [], "finish_reason": "length", "prompt_ids": list(p), "prompt": t}
+                for t, p in zip(texts, prompt_ids) for _ in range(n)]
         if max_tokens > 0:
-            answers = await submit(Job(s, [], raw=texts, max_new_tokens=max_tokens), param)
+            samplers = Sampler.for_rows(req.temperature, req.top_p, req.seed, len(rows))
+            answers = await submit(Job(s, [], raw=rows, max_new_tokens=max_tokens, sampling=samplers), param)
             stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
             for o, a in zip(outs, answers):
                 o.update(finish(a.tokens, stops))
-        if logprobs is not None:
-            seqs = [o["prompt_ids"] + o["ids"] for o in outs]
-            scored = await submit(Job(s, [], score=seqs, top=logprobs), param)
+        if logprobs is not None and bb.kind == "causal":
+            scored = await submit(Job(s, [], score=[o["prompt_ids"] + o["ids"] for o in outs], top=logprobs), param)
             for o, a in zip(outs, scored):
-                o["logprobs"] = legacy_logprobs(a, 0 if echo else len(o["prompt_ids"]), logprobs)
+                o["scored"], o["start"] = a, 0 if echo else len(o["prompt_ids"])
+        elif logprobs is not None:  # seq2seq: the decoder's tokens after the encoder's [soft prompt, prompt]
+            scored = await submit(Job(s, [], score=[o["ids"] for o in outs], top=logprobs, context=rows), param)
+            for o, a in zip(outs, scored):
+                o["scored"], o["start"] = a, 0
         state.metrics.latency.append(time.perf_counter() - t0)
-        state.metrics.predictions[req.model] += len(texts)
-        n_prompt = sum(len(o["prompt_ids"]) for o in outs)
+        state.metrics.predictions[req.model] += len(rows)
+        n_prompt = sum(len(p) for p in prompt_ids)  # counted once per prompt, as OpenAI does
         n_new = sum(len(o["ids"]) for o in outs)
         return outs, {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new}
 
@@ -233,11 +243,13 @@ def register(app: FastAPI, state: Any) -> None:
     def decode(ids: list[int]) -> str:
         return bb.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def legacy_logprobs(a: Any, start: int, top: int) -> dict[str, Any]:
+    def legacy_logprobs(o: dict[str, Any], top: int) -> dict[str, Any]:
         """OpenAI's legacy logprobs: each token's string, log-prob, `top` most likely alternatives, and its offset
         in the prompt + completion text (special tokens such as EOS take no characters there)."""
+        a, start = o["scored"], o["start"]
         tokens = [bb.tokenizer.decode([t]) for t in a.tokens]
-        offsets = [len(decode(a.tokens[:k])) for k in range(len(a.tokens))]
+        base = len(o["prompt"]) if bb.kind != "causal" else 0  # seq2seq: the ids are the completion's only
+        offsets = [base + len(decode(a.tokens[:k])) for k in range(len(a.tokens))]
         tops = None
         if top:
             tops = [None if pairs is None else {bb.tokenizer.decode([i]): lp for i, lp in pairs} for pairs in a.scores]
@@ -250,8 +262,7 @@ def register(app: FastAPI, state: Any) -> None:
         if not texts:
             raise OpenAIError(400, "prompt is an empty list; give a string or a list of strings", "prompt")
         if not all(isinstance(t, str) for t in texts):
-            raise OpenAIError(400, "prompt holds token ids; send text (lm-eval: tokenized_requests=False), which the "
-                                   "server tokenizes with its own tokenizer", "prompt")
+            texts = token_prompts(texts)
         for field in ("best_of", "suffix"):
             if getattr(req, field) not in (None, 1):
                 raise OpenAIError(400, f"{field} is not supported; leave it out", field)
@@ -260,69 +271,110 @@ def register(app: FastAPI, state: Any) -> None:
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": req.model}
         if req.echo:
-            for t, o in zip(texts, outs):
-                o["echo"] = t
+            for o in outs:
+                o["echo"] = o["prompt"]
         if req.stream:
-            return sse(stream_text(head, outs, usage, include_usage(req), chat=False))
-        return {**head, "choices": [{"index": i, "text": o.get("echo", "") + o["text"], "logprobs": o.get("logprobs"),
+            return sse(stream_text(head, outs, usage, include_usage(req), chat=False, top=req.logprobs))
+        return {**head, "choices": [{"index": i, "text": o.get("echo", "") + o["text"],
+                                     "logprobs": legacy_logprobs(o, req.logprobs) if "scored" in o else None,
                                      "finish_reason": o["finish_reason"]} for i, o in enumerate(outs)],
                 "usage": usage}
 
     @app.post("/v1/chat/completions", summary="OpenAI: chat, rendered by the tokenizer's chat template")
     async def chat(req: ChatRequest) -> Any:
-        if req.logprobs or req.top_logprobs:
-            raise OpenAIError(400, "logprobs are served by /v1/completions only; leave them out", "logprobs")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise OpenAIError(400, "top_logprobs needs logprobs=true", "top_logprobs")
         text = render_chat(bb.tokenizer, [m.model_dump() for m in req.messages])
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        outs, usage = await run(req, [text], 16 if max_tokens is None else max_tokens, "messages")
+        outs, usage = await run(req, [text], 16 if max_tokens is None else max_tokens, "messages",
+                                (req.top_logprobs or 0) if req.logprobs else None)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": req.model}
         if req.stream:
             return sse(stream_text({**head, "object": "chat.completion.chunk"}, outs, usage, include_usage(req),
                                    chat=True))
-        return {**head, "choices": [{"index": 0, "message": {"role": "assistant", "content": outs[0]["text"]},
-                                     "logprobs": None, "finish_reason": outs[0]["finish_reason"]}], "usage": usage}
+        return {**head, "choices": [{"index": i, "message": {"role": "assistant", "content": o["text"]},
+                                     "logprobs": chat_logprobs(o) if "scored" in o else None,
+                                     "finish_reason": o["finish_reason"]} for i, o in enumerate(outs)], "usage": usage}
+
+    def chat_logprobs(o: dict[str, Any]) -> dict[str, Any]:
+        """Chat's shape: per completion token, its string, log-prob, UTF-8 bytes and the most likely alternatives."""
+        a, start = o["scored"], o["start"]
+
+        def entry(t: int, lp: float) -> dict[str, Any]:
+            s = bb.tokenizer.decode([t])
+            return {"token": s, "logprob": lp, "bytes": list(s.encode())}
+
+        tops = a.scores or [[] for _ in a.tokens]
+        return {"content": [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in top or []]}
+                            for t, lp, top in zip(a.tokens[start:], a.logits[start:], tops[start:])], "refusal": None}
+
+    def token_prompts(prompts: list[Any]) -> list[str]:
+        """Token-id prompts (lm-eval's tokenized requests): the engine takes text, so each is decoded, and served
+        only when the server's tokenizer encodes that text back to exactly these ids (otherwise a one-line refusal)."""
+        seqs = [prompts] if all(isinstance(t, int) for t in prompts) else prompts
+        vocab = len(bb.tokenizer)
+        out = []
+        for i, ids in enumerate(seqs):
+            if not isinstance(ids, list) or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+                raise OpenAIError(400, f"prompt[{i}] must be text or a list of token ids below {vocab}", "prompt")
+            text = bb.tokenizer.decode(ids, skip_special_tokens=True)  # what the tokenizer adds, it adds again
+            if bb.tokenizer(text, add_special_tokens=True)["input_ids"] != ids:
+                raise OpenAIError(400, f"prompt[{i}]: these token ids are not what the server's tokenizer makes of "
+                                       "their text (another tokenizer, or special tokens); send text (lm-eval: "
+                                       "tokenized_requests=False)", "prompt")
+            out.append(text)
+        return out
 
     def stream_text(head: dict[str, Any], outs: list[dict[str, Any]], usage: dict[str, int], with_usage: bool,
-                    chat: bool) -> list[dict[str, Any]]:
-        """Chunks whose texts join to the non-streamed text: one per token that completes a character."""
+                    chat: bool, top: int | None = None) -> list[dict[str, Any]]:
+        """Chunks whose texts join to the non-streamed text: one per token that completes a character; with
+        logprobs, each chunk carries those of its tokens, so they too join to the non-streamed ones."""
         chunks = []
 
-        def piece(i: int, text: str | None, reason: str | None = None) -> dict[str, Any]:
+        def piece(i: int, text: str | None, reason: str | None = None, lp: Any = None) -> dict[str, Any]:
             if chat:
                 delta: dict[str, Any] = {} if text is None else {"content": text}
-                return {**head, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]}
-            return {**head, "choices": [{"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+                return {**head, "choices": [{"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}]}
+            return {**head, "choices": [{"index": i, "text": text or "", "logprobs": lp, "finish_reason": reason}]}
+
+        def cut(lps: Any, a: int, b: int) -> Any:
+            if lps is None or a >= b:
+                return None
+            if chat:
+                return {"content": lps[a:b], "refusal": None}
+            return {k: (v[a:b] if v is not None else None) for k, v in lps.items()}
 
         for i, o in enumerate(outs):
+            lps = None
+            if "scored" in o:
+                lps = chat_logprobs(o)["content"] if chat else legacy_logprobs(o, top or 0)
+            n_ids = len(o["ids"])
+            c0 = (len(lps) if chat else len(lps["tokens"])) - n_ids if lps is not None else 0  # completion's 1st
             if chat:
                 chunks.append({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                     "logprobs": None, "finish_reason": None}]})
             if o.get("echo"):
-                chunks.append(piece(i, o["echo"]))
-            final, sent = o["text"], 0
-            for k in range(1, len(o["ids"]) + 1):
+                chunks.append(piece(i, o["echo"], lp=cut(lps, 0, c0)))
+            final, sent, done = o["text"], 0, 0
+            for k in range(1, n_ids + 1):
                 cur = decode(o["ids"][:k])
                 if cur.endswith("\ufffd"):  # a character split across tokens: wait for the rest
                     continue
                 upto = min(len(cur), len(final))
                 if upto > sent:
-                    chunks.append(piece(i, final[sent:upto]))
-                    sent = upto
+                    chunks.append(piece(i, final[sent:upto], lp=cut(lps, c0 + done, c0 + k)))
+                    sent, done = upto, k
             if sent < len(final):
-                chunks.append(piece(i, final[sent:]))
-            chunks.append(piece(i, None, o["finish_reason"]))
+                chunks.append(piece(i, final[sent:], lp=cut(lps, c0 + done, c0 + n_ids)))
+                done = n_ids
+            chunks.append(piece(i, None, o["finish_reason"], cut(lps, c0 + done, c0 + n_ids)))  # e.g. EOS: no text
         if with_usage:
             chunks.append({**head, "choices": [], "usage": usage})
         return chunks
 
 
 def check_sampling(req: _Common) -> None:
-    if req.temperature:
-        raise OpenAIError(400, f"temperature {req.temperature:g}: only greedy decoding is served; send temperature 0 "
-                               "or leave it out", "temperature")
-    if req.n not in (None, 1):
-        raise OpenAIError(400, f"n={req.n}: greedy decoding gives one choice per prompt; send n=1", "n")
     for field in ("presence_penalty", "frequency_penalty"):
         if getattr(req, field):
             raise OpenAIError(400, f"{field} is not supported; leave it out or send 0", field)

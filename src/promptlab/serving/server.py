@@ -7,6 +7,8 @@ flight (up to --graceful-timeout seconds), then the app drains its queue and sto
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,9 @@ def serve(args: Any) -> None:
           f"(docs /docs; admin {'on' if token else 'off: no --token'})", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print("promptlab: warning: listening beyond loopback; PUT/DELETE stay off without a token", flush=True)
+    # uvicorn drains, then raises the signal again under the handler it found: SIGTERM's default would end the
+    # process with -15 after a clean drain; exit 0 instead, as service managers expect of a graceful stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                   timeout_graceful_shutdown=args.graceful_timeout)).run()
 
