@@ -9,6 +9,7 @@ import threading
 import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -143,6 +144,13 @@ def test_payload_is_the_soft_prompt_rows_then_the_inputs_word_embeddings(setup):
             assert sorted(b["decoded"].shape[0] for b in server.bodies) == [5 + len(bb.tokenizer(t)["input_ids"])
                                                                              for t in ("de", "abc")]
             assert all(b["max_tokens"] == 2 for b in server.bodies)
+            # sampling goes to vLLM's own sampler: the row's temperature, top_p and a seed derived from the request's
+            server.bodies.clear()
+            sampled = {"model": "pt", "prompt": "abc", "max_tokens": 2, "temperature": 0.7, "top_p": 0.9, "seed": 3}
+            assert c.post("/v1/completions", json=sampled).status_code == 200
+            assert c.post("/v1/completions", json=sampled).status_code == 200
+            a, b = server.bodies
+            assert a["temperature"] == b["temperature"] == 0.7 and a["top_p"] == 0.9 and a["seed"] == b["seed"]
             r = c.post("/v1/chat/completions", json={"model": "pt", "messages": [{"role": "user", "content": "hi"}],
                                                      "max_tokens": 3})
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "ok!", r.text
@@ -230,6 +238,8 @@ def test_serve_cli_with_engine_vllm_forwards_to_the_vllm_server(setup, monkeypat
         return run(self, *a, **kw)
 
     monkeypatch.setattr(uvicorn.Server, "run", keep)
+    # serve sets a SIGTERM handler, which only the main thread may; this test runs it in another
+    monkeypatch.setattr("promptlab.serving.server.signal", SimpleNamespace(signal=lambda *a: None, SIGTERM=15))
     port = free_port()
     with fake_vllm() as server:
         codes = []

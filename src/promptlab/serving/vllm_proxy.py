@@ -34,8 +34,10 @@ import torch
 from ..backbones import Backbone
 from ..errors import ConfigError, ModelError, PromptlabError
 from .batcher import Batcher, _Pending
-from .engine import Answer, Engine, InputTooLong, Job, _Row
+from .engine import Engine
+from .jobs import Answer, InputTooLong, Job, Row
 from .registry import Servable
+from .sampling import Sampler
 
 CHOICES_REFUSED = ("choice tasks are not served with --engine vllm: scoring a label needs the log-probability of its "
                    "tokens after the prompt, which vLLM does not return for prompt_embeds; serve this prompt with "
@@ -102,15 +104,20 @@ class VllmClient:
             raise VllmUnavailable(f"vLLM at {self.url} lists no model; pass --vllm-model")
         return str(data[0]["id"])
 
-    def complete(self, embeds: list[torch.Tensor], max_tokens: list[int]) -> list[list[int]]:
-        """Greedy completion token ids for each prompt embedding, in order."""
-        def one(emb: torch.Tensor, k: int) -> list[int]:
+    def complete(self, embeds: list[torch.Tensor], max_tokens: list[int],
+                 samplers: list[Sampler | None] | None = None) -> list[list[int]]:
+        """Completion token ids for each prompt embedding, in order: greedy, or sampled with the row's temperature,
+        top_p and seed (vLLM's own sampler: a seeded request repeats on vLLM, not token for token with promptlab's)."""
+        def one(emb: torch.Tensor, k: int, sampler: Sampler | None) -> list[int]:
             body = {"model": self.model, "prompt_embeds": encode_embeds(emb), "max_tokens": k, "temperature": 0.0,
                     "return_token_ids": True}
+            if sampler is not None:
+                body.update(temperature=sampler.temperature, top_p=sampler.top_p,
+                            seed=int(sampler.generator.initial_seed()) % 2**31)
             choice = self._request("/v1/completions", body)["choices"][0]
             return [int(t) for t in choice.get("token_ids") or []]
 
-        return list(self._pool.map(one, embeds, max_tokens))
+        return list(self._pool.map(one, embeds, max_tokens, samplers or [None] * len(embeds)))
 
 
 def _vllm_message(e: urllib.error.HTTPError) -> str:
@@ -212,7 +219,7 @@ class VllmEngine(Engine):
             words = bb.word_embeddings(ids)
         return torch.cat([s.prompt.to(words.dtype), words]).float(), list(ids)
 
-    def _generate(self, rows: list[_Row]) -> list[Answer]:
+    def _generate(self, rows: list[Row]) -> list[Answer]:
         bb = self.backbone
         limits = [r.servable.max_new_tokens if r.max_new is None else r.max_new for r in rows]
         embeds = []
@@ -224,7 +231,7 @@ class VllmEngine(Engine):
         self.forwards += 1
         self._cpu.release()
         try:
-            new = self.client.complete(embeds, limits)
+            new = self.client.complete(embeds, limits, [r.sampler for r in rows])
         finally:
             self._cpu.acquire()
         outs = []
@@ -233,10 +240,10 @@ class VllmEngine(Engine):
             outs.append(Answer(input=r.text, prediction=text, tokens=seq))
         return outs
 
-    def _choices(self, rows: list[_Row]) -> list[Answer]:
+    def _choices(self, rows: list[Row]) -> list[Answer]:
         raise PromptlabError(CHOICES_REFUSED)
 
-    def _score(self, rows: list[_Row]) -> list[Answer]:
+    def _score(self, rows: list[Row]) -> list[Answer]:
         raise PromptlabError(SCORE_REFUSED)
 
     def _alone(self, s: Servable, examples: list[Any]) -> list[Answer]:
