@@ -151,9 +151,22 @@ def equality(model: Path, arts: list[Path], url: str, n: int, max_tokens: int) -
             row.update(first_diff=k, promptlab=w[k:k + 4], vllm=g[k:k + 4],
                        margin=margin_at(bb, own.prompts[p].prompt, t, w[:k]))
         rows.append(row)
+    # sampling goes to vLLM's sampler with a seed derived from the request's: the same seeded request twice
+    from promptlab.serving.sampling import Sampler
+
+    def sampled(seed: int) -> list[list[int]]:
+        texts = [t for _, t in reqs[:8]]
+        job = Job(via.prompts["p0"], [], raw=texts, max_new_tokens=max_tokens,
+                  sampling=Sampler.for_rows(0.8, 0.95, seed, len(texts)))
+        return [a.tokens for a in via.engine.run([job])[0]]
+
+    first, again, other = sampled(7), sampled(7), sampled(8)
     equal = sum(r["equal"] for r in rows)
     summary = {"requests": n, "max_tokens": max_tokens, "equal_token_for_token": equal,
                "tokens_compared": sum(len(w) for w in want), "generated_lengths": sorted({len(g) for g in got})}
+    summary["sampled_seed_repeats"] = first == again
+    summary["sampled_other_seed_differs"] = first != other
+    summary["sampled_differs_from_greedy"] = first != want[: len(first)]
     if equal < n:
         summary["first_diff_positions"] = [r["first_diff"] for r in rows if not r["equal"]]
         summary["top2_gaps_at_first_diff"] = [round(r["margin"]["gap"], 6) for r in rows if not r["equal"]]
