@@ -153,6 +153,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body size (default 1 MB)")
     p.add_argument("--max-input-chars", type=int, default=10_000, help="characters per input field (default 10000)")
     p.add_argument("--no-kv-cache", action="store_true", help="recompute decoder-only soft prompts every request")
+    p.add_argument("--engine", choices=("promptlab", "vllm"), default="promptlab",
+                   help="who generates: promptlab's own mixed-prompt engine (default), or a vLLM server fed the soft "
+                        "prompt as prompt_embeds (decoder-only, input-level soft prompts, generation only)")
+    p.add_argument("--vllm-url", metavar="URL", help="with --engine vllm: the vLLM server, started with "
+                   "--enable-prompt-embeds (e.g. http://127.0.0.1:8001)")
+    p.add_argument("--vllm-model", metavar="NAME", help="with --engine vllm: the model name vLLM serves (default: "
+                   "the first of its /v1/models)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to finish requests in flight on shutdown (default 30)")
     p.add_argument("--body-timeout", type=float, default=30.0,

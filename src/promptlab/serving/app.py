@@ -274,8 +274,9 @@ def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lim = state.limits
-        state.batcher = Batcher(state.engine, state.metrics, max_batch=lim.max_batch, max_wait_ms=lim.max_wait_ms,
-                                max_queue=lim.max_queue)
+        make = getattr(state.engine, "batcher", Batcher)  # an engine may bring its own (--engine vllm)
+        state.batcher = make(state.engine, state.metrics, max_batch=lim.max_batch, max_wait_ms=lim.max_wait_ms,
+                             max_queue=lim.max_queue)
         state.batcher.start()
         yield
         state.draining = True  # uvicorn has finished the requests in flight; finish anything still queued

@@ -19,14 +19,16 @@ from ..tasks import task_names
 from .app import Limits, ServerState, create_app
 from .engine import Engine
 from .registry import Servable, is_hard_spec, load_servable, parse_prompt_arg
+from .vllm_proxy import VllmClient, VllmEngine
 
 
 def build_state(backbone: Backbone, prompt_args: list[str], limits: Limits | None = None, token: str | None = None,
                 artifact_roots: list[str] | None = None, kv_cache: bool = True,
-                data: dict[str, str] | None = None) -> ServerState:
+                data: dict[str, str] | None = None, engine: Engine | None = None) -> ServerState:
     """`data`: task name -> its data (`--data TASK=PATH`), for hard prompts' demonstrations and searches and for
-    tasks that read their label names from data — at start and for prompts loaded later by PUT."""
-    engine = Engine(backbone, kv_cache=kv_cache)
+    tasks that read their label names from data — at start and for prompts loaded later by PUT. `engine`: another
+    engine over `backbone` (--engine vllm); by default promptlab's own."""
+    engine = engine if engine is not None else Engine(backbone, kv_cache=kv_cache)
     data = dict(data or {})
     prompts: dict[str, Servable] = {}
     for arg in prompt_args:
@@ -102,19 +104,22 @@ def serve(args: Any) -> None:
                               "from")
     check_listen(args.host, args.port)
     token = args.token or os.environ.get("PROMPTLAB_TOKEN") or None
+    vllm = _vllm_client(args)  # before the model loads: a wrong URL costs no load
     placed = load_kwargs(args.device_map, args.max_memory, args.offload_dir)
     if placed and args.device != "auto":
         raise ConfigError(f"--device {args.device} and --device-map {args.device_map} both say where the model goes; "
                           "keep one")
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device, placement=placed)
+    engine = VllmEngine(backbone, vllm) if vllm is not None else None
     limits = Limits(max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                     max_input_chars=args.max_input_chars, max_batch=args.max_batch,
                     max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, body_timeout_s=args.body_timeout)
     state = build_state(backbone, args.prompt, limits, token, args.artifact_root, kv_cache=not args.no_kv_cache,
-                        data=data)
+                        data=data, engine=engine)
     app = create_app(state)
     names = ", ".join(f"{n} ({s.method}, {s.task.name})" for n, s in state.prompts.items())
-    print(f"promptlab: serving {names} on {backbone.name} at http://{args.host}:{args.port} "
+    via = f" via vLLM at {vllm.url} ({vllm.model})" if vllm is not None else ""
+    print(f"promptlab: serving {names} on {backbone.name}{via} at http://{args.host}:{args.port} "
           f"(docs /docs; admin {'on' if token else 'off: no --token'})", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print("promptlab: warning: listening beyond loopback; PUT/DELETE stay off without a token", flush=True)
@@ -123,6 +128,21 @@ def serve(args: Any) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                   timeout_graceful_shutdown=args.graceful_timeout)).run()
+
+
+def _vllm_client(args: Any) -> VllmClient | None:
+    """--engine vllm: reach the vLLM server before the model loads, so a wrong URL costs no load."""
+    engine, url = getattr(args, "engine", "promptlab"), getattr(args, "vllm_url", None)
+    if engine != "vllm":
+        if url:
+            raise ConfigError("--vllm-url is read with --engine vllm only; add --engine vllm or drop it")
+        return None
+    if not url:
+        raise ConfigError("--engine vllm needs --vllm-url URL, the address of a vLLM server started with "
+                          "--enable-prompt-embeds, e.g. --vllm-url http://127.0.0.1:8001")
+    if args.no_kv_cache:
+        raise ConfigError("--no-kv-cache is for --engine promptlab; vLLM manages its own cache")
+    return VllmClient(url, args.vllm_model or None)
 
 
 __all__ = ["build_state", "is_hard_spec", "serve"]
