@@ -26,6 +26,7 @@ ALL = ("eval", "train", "predict", "compare")  # the commands that build a RunCo
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 TRAINING = ("train", "compare")
 SPLITTING = ("eval", "train", "compare")  # the commands that load the task's data and carve its dev slice
+SCORINGS = ("lmeval", "eos")  # scoring.py: how a generative model's choices are scored
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,10 @@ class RunConfig:
     dtype: str = _f("auto", "dtype of the frozen model's weights: auto (bfloat16 on a GPU, float32 on the CPU), "
                     "float32, or bfloat16 (half the memory; faster on GPUs and on CPUs with AMX or AVX512-BF16; scores "
                     "differ in the last digits); what trains stays float32", choices=("auto", "float32", "bfloat16"))
+    scoring: str = _f("lmeval", "how a seq2seq or causal model scores choices: lmeval (lm-evaluation-harness's "
+                                "convention: ' ' + verbalizer, no EOS; also reports acc_norm) or eos (verbalizer + "
+                                "EOS, promptlab's earlier convention); soft prompts train on the same target",
+                      choices=SCORINGS, on=SPLITTING)
     seed: int = _f(0, "seed for sampling, initialisation and data order",  # torch's generator takes a 64-bit seed
                    range=Range(lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1, got {value}; e.g. 0"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})

@@ -32,6 +32,7 @@ class Prediction:
     prediction: str
     label: int | None = None
     score: float = 0.0
+    label_norm: int | None = None  # generative choices: the pick by length-normalised log-likelihood (acc_norm)
 
 
 @dataclass
@@ -67,6 +68,13 @@ class Predictor:
     train_info: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # how the fit went beyond the artifact: method_info
     readout: Readout | None = field(default=None, init=False, repr=False, compare=False)
+    scoring: str = "lmeval"  # how a generative model's choices are scored (scoring.py): the run's --scoring
+
+    def use_scoring(self, scoring: str) -> None:
+        """Score (and train) choices under `scoring`: the run's, or the one an artifact was made with."""
+        self.scoring = scoring
+        if self.readout is not None:
+            self.readout.scoring = scoring
 
     def inputs(self, examples: list[Example]) -> list[str]:
         """The exact text the model reads for each example."""
@@ -136,6 +144,7 @@ class Method:
     uses_examples: ClassVar[bool] = False  # fits on labelled data without training (demos, a search): needs --data
     # Weight and head baselines see the bare input whatever --template says (DESIGN.md: what is compared).
     bare_input: ClassVar[bool] = False
+    scores_choices: ClassVar[bool] = True  # reads --scoring: a generative model's choices go through readout.py
 
     def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
         """The text around the input; long-context tasks select what fits around this template.
@@ -181,7 +190,8 @@ class Method:
         values; check_flags refuses the first, compare those that no method of it reads."""
         if cfg.train.prefix_projection:  # a YAML value is refused too: it would be recorded as if it had shaped a prefix
             given = given | {"prefix_projection"}
-        unread = [name for name in METHOD_SETTINGS if name in given and name not in self.reads(cfg)]
+        reads = self.reads(cfg) | ({"scoring"} if self.scores_choices else set())
+        unread = [name for name in METHOD_SETTINGS if name in given and name not in reads]
         return [Refusal(name, f"--{name.replace('_', '-')} {self.why_unread(name)}, drop the flag") for name in unread]
 
     def why_unread(self, name: str) -> str:
@@ -221,6 +231,7 @@ WHY_UNREAD = {
     "lora_targets": "chooses LoRA's modules; {m} has none",
     "grad_accum": "accumulates gradients in the shared training loop; {m} does not train through it",
     "gradient_checkpointing": "recomputes activations in the shared training loop; {m} does not train through it",
+    "scoring": "sets how a generative model's choices are scored; {m} answers through its own head",
 }
 METHOD_SETTINGS = tuple(WHY_UNREAD)
 

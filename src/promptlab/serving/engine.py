@@ -181,6 +181,7 @@ class Engine:
             results[j] = [None] * len(texts)
             bucket = choice_rows if s.task.kind == "choices" else gen_rows
             bucket.extend(_Row(j, i, s, t) for i, t in enumerate(texts))
+        choice_rows.sort(key=lambda r: r.servable.scoring)  # one scoring convention per forward (_chunks)
         for rows, fn in ((choice_rows, self._choices), (gen_rows, self._generate), (score_rows, self._score)):
             for chunk in self._chunks(rows):
                 try:
@@ -225,7 +226,7 @@ class Engine:
         for r in rows:
             choices = r.max_new is None and r.ids is None and r.servable.task.kind == "choices"
             cost = len(r.servable.task.verbalizers) if choices and self.backbone.kind != "encoder" else 1
-            if cur and used + cost > self.max_rows:
+            if cur and (used + cost > self.max_rows or r.servable.scoring != cur[0].servable.scoring):
                 out.append(cur)
                 cur, used = [], 0
             cur.append(r)
@@ -242,12 +243,7 @@ class Engine:
             ex_s = [r.servable for r in rows for _ in r.servable.task.verbalizers]
             ex_x = [r.text for r in rows for _ in r.servable.task.verbalizers]
             ex_t = [v for r in rows for v in r.servable.task.verbalizers]
-            lp = self._logprob(ex_s, ex_x, ex_t)
-            logits, k = [], 0
-            for r in rows:
-                c = len(r.servable.task.verbalizers)
-                logits.append(lp[k : k + c])
-                k += c
+            logits = list(self._logprob(ex_s, ex_x, ex_t).split([len(r.servable.task.verbalizers) for r in rows]))
         return [_choice_answer(r, lg) for r, lg in zip(rows, logits)]
 
     def _encode(self, prompts: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
@@ -263,7 +259,7 @@ class Engine:
     def _logprob(self, servables: list[Servable], texts: list[str], targets: list[str]) -> torch.Tensor:
         """Summed log p(target | prompt_i, text) per row, as `Backbone.sequence_logprob` computes it. [R]"""
         bb = self.backbone
-        batch = bb.lm_batch(texts, targets)  # the offline tokenisation, exactly
+        batch = bb.lm_batch(texts, targets, scoring=servables[0].scoring)  # the offline tokenisation, exactly
         ids, att, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         prompts = [s.prompt for s in servables]
         self.forwards += 1
@@ -463,7 +459,7 @@ class Engine:
                 if self.backbone.kind == "encoder":
                     logits = torch.cat([readout.choice_logits(model, inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
                 else:
-                    logits = self.backbone.score_choices(inputs, s.task.verbalizers, model)
+                    logits = self.backbone.score_choices(inputs, s.task.verbalizers, model, scoring=s.scoring)
             return [_choice_answer(_Row(0, i, s, x), lg) for i, (x, lg) in enumerate(zip(inputs, logits))]
         preds = p.predict(examples)
         return [Answer(input=q.input, prediction=q.prediction, label=q.label,

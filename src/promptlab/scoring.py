@@ -1,0 +1,190 @@
+"""Log-likelihood of a continuation after a context: how choices are tokenised, batched and scored.
+
+Two conventions (`--scoring`, recorded in every run and artifact):
+- `lmeval` (the default): lm-evaluation-harness's `loglikelihood` requests, so zero- and few-shot numbers sit
+  beside the ones users know. The continuation is the target delimiter " " + the verbalizer, no EOS; the context's
+  trailing spaces move to the continuation; a causal model encodes context + continuation whole and splits at the
+  context's length (special tokens as the tokenizer adds them by default, none when the text already starts with
+  the BOS string; an empty context is the BOS token, EOS where there is none); a seq2seq encoder reads the context
+  as the tokenizer encodes it (T5 appends </s>), the decoder the continuation without special tokens.
+  `acc_norm` divides each choice's log-likelihood by the verbalizer's length in characters (lm-eval's
+  `completion_len`, taken without the delimiter).
+- `eos`: promptlab's earlier convention: context and " " + verbalizer + EOS tokenised apart (seq2seq: the
+  verbalizer with the tokenizer's special tokens), kept so older artifacts score as they were trained.
+Text answers are always trained with EOS (a generated answer has to learn to stop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .config import SCORINGS
+from .model_layout import encoder_reusable
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
+
+__all__ = ["SCORINGS", "encode_pairs", "lm_batch", "normalised", "score_choices", "sequence_logprob"]
+TARGET_DELIMITER = " "  # lm-eval's default target_delimiter
+
+
+def prefix_token_id(tokenizer: Any) -> int:
+    """What lm-eval conditions an empty context on: BOS, else EOS."""
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def _encode(tokenizer: Any, texts: list[str], special: bool | None) -> list[list[int]]:
+    """lm-eval's `tok_encode`: `special` None is the tokenizer's default, except for a text that already starts
+    with the prefix token's string (a rendered chat template, say), which gets none added."""
+    if special is not None:
+        return tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
+    mark = tokenizer.decode([prefix_token_id(tokenizer)])
+    plain = [i for i, t in enumerate(texts) if not (mark and t.startswith(mark))]
+    out: list[list[int]] = [[] for _ in texts]
+    for idx, add in ((plain, True), (sorted(set(range(len(texts))) - set(plain)), False)):
+        if idx:
+            for i, ids in zip(idx, tokenizer([texts[i] for i in idx], add_special_tokens=add)["input_ids"]):
+                out[i] = ids
+    return out
+
+
+def encode_pairs(tokenizer: Any, kind: str, contexts: Sequence[str], choices: Sequence[str],
+                 special: bool | None = None) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per pair, exactly as lm-eval's HFLM.loglikelihood and `_encode_pair` make
+    them for the request (context, TARGET_DELIMITER + choice). `special`: as `_encode`'s (None: lm-eval's)."""
+    ctxs, conts = [], []
+    for c, ch in zip(contexts, choices):
+        cont = TARGET_DELIMITER + ch
+        n = len(c) - len(c.rstrip())
+        if n:
+            c, cont = c[:-n], c[-n:] + cont
+        ctxs.append(c)
+        conts.append(cont)
+    out: list[tuple[list[int], list[int]]] = [([], [])] * len(ctxs)
+    full = [i for i, c in enumerate(ctxs) if c]
+    empty = [i for i, c in enumerate(ctxs) if not c]
+    if empty:  # lm-eval: the prefix token stands for the context, unless the continuation starts with it
+        first = prefix_token_id(tokenizer)
+        for i, cont in zip(empty, _encode(tokenizer, [conts[i] for i in empty], False)):
+            out[i] = ([first], cont) if cont[:1] != [first] else (cont[:1], cont[1:])
+    if full:
+        ctx_ids = _encode(tokenizer, [ctxs[i] for i in full], special)
+        if kind == "seq2seq":  # encoded apart: the encoder and the decoder read them
+            cont_ids = _encode(tokenizer, [conts[i] for i in full], False)
+        else:  # encoded whole and split at the context's length, as lm-eval does
+            whole = _encode(tokenizer, [ctxs[i] + conts[i] for i in full], special)
+            cont_ids = [w[len(c):] for w, c in zip(whole, ctx_ids)]
+        for i, c, t in zip(full, ctx_ids, cont_ids):
+            out[i] = (c, t)
+    return out
+
+
+def lm_batch(bb: Backbone, prompts: Sequence[str], targets: Sequence[str], model: Any = None,
+             scoring: str = "lmeval", special: bool | None = None) -> dict[str, torch.Tensor]:
+    """Tokenise (prompt, target) pairs for a loss on the target only; padding and prompt are -100 in `labels`.
+    `model`: the model the batch is for (a soft prompt's virtual tokens are kept room for)."""
+    if scoring == "eos":
+        return _eos_batch(bb, prompts, targets, model)
+    budget = bb.input_budget(model)
+    pairs = encode_pairs(bb.tokenizer, bb.kind, prompts, targets, special)
+    pad = bb.tokenizer.pad_token_id
+    if bb.kind == "seq2seq":
+        # lm-eval keeps the context's last max_length tokens, and the continuation whole
+        enc = [c[-budget:] for c, _ in pairs]
+        ids, att = _right_pad(enc, pad)
+        lab, _ = _right_pad([t[: bb.max_length] for _, t in pairs], -100)
+        return {"input_ids": ids.to(bb.device), "attention_mask": att.to(bb.device), "labels": lab.to(bb.device)}
+    # causal: the context cut on the left where context + continuation run past the budget (lm-eval does too)
+    rows = []
+    for c, t in pairs:
+        t = t[: budget - 1]
+        rows.append((c[len(c) + len(t) - budget:] if len(c) + len(t) > budget else c, t))
+    return _causal_rows(bb, rows)
+
+
+def _right_pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), value, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
+        att[r, : len(s)] = 1
+    return ids, att
+
+
+def _causal_rows(bb: Backbone, rows: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """prompt + target per row, right-padded: right padding keeps the absolute positions of GPT-2-style models
+    right (PEFT prompt learning drops position_ids)."""
+    ids, att = _right_pad([p + t for p, t in rows], bb.tokenizer.pad_token_id)
+    lab = torch.full_like(ids, -100)
+    for r, (p, t) in enumerate(rows):
+        lab[r, len(p) : len(p) + len(t)] = torch.tensor(t, dtype=torch.long)
+    return {"input_ids": ids.to(bb.device), "attention_mask": att.to(bb.device), "labels": lab.to(bb.device)}
+
+
+def _eos_batch(bb: Backbone, prompts: Sequence[str], targets: Sequence[str], model: Any) -> dict[str, torch.Tensor]:
+    """The `eos` convention: prompt and " " + target + EOS tokenised apart, so the boundary is exact."""
+    eos = bb.tokenizer.eos_token or ""
+    if bb.kind == "seq2seq":
+        enc = bb._tok(prompts, max_length=bb.input_budget(model))  # BART's encoder positions are absolute
+        labels = bb.tokenizer(list(targets), padding=True, truncation=True, max_length=bb.max_length,
+                              return_tensors="pt")
+        lab = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100).to(bb.device)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab}
+    budget = bb.input_budget(model)
+    p_ids = bb.tokenizer(list(prompts), add_special_tokens=False, truncation=True, max_length=budget)["input_ids"]
+    t_ids = [t[: budget - 1] for t in bb.tokenizer([" " + t + eos for t in targets], add_special_tokens=False)["input_ids"]]
+    return _causal_rows(bb, [(p[len(p) - (budget - len(t)):] if len(p) + len(t) > budget else p, t)
+                             for p, t in zip(p_ids, t_ids)])
+
+
+def sequence_logprob(bb: Backbone, batch: dict[str, torch.Tensor], model: Any = None, **extra: Any) -> torch.Tensor:
+    """Sum of log p(target token) per row, with gradients. [B] `extra`: e.g. precomputed encoder_outputs."""
+    model = model or bb.model
+    labels = batch["labels"]
+    if bb.kind == "seq2seq":
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, **extra)
+        logits = out.logits  # [B, T, V]
+        tgt = labels
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = out.logits[:, -labels.shape[1] :][:, :-1]  # drop virtual-token positions; predict next
+        tgt = labels[:, 1:]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    mask = tgt != -100
+    picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(-1)
+
+
+@torch.inference_mode()
+def score_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], model: Any = None,
+                  batch_size: int = 32, scoring: str = "lmeval", special: bool | None = None) -> torch.Tensor:
+    """Log-likelihood of every choice after every prompt. [N, C]"""
+    n, c = len(prompts), len(choices)
+    scores = torch.empty(n, c)
+    per = max(1, batch_size // c)
+    reuse = bb.kind == "seq2seq" and c > 1 and encoder_reusable(model or bb.model)
+    for idx in bb._batches(prompts, per):
+        rows_p = [prompts[i] for i in idx for _ in choices]
+        rows_t = [ch for _ in idx for ch in choices]
+        batch = lm_batch(bb, rows_p, rows_t, model, scoring, special)
+        extra = {}
+        if reuse:
+            # Each prompt sits in c rows: encode one copy (one decoder step rides along) and share the states,
+            # instead of encoding the same input once per choice.
+            one = torch.arange(0, len(rows_p), c)
+            start = torch.full((len(idx), 1), int(bb.model.config.decoder_start_token_id or 0), device=bb.device)
+            enc = (model or bb.model)(input_ids=batch["input_ids"][one], attention_mask=batch["attention_mask"][one],
+                                      decoder_input_ids=start)
+            extra = {"encoder_outputs": (enc.encoder_last_hidden_state.repeat_interleave(c, dim=0),)}
+        lp = sequence_logprob(bb, batch, model, **extra)
+        scores[idx] = lp.view(len(idx), c).float().cpu()
+    return scores
+
+
+def normalised(scores: torch.Tensor, choices: Sequence[str]) -> torch.Tensor:
+    """lm-eval's acc_norm scores: each choice's log-likelihood over its length in characters. [N, C]"""
+    return scores / torch.tensor([float(max(1, len(ch))) for ch in choices])
