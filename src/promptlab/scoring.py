@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import SCORINGS
-from .model_layout import encoder_reusable
+from .model_layout import encoder_reusable, virtual_tokens
 
 if TYPE_CHECKING:
     from .backbones import Backbone
@@ -153,10 +153,11 @@ def sequence_logprob(bb: Backbone, batch: dict[str, torch.Tensor], model: Any = 
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits[:, -labels.shape[1] :][:, :-1]  # drop virtual-token positions; predict next
         tgt = labels[:, 1:]
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    # log-softmax at the target positions only: over the whole [B, T, V] it cost more than a small model's forward
     mask = tgt != -100
-    picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1)
+    rows = mask.nonzero()[:, 0]
+    picked = logits[mask].float().log_softmax(-1).gather(-1, tgt[mask].unsqueeze(-1)).squeeze(-1)  # [M]
+    return torch.zeros(labels.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
 
 
 @torch.inference_mode()
@@ -167,7 +168,12 @@ def score_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], 
     scores = torch.empty(n, c)
     per = max(1, batch_size // c)
     reuse = bb.kind == "seq2seq" and c > 1 and encoder_reusable(model or bb.model)
-    for idx in bb._batches(prompts, per):
+    todo = list(range(n))
+    if bb.kind == "causal" and scoring == "lmeval" and c > 1 and not virtual_tokens(model or bb.model):
+        # one-token choices (most verbalizers): one forward per prompt instead of one per choice, as lm-eval does
+        scores, todo = _one_token_choices(bb, prompts, choices, model, batch_size, special)
+    for part in bb._batches([prompts[i] for i in todo], per):
+        idx = [todo[i] for i in part]
         rows_p = [prompts[i] for i in idx for _ in choices]
         rows_t = [ch for _ in idx for ch in choices]
         batch = lm_batch(bb, rows_p, rows_t, model, scoring, special)
@@ -183,6 +189,39 @@ def score_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], 
         lp = sequence_logprob(bb, batch, model, **extra)
         scores[idx] = lp.view(len(idx), c).float().cpu()
     return scores
+
+
+def _one_token_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], model: Any, batch_size: int,
+                       special: bool | None) -> tuple[torch.Tensor, list[int]]:
+    """What lm-eval's one-token continuation cache computes: the next-token log-probabilities after each context
+    (one row per prompt, not per choice), read at every choice's token. Returns the scores [N, C] and the prompts
+    where some choice is not one token after this context (a merge across the boundary): the caller scores those
+    row by row."""
+    c = len(choices)
+    scores = torch.empty(len(prompts), c)
+    budget = bb.input_budget(model)
+    rest: list[int] = []
+    for idx in bb._batches(prompts, batch_size):
+        pairs = encode_pairs(bb.tokenizer, bb.kind, [prompts[i] for i in idx for _ in choices], list(choices) * len(idx),
+                             special)
+        keep, ctxs, toks = [], [], []
+        for r, i in enumerate(idx):
+            mine = pairs[r * c : (r + 1) * c]
+            if all(len(t) == 1 for _, t in mine):
+                keep.append(i)
+                ctxs.append(mine[0][0][-(budget - 1):])
+                toks.append([t[0] for _, t in mine])
+            else:
+                rest.append(i)
+        if not keep:
+            continue
+        ids, att = _right_pad(ctxs, bb.tokenizer.pad_token_id)
+        logits = (model or bb.model)(input_ids=ids.to(bb.device), attention_mask=att.to(bb.device)).logits
+        logits = logits[:, -ids.shape[1]:]  # drop a soft prompt's virtual-token positions
+        last = logits[torch.arange(len(keep), device=logits.device), (att.sum(1) - 1).to(logits.device)]  # [B, V]
+        logp = last.float().log_softmax(-1).gather(-1, torch.tensor(toks, device=logits.device))
+        scores[keep] = logp.cpu()
+    return scores, rest
 
 
 def normalised(scores: torch.Tensor, choices: Sequence[str]) -> torch.Tensor:
