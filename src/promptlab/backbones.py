@@ -251,7 +251,8 @@ class Backbone:
         return out
 
     # -- generative: log-likelihood (scoring.py holds the conventions) --------------------------------
-    def lm_batch(self, prompts: Sequence[str], targets: Sequence[str], model: Any = None, scoring: str = "lmeval",
+    def lm_batch(self, prompts: Sequence[str], targets: Sequence[str], model: Any = None,
+                 scoring: str | Sequence[str] = "lmeval",
                  special: bool | None = None) -> dict[str, torch.Tensor]:
         return scoring_mod.lm_batch(self, prompts, targets, model, scoring, special)
 

@@ -83,9 +83,12 @@ def encode_pairs(tokenizer: Any, kind: str, contexts: Sequence[str], choices: Se
 
 
 def lm_batch(bb: Backbone, prompts: Sequence[str], targets: Sequence[str], model: Any = None,
-             scoring: str = "lmeval", special: bool | None = None) -> dict[str, torch.Tensor]:
+             scoring: str | Sequence[str] = "lmeval", special: bool | None = None) -> dict[str, torch.Tensor]:
     """Tokenise (prompt, target) pairs for a loss on the target only; padding and prompt are -100 in `labels`.
-    `model`: the model the batch is for (a soft prompt's virtual tokens are kept room for)."""
+    `model`: the model the batch is for (a soft prompt's virtual tokens are kept room for). `scoring`: one
+    convention, or one per row (the server batches prompts made under either)."""
+    if not isinstance(scoring, str):
+        return _mixed_batch(bb, prompts, targets, model, list(scoring), special)
     if scoring == "eos":
         return _eos_batch(bb, prompts, targets, model)
     budget = bb.input_budget(model)
@@ -103,6 +106,25 @@ def lm_batch(bb: Backbone, prompts: Sequence[str], targets: Sequence[str], model
         t = t[: budget - 1]
         rows.append((c[len(c) + len(t) - budget:] if len(c) + len(t) > budget else c, t))
     return _causal_rows(bb, rows)
+
+
+def _mixed_batch(bb: Backbone, prompts: Sequence[str], targets: Sequence[str], model: Any, scorings: list[str],
+                 special: bool | None) -> dict[str, torch.Tensor]:
+    """Rows under different conventions in one batch: each group tokenised as `lm_batch` does, padded to one width
+    on the right (pad token, mask 0, label -100) and put back in row order."""
+    groups = {s: [i for i, x in enumerate(scorings) if x == s] for s in dict.fromkeys(scorings)}
+    if len(groups) == 1:
+        return lm_batch(bb, prompts, targets, model, scorings[0] if scorings else "lmeval", special)
+    parts = [(idx, lm_batch(bb, [prompts[i] for i in idx], [targets[i] for i in idx], model, s, special))
+             for s, idx in groups.items()]
+    fill = {"input_ids": bb.tokenizer.pad_token_id, "attention_mask": 0, "labels": -100}
+    order = torch.tensor([i for idx, _ in parts for i in idx]).argsort()
+    out = {}
+    for key, value in fill.items():
+        width = max(b[key].shape[1] for _, b in parts)
+        out[key] = torch.cat([torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=value)
+                              for _, b in parts])[order.to(parts[0][1][key].device)]
+    return out
 
 
 def _right_pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

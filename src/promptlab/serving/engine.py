@@ -181,7 +181,6 @@ class Engine:
             results[j] = [None] * len(texts)
             bucket = choice_rows if s.task.kind == "choices" else gen_rows
             bucket.extend(_Row(j, i, s, t) for i, t in enumerate(texts))
-        choice_rows.sort(key=lambda r: r.servable.scoring)  # one scoring convention per forward (_chunks)
         for rows, fn in ((choice_rows, self._choices), (gen_rows, self._generate), (score_rows, self._score)):
             for chunk in self._chunks(rows):
                 try:
@@ -226,7 +225,7 @@ class Engine:
         for r in rows:
             choices = r.max_new is None and r.ids is None and r.servable.task.kind == "choices"
             cost = len(r.servable.task.verbalizers) if choices and self.backbone.kind != "encoder" else 1
-            if cur and (used + cost > self.max_rows or r.servable.scoring != cur[0].servable.scoring):
+            if cur and used + cost > self.max_rows:
                 out.append(cur)
                 cur, used = [], 0
             cur.append(r)
@@ -259,7 +258,7 @@ class Engine:
     def _logprob(self, servables: list[Servable], texts: list[str], targets: list[str]) -> torch.Tensor:
         """Summed log p(target | prompt_i, text) per row, as `Backbone.sequence_logprob` computes it. [R]"""
         bb = self.backbone
-        batch = bb.lm_batch(texts, targets, scoring=servables[0].scoring)  # the offline tokenisation, exactly
+        batch = bb.lm_batch(texts, targets, scoring=[s.scoring for s in servables])  # the offline tokenisation
         ids, att, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         prompts = [s.prompt for s in servables]
         self.forwards += 1
