@@ -71,7 +71,9 @@ def encode_pairs(tokenizer: Any, kind: str, contexts: Sequence[str], choices: Se
         for i, cont in zip(empty, _encode(tokenizer, [conts[i] for i in empty], False)):
             out[i] = ([first], cont) if cont[:1] != [first] else (cont[:1], cont[1:])
     if full:
-        ctx_ids = _encode(tokenizer, [ctxs[i] for i in full], special)
+        uniq = list(dict.fromkeys(ctxs[i] for i in full))  # a prompt's context is encoded once for all its choices
+        by_text = dict(zip(uniq, _encode(tokenizer, uniq, special)))
+        ctx_ids = [by_text[ctxs[i]] for i in full]
         if kind == "seq2seq":  # encoded apart: the encoder and the decoder read them
             cont_ids = _encode(tokenizer, [conts[i] for i in full], False)
         else:  # encoded whole and split at the context's length, as lm-eval does
