@@ -96,6 +96,26 @@ def test_one_forward_per_prompt_equals_a_row_per_choice(models):
     assert torch.allclose(fast, rows, atol=1e-5)
 
 
+def test_scoring_is_recorded_in_the_run_and_reloaded(tiny_models, run_cli, tmp_path):
+    """--scoring shapes training and scoring, lands in config.yaml and promptlab.json, and `eval --prompt` scores
+    under the artifact's; the default run reports lm-eval's acc_norm beside accuracy."""
+    common = ["--task", "sentiment", "--model", tiny_models["causal"], "--limit", "8", "--seed", "1"]
+    code, _, err = run_cli("train", *common, "--method", "prompt-tuning", "--train-size", "8", "--epochs", "1",
+                           "--virtual-tokens", "2", "--scoring", "eos", "--out", tmp_path / "pt")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "pt" / "artifact" / "promptlab.json").read_text())
+    assert meta["extras"]["run"]["scoring"] == "eos"
+    code, _, err = run_cli("eval", *common, "--prompt", tmp_path / "pt", "--out", tmp_path / "again")
+    assert code == 0, err
+    first, again = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("pt", "again"))
+    assert again["config"]["scoring"] == "eos"
+    assert again["metrics"] == pytest.approx(first["metrics"])
+    code, _, err = run_cli("eval", *common, "--method", "zero-shot", "--out", tmp_path / "zs")
+    assert code == 0, err
+    zs = json.loads((tmp_path / "zs" / "metrics.json").read_text())
+    assert zs["config"]["scoring"] == "lmeval" and 0.0 <= zs["metrics"]["acc_norm"] <= 1.0
+
+
 def lmeval_scores(path: Path, kind: str) -> list[list[float]]:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
