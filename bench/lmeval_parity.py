@@ -131,8 +131,10 @@ def main() -> None:
     data = {name: read_rows(name, args.n) for name in args.tasks.split(",")}
     skipped = [k for k, v in data.items() if v is None]
     data = {k: v for k, v in data.items() if v is not None}
+    # The tokenizer learns the data, and the template and verbalizer words as a real vocabulary holds them (" positive",
+    # " no" are one token in GPT-2's and Llama's): lmeval_tiny.corpus() repeats them.
     texts = [" ".join(str(v) for k, v in r.items() if k != "label") for rows in data.values() for part in rows
-             for r in part]
+             for r in part] + lmeval_tiny.corpus() * 5
     results = []
     for kind in args.models.split(","):
         mdir = lmeval_tiny.build(kind, root / "models" / kind, seed=0, texts=texts, vocab=4000, positions=2048)

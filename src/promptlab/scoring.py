@@ -177,11 +177,11 @@ def sequence_logprob(bb: Backbone, batch: dict[str, torch.Tensor], model: Any = 
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         logits = out.logits[:, -labels.shape[1] :][:, :-1]  # drop virtual-token positions; predict next
         tgt = labels[:, 1:]
-    # log-softmax at the target positions only: over the whole [B, T, V] it cost more than a small model's forward
-    mask = tgt != -100
-    rows = mask.nonzero()[:, 0]
-    picked = logits[mask].float().log_softmax(-1).gather(-1, tgt[mask].unsqueeze(-1)).squeeze(-1)  # [M]
-    return torch.zeros(labels.shape[0], dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
+    # x_t - logsumexp(x): a full [B, T, V] log-softmax tensor is never written (it cost more than a small model's
+    # forward); no boolean indexing, so batches on the `meta` device run too
+    lf = logits.float()
+    picked = lf.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) - lf.logsumexp(-1)  # [B, T]
+    return (picked * (tgt != -100)).sum(-1)
 
 
 @torch.inference_mode()
