@@ -16,6 +16,7 @@ Text answers are always trained with EOS (a generated answer has to learn to sto
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -239,13 +240,31 @@ def _one_token_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[s
                 rest.append(i)
         if not keep:
             continue
-        ids, att = _right_pad(ctxs, bb.tokenizer.pad_token_id)
-        logits = (model or bb.model)(input_ids=ids.to(bb.device), attention_mask=att.to(bb.device)).logits
-        logits = logits[:, -ids.shape[1]:]  # drop a soft prompt's virtual-token positions
-        last = logits[torch.arange(len(keep), device=logits.device), (att.sum(1) - 1).to(logits.device)]  # [B, V]
-        logp = last.float().log_softmax(-1).gather(-1, torch.tensor(toks, device=logits.device))
+        last = _last_logits(bb, model or bb.model, ctxs)  # [B, V]
+        logp = last.float().log_softmax(-1).gather(-1, torch.tensor(toks, device=last.device))
         scores[keep] = logp.cpu()
     return scores, rest
+
+
+def _last_logits(bb: Backbone, model: Any, ctxs: list[list[int]]) -> torch.Tensor:
+    """The logits after each context's last token. [B, V] Where the model takes them, left padding with explicit
+    positions and `logits_to_keep=1`: the LM head and the softmax run on one position per row instead of all
+    (for a small model they cost more than its layers)."""
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" not in params or "position_ids" not in params:
+        ids, att = _right_pad(ctxs, bb.tokenizer.pad_token_id)
+        logits = model(input_ids=ids.to(bb.device), attention_mask=att.to(bb.device)).logits
+        return logits[torch.arange(len(ctxs), device=logits.device), (att.sum(1) - 1).to(logits.device)]
+    width = max(len(c) for c in ctxs)
+    ids = torch.full((len(ctxs), width), bb.tokenizer.pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(ctxs), width), dtype=torch.long)
+    for r, c in enumerate(ctxs):
+        ids[r, width - len(c):] = torch.tensor(c, dtype=torch.long)
+        att[r, width - len(c):] = 1
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids.to(bb.device), attention_mask=att.to(bb.device), position_ids=pos.to(bb.device),
+                logits_to_keep=1)
+    return out.logits[:, -1]
 
 
 def normalised(scores: torch.Tensor, choices: Sequence[str]) -> torch.Tensor:
