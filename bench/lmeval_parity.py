@@ -7,7 +7,7 @@ ones promptlab's few-shot method picks (2 per class, seed 0), written to lm-eval
 order by its `first_n` sampler. Per-example log-likelihoods, picks (acc and acc_norm) and accuracies are compared;
 throughput is the median of --repeats timings, same batch size and torch threads, in one process.
 
-    PYTHONPATH=src:tests python bench/lmeval_parity.py --n 200 --threads 2 --batch-size 32 --repeats 3
+    PYTHONPATH=src:tests python bench/lmeval_parity.py --n 100 --repeats 3 --threads 2 --batch-size 32
 
 Needs the optional extra `lm-eval` (pip install 'promptlab[lmeval]'); skips a task whose data is absent.
 """
