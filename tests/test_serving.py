@@ -131,7 +131,7 @@ def offline_logits(pred, bb, exs: list[Example]) -> torch.Tensor:
     model = getattr(pred, "model", None) or bb.model
     if bb.kind == "encoder":
         return pred.readout.choice_logits(model, inputs)
-    return bb.score_choices(inputs, pred.task.verbalizers, model)
+    return bb.score_choices(inputs, pred.task.verbalizers, model, scoring=pred.scoring)
 
 
 def serve_all(bb, art: dict[str, Path], engine: Engine) -> dict[str, object]:

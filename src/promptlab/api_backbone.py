@@ -226,9 +226,13 @@ class ApiBackbone:
     # -- choices ---------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str], model: Any = None,
-                      batch_size: int = 32) -> torch.Tensor:
+                      batch_size: int = 32, scoring: str = "lmeval", special: bool | None = None) -> torch.Tensor:
         """Log-likelihood of every choice after every prompt [N, C] (or, where the server gives none, 0 for the
-        choice a generated answer matches and NO_MATCH for the rest)."""
+        choice a generated answer matches and NO_MATCH for the rest). Always lm-eval's convention (`scoring`):
+        a server's echo gives the prompt's tokens as it tokenised them, and no EOS after a choice."""
+        if scoring != "lmeval":
+            raise ConfigError(f"--scoring {scoring}: an API model scores choices as lm-eval does (' ' + choice, no "
+                              "EOS); drop the flag")
         prompts, choices = list(prompts), list(choices)
         if not prompts:
             return torch.empty(0, len(choices))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from .backbones import Backbone
 from .errors import ConfigError, ModelError
+from .scoring import SCORINGS
 from .tasks.base import Task
 
 META_FILE = "promptlab.json"
@@ -54,7 +55,7 @@ def artifact_meta(path: str | Path) -> dict[str, Any]:
 
 
 # What a run that made an artifact used and `eval --prompt` repeats unless told otherwise (RunConfig fields).
-RUN_SETTINGS = ("model", "data", "max_input_tokens")
+RUN_SETTINGS = ("model", "data", "max_input_tokens", "scoring")
 
 
 def run_record(cfg: Any) -> dict[str, Any]:
@@ -75,14 +76,16 @@ def recorded_run(path: str | Path) -> dict[str, Any]:
         except (yaml.YAMLError, UnicodeDecodeError, OSError):
             found = None
     found = found if isinstance(found, dict) else {"model": (meta.get("backbone") or {}).get("name")}
-    kinds = {"model": str, "data": str, "max_input_tokens": int}
+    kinds = {"model": str, "data": str, "max_input_tokens": int, "scoring": str}
 
     def usable(key: str, value: Any) -> bool:  # a hand-edited record is skipped, not trusted
         if value is None:
             return key != "model"
-        return isinstance(value, kinds[key]) and not isinstance(value, bool)
+        return isinstance(value, kinds[key]) and not isinstance(value, bool) and (
+            key != "scoring" or value in SCORINGS)
 
-    return {k: found[k] for k in RUN_SETTINGS if k in found and usable(k, found[k])}
+    # An artifact made before --scoring existed was trained and scored with EOS after the verbalizer.
+    return {"scoring": "eos", **{k: found[k] for k in RUN_SETTINGS if k in found and usable(k, found[k])}}
 
 
 # What loaders read from promptlab.json, and its JSON type: required keys, then optional ones (null allowed).

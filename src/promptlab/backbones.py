@@ -20,13 +20,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from . import scoring as scoring_mod
 from .api_backbone import ApiBackbone, is_api_model, load_api_backbone
 from .attention import use_fast_attention
 from .chat import add_specials
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, ModelError, first_line
 from .model_layout import (
-    encoder_reusable,
     input_prompt,
     left_padded_embeds,
     model_positions,
@@ -257,79 +257,18 @@ class Backbone:
             out[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu()
         return out
 
-    # -- generative: log-likelihood ---------------------------------------------------------------
-    def lm_batch(self, prompts: Sequence[str], targets: Sequence[str], model: Any = None) -> dict[str, torch.Tensor]:
-        """Tokenise (prompt, target) pairs for a loss on the target only; padding and prompt are -100.
-        `model`: the model the batch is for; a soft prompt's virtual tokens are kept room for."""
-        eos = self.tokenizer.eos_token or ""
-        if self.kind == "seq2seq":
-            enc = self._tok(prompts, max_length=self.input_budget(model))  # BART's encoder positions are absolute
-            labels = self.tokenizer(list(targets), padding=True, truncation=True, max_length=self.max_length,
-                                    return_tensors="pt")
-            lab = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100).to(self.device)
-            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab}
-        # causal: prompt and target tokenised apart so the boundary is exact; right padding keeps the
-        # absolute positions of GPT-2-style models right (PEFT prompt learning drops position_ids).
-        budget = self.input_budget(model)
-        p_ids = self.tokenizer(list(prompts), add_special_tokens=False, truncation=True,
-                               max_length=budget)["input_ids"]
-        t_ids = [t[: budget - 1] for t in self.tokenizer([" " + t + eos for t in targets], add_special_tokens=False)["input_ids"]]
-        rows = [(p[len(p) - (budget - len(t)) :] if len(p) + len(t) > budget else p, t) for p, t in zip(p_ids, t_ids)]
-        width = max(len(p) + len(t) for p, t in rows)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        att = torch.zeros((len(rows), width), dtype=torch.long)
-        lab = torch.full((len(rows), width), -100, dtype=torch.long)
-        for r, (p, t) in enumerate(rows):
-            seq = p + t
-            ids[r, : len(seq)] = torch.tensor(seq)
-            att[r, : len(seq)] = 1
-            lab[r, len(p) : len(seq)] = torch.tensor(t)
-        return {"input_ids": ids.to(self.device), "attention_mask": att.to(self.device), "labels": lab.to(self.device)}
+    # -- generative: log-likelihood (scoring.py holds the conventions) --------------------------------
+    def lm_batch(self, prompts: Sequence[str], targets: Sequence[str], model: Any = None,
+                 scoring: str | Sequence[str] = "lmeval",
+                 special: bool | None = None) -> dict[str, torch.Tensor]:
+        return scoring_mod.lm_batch(self, prompts, targets, model, scoring, special)
 
     def sequence_logprob(self, batch: dict[str, torch.Tensor], model: Any = None, **extra: Any) -> torch.Tensor:
-        """Sum of log p(target token) per row, with gradients. [B] `extra`: e.g. precomputed encoder_outputs."""
-        model = model or self.model
-        labels = batch["labels"]
-        if self.kind == "seq2seq":
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, **extra)
-            logits = out.logits  # [B, T, V]
-            tgt = labels
-        else:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            logits = out.logits[:, -labels.shape[1] :][:, :-1]  # drop virtual-token positions; predict next
-            tgt = labels[:, 1:]
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        mask = tgt != -100
-        picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (picked * mask).sum(-1)
+        return scoring_mod.sequence_logprob(self, batch, model, **extra)
 
-    @torch.inference_mode()
-    def score_choices(
-        self, prompts: Sequence[str], choices: Sequence[str], model: Any = None, batch_size: int = 32
-    ) -> torch.Tensor:
-        """Log-likelihood of every choice after every prompt. [N, C]"""
-        n, c = len(prompts), len(choices)
-        scores = torch.empty(n, c)
-        per = max(1, batch_size // c)
-        reuse = self.kind == "seq2seq" and c > 1 and encoder_reusable(model or self.model)
-        for idx in self._batches(prompts, per):
-            rows_p = [prompts[i] for i in idx for _ in choices]
-            rows_t = [ch for _ in idx for ch in choices]
-            batch = self.lm_batch(rows_p, rows_t, model)
-            extra = {}
-            if reuse:
-                # Each prompt sits in c rows: encode one copy (one decoder step rides along) and share the states,
-                # instead of encoding the same input once per choice.
-                one = torch.arange(0, len(rows_p), c)
-                start = torch.full((len(idx), 1), int(self.model.config.decoder_start_token_id or 0),
-                                   device=self.device)
-                enc = (model or self.model)(input_ids=batch["input_ids"][one], attention_mask=batch["attention_mask"][one],
-                                            decoder_input_ids=start)
-                extra = {"encoder_outputs": (enc.encoder_last_hidden_state.repeat_interleave(c, dim=0),)}
-            lp = self.sequence_logprob(batch, model, **extra)
-            scores[idx] = lp.view(len(idx), c).float().cpu()
-        return scores
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[str], model: Any = None, batch_size: int = 32,
+                      scoring: str = "lmeval", special: bool | None = None) -> torch.Tensor:
+        return scoring_mod.score_choices(self, prompts, choices, model, batch_size, scoring, special)
 
     # -- generative: text -------------------------------------------------------------------------
     @torch.inference_mode()

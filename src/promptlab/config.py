@@ -28,6 +28,7 @@ DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 PRICE_RE = re.compile(r"^\s*\d+(\.\d*)?\s*,\s*\d+(\.\d*)?\s*$")
 TRAINING = ("train", "compare")
 SPLITTING = ("eval", "train", "compare")  # the commands that load the task's data and carve its dev slice
+SCORINGS = ("lmeval", "eos")  # scoring.py: how a generative model's choices are scored
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,10 @@ class RunConfig:
                                 on=("eval", "predict"), metavar="DEV=SIZE,...")
     offload_dir: str | None = _f(None, "with --device-map: folder for the layers placed on disk",
                                  on=("eval", "predict"), metavar="DIR")
+    scoring: str = _f("lmeval", "how a seq2seq or causal model scores choices: lmeval (lm-evaluation-harness's "
+                                "convention: ' ' + verbalizer, no EOS; also reports acc_norm) or eos (verbalizer + "
+                                "EOS, promptlab's earlier convention); soft prompts train on the same target",
+                      choices=SCORINGS, on=SPLITTING)
     seed: int = _f(0, "seed for sampling, initialisation and data order",  # torch's generator takes a 64-bit seed
                    range=Range(lambda v: 0 <= v < 2**63, "must be between 0 and 2**63 - 1, got {value}; e.g. 0"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training settings"})

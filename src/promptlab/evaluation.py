@@ -48,9 +48,13 @@ def evaluate(predictor: Predictor, task: Task, examples: list[Example], batch_si
     if task.kind == "choices":
         golds = [ex.label for ex in examples]
         scores = metrics.compute(task.metrics, [p.label for p in preds], golds, n_labels=len(task.labels))
+        norm = bool(preds) and all(p.label_norm is not None for p in preds)  # a generative readout: lm-eval's acc_norm
+        if norm:
+            scores["acc_norm"] = metrics.accuracy([p.label_norm for p in preds], golds)
         for ex, p in zip(examples, preds):
             records.append({"id": ex.id, "input": p.input, "prediction": p.prediction, "gold": task.labels[ex.label],
-                            "score": p.score, "correct": int(p.label == ex.label)})
+                            "score": p.score, "correct": int(p.label == ex.label),
+                            **({"correct_norm": int(p.label_norm == ex.label)} if norm else {})})
     else:
         golds = [list(ex.answers) for ex in examples]
         scores = metrics.compute(task.metrics, [p.prediction for p in preds], golds)

@@ -72,6 +72,7 @@ def run_one(cfg: RunConfig, backbone: Backbone, task: Task, data: Data, out: Pat
     plan: dict[str, int] | None = None  # the work a training run is about to do
     if cfg.prompt:
         predictor = load_predictor(cfg.prompt, backbone, task)
+        predictor.use_scoring(cfg.scoring)  # the artifact's (config.prompt_config), unless --scoring says otherwise
         if cfg.max_new_tokens and predictor.readout is not None:  # the flag beats the length saved at training
             predictor.readout.max_new_tokens = cfg.max_new_tokens
         method_name, template, train_seconds = predictor.method, predictor.template, 0.0

@@ -210,7 +210,7 @@ def staged(out: Path) -> Iterator[Path]:
 # -- reading runs back (report.py) ------------------------------------------------------------------------
 # metric name -> fields of a predictions.jsonl record holding that metric per example, the first found used
 # (runs written before records had an "f1" field hold a text task's F1 in "score")
-PER_EXAMPLE = {"accuracy": ("correct",), "em": ("em",), "f1": ("f1", "score")}
+PER_EXAMPLE = {"accuracy": ("correct",), "acc_norm": ("correct_norm",), "em": ("em",), "f1": ("f1", "score")}
 
 
 def read_run(path: Path) -> dict[str, Any]:

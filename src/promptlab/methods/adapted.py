@@ -72,7 +72,7 @@ class AdaptedPredictor(Predictor):
         # eval's --max-new-tokens may have set the readout's length past the artifact's
         new_tokens = self.readout.max_new_tokens if self.readout is not None else self.max_new_tokens
         self.task, self.anchors = task, anchors
-        self.readout = Readout(self.backbone, task, anchors=anchors, max_new_tokens=new_tokens)
+        self.readout = Readout(self.backbone, task, anchors=anchors, max_new_tokens=new_tokens, scoring=self.scoring)
         self.anchors = self.readout.anchors
 
     def soft_prompt(self) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]] | None:
@@ -119,7 +119,7 @@ def fit_adapted(ctx: FitContext, method: AdaptedMethod, model: torch.nn.Module) 
     _check_room(ctx, model)
     # A soft prompt on a chat model trains on the very text it is evaluated on: the same chat rendering (inputs()).
     pred = AdaptedPredictor(method.name, ctx.backbone, ctx.task, ctx.template, model=model,
-                            max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens, chat=method.chat_format(ctx))
+                            max_new_tokens=cfg.max_new_tokens or ctx.task.max_new_tokens, chat=method.chat_format(ctx), scoring=cfg.scoring)
     if any(p.requires_grad and p.dtype != torch.float32 for p in model.parameters()):
         # bf16 weights cannot take small updates (8 mantissa bits): training them needs float32 master copies
         raise ConfigError(f"{method.name} trains the model's own weights, which are {cfg.dtype} here; use --dtype "

@@ -33,6 +33,7 @@ class Prediction:
     prediction: str
     label: int | None = None
     score: float = 0.0
+    label_norm: int | None = None  # generative choices: the pick by length-normalised log-likelihood (acc_norm)
 
 
 @dataclass
@@ -69,6 +70,13 @@ class Predictor:
     info: dict[str, Any] = field(default_factory=dict)  # how the fit went beyond the artifact: method_info
     readout: Readout | None = field(default=None, init=False, repr=False, compare=False)
     chat: ChatFormat | None = None  # the tokenizer's chat template renders the input (chat.py); None: raw text
+    scoring: str = "lmeval"  # how a generative model's choices are scored (scoring.py): the run's --scoring
+
+    def use_scoring(self, scoring: str) -> None:
+        """Score (and train) choices under `scoring`: the run's, or the one an artifact was made with."""
+        self.scoring = scoring
+        if self.readout is not None:
+            self.readout.scoring = scoring
 
     def inputs(self, examples: list[Example]) -> list[str]:
         """The exact text the model reads for each example: the templated input, as the user turn of a chat."""
@@ -158,6 +166,7 @@ class Method:
     # Renders the input through the tokenizer's chat template (--chat-template, --system-prompt, ...): the hard and
     # soft prompts; weight and head baselines read the bare input as they always did.
     reads_chat: ClassVar[bool] = False
+    scores_choices: ClassVar[bool] = True  # reads --scoring: a generative model's choices go through readout.py
 
     def template_for(self, task: Task, config: RunConfig, kind: str = "") -> Template:
         """The text around the input; long-context tasks select what fits around this template.
@@ -216,7 +225,8 @@ class Method:
         values; check_flags refuses the first, compare those that no method of it reads."""
         if cfg.train.prefix_projection:  # a YAML value is refused too: it would be recorded as if it had shaped a prefix
             given = given | {"prefix_projection"}
-        unread = [name for name in METHOD_SETTINGS if name in given and name not in self.reads(cfg)]
+        reads = self.reads(cfg) | ({"scoring"} if self.scores_choices else set())
+        unread = [name for name in METHOD_SETTINGS if name in given and name not in reads]
         return [Refusal(name, f"--{name.replace('_', '-')} {self.why_unread(name)}, drop the flag") for name in unread]
 
     def why_unread(self, name: str) -> str:
@@ -259,6 +269,7 @@ WHY_UNREAD = {
     "chat_template": "renders prompts through a chat template; {m} reads the bare input as raw text",
     "system_prompt": "is a chat template's system turn; {m} reads the bare input as raw text",
     "chat_template_kwargs": "sets a chat template's options; {m} reads the bare input as raw text",
+    "scoring": "sets how a generative model's choices are scored; {m} answers through its own head",
 }
 CHAT_SETTINGS = {"chat_template", "system_prompt", "chat_template_kwargs"}
 METHOD_SETTINGS = tuple(WHY_UNREAD)

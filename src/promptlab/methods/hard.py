@@ -165,7 +165,7 @@ class HardPredictor(Predictor):
     max_new_tokens: int = 16
 
     def __post_init__(self) -> None:
-        self.readout = Readout(self.backbone, self.task, max_new_tokens=self.max_new_tokens)
+        self.readout = Readout(self.backbone, self.task, max_new_tokens=self.max_new_tokens, scoring=self.scoring)
         self.extras = {"demos": [example_to_json(d) for d in self.demos], "selection": self.selection,
                        "shots": self.shots, "cot": self.cot, "max_new_tokens": self.max_new_tokens}
         if self.backbone.kind == "encoder" and self.demos and self.task.kind == "choices":
@@ -275,7 +275,7 @@ class ZeroShot(Method):
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
         return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, max_new_tokens=_new_tokens(ctx),
-                             chat=self.chat_format(ctx))
+                             chat=self.chat_format(ctx), scoring=ctx.config.scoring)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         return _load_hard(self.name, backbone, task, meta)
@@ -303,7 +303,7 @@ class FewShot(Method):
         fmt = self.chat_format(ctx)
         demos, shots, note = fit_demos(ctx, demos, hard.selection, hard.shots, fmt)
         return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, demos=demos, selection=hard.selection,
-                             shots=shots, max_new_tokens=_new_tokens(ctx), info=note, chat=fmt)
+                             shots=shots, max_new_tokens=_new_tokens(ctx), info=note, chat=fmt, scoring=ctx.config.scoring)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         return _load_hard(self.name, backbone, task, meta)
@@ -326,7 +326,7 @@ class ChainOfThought(Method):
     def fit(self, ctx: FitContext) -> Predictor:
         self.check(ctx.backbone, ctx.task)
         return HardPredictor(self.name, ctx.backbone, ctx.task, ctx.template, cot=True,
-                             max_new_tokens=_new_tokens(ctx), chat=self.chat_format(ctx))
+                             max_new_tokens=_new_tokens(ctx), chat=self.chat_format(ctx), scoring=ctx.config.scoring)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         self.check(backbone, task)

@@ -29,6 +29,7 @@ class HeadMethod(Method):
     kinds = ("encoder",)
     trains = True
     bare_input = True
+    scores_choices = False
 
     def check(self, backbone: Backbone, task: Task) -> None:
         super().check(backbone, task)

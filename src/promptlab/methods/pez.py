@@ -135,7 +135,7 @@ class Pez(PromptTuning):
         return PezPredictor(self.name, ctx.backbone, ctx.task, ctx.template, history=soft.history, extras=extras,
                             model=prompt_model(ctx.backbone, self, ids), anchors=soft.anchors,
                             max_new_tokens=soft.max_new_tokens, train_info=soft.train_info, info=notes, ids=ids,
-                            continuous=soft)
+                            continuous=soft, scoring=ctx.config.scoring)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         f = path / PEZ_FILE

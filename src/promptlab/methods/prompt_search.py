@@ -183,7 +183,8 @@ class PromptSearch(Method):
         chosen, won = cands[best[1]], preds[best[1]]
         pred = SearchPredictor(self.name, ctx.backbone, task, won.template, demos=won.demos, selection=hard.selection,
                                shots=won.shots, max_new_tokens=new_tokens, info=won.info, record=record, chat=won.chat,
-                               instruction=chosen.instruction, base_template=chosen.template.name)
+                               instruction=chosen.instruction, base_template=chosen.template.name,
+                               scoring=cfg.scoring)
         pred.search_info = {"search_on": hard.search_on, "scoring_pool": len(scoring), "max_scored": hard.search_size,
                             "demo_sets": len(sets), "evaluated": len(cands), "chosen": best[1],
                             "chosen_name": chosen.name(), "chosen_score": record[best[1]]["score"],
@@ -198,7 +199,7 @@ class PromptSearch(Method):
         hard, fmt = ctx.config.hard, self.chat_format(ctx)
         demos, shots, note = fit_demos(replace(ctx, template=tmpl), demos, hard.selection, hard.shots, fmt)
         return HardPredictor(self.name, ctx.backbone, ctx.task, tmpl, demos=demos, selection=hard.selection,
-                             shots=shots, max_new_tokens=new_tokens, info=note, chat=fmt)
+                             shots=shots, max_new_tokens=new_tokens, info=note, chat=fmt, scoring=ctx.config.scoring)
 
     def load(self, path: Path, backbone: Backbone, task: Task, meta: dict[str, Any]) -> Predictor:
         pred = _load_hard(self.name, backbone, task, meta)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..errors import ConfigError
+from ..scoring import normalised
 from ..tasks.base import Example, Task
 from .base import Prediction
 
@@ -36,6 +37,7 @@ class Readout:
     task: Task
     anchors: torch.Tensor | None = None
     max_new_tokens: int = 16
+    scoring: str = "lmeval"  # scoring.SCORINGS: how choices are scored, and what a choice target trains on
 
     def __post_init__(self) -> None:
         if self.task.kind == "choices" and not self.task.labels:
@@ -53,7 +55,7 @@ class Readout:
     def choice_logits(self, model: Any, inputs: list[str]) -> torch.Tensor:
         if self.backbone.kind == "encoder":
             return self._anchor_logits(self.backbone.encode(inputs, model))
-        return self.backbone.score_choices(inputs, self.task.verbalizers, model)
+        return self.backbone.score_choices(inputs, self.task.verbalizers, model, scoring=self.scoring)
 
     def _anchor_logits(self, emb: torch.Tensor) -> torch.Tensor:
         # Trained anchors (--train-anchors) drift off the unit sphere; frozen ones are unit-norm already.
@@ -66,7 +68,8 @@ class Readout:
             gold = torch.tensor([ex.label for ex in examples], device=logits.device)
             return F.cross_entropy(logits, gold)
         targets = [self.task.verbalizers[ex.label] if self.task.kind == "choices" else ex.answers[0] for ex in examples]
-        batch = self.backbone.lm_batch(inputs, targets, model)
+        # A choice trains on exactly what it is scored on (DESIGN.md); a text answer keeps EOS, to learn to stop.
+        batch = self.backbone.lm_batch(inputs, targets, model, self.scoring if self.task.kind == "choices" else "eos")
         return model(**batch).loss
 
     @torch.inference_mode()
@@ -77,14 +80,19 @@ class Readout:
         if self.backbone.kind == "encoder":  # embed sorts by length, and reuses an embedding_cache's texts
             logits = self._anchor_logits(self.backbone.embed(inputs, model, batch_size))
         else:
-            logits = self.backbone.score_choices(inputs, self.task.verbalizers, model, batch_size=batch_size)
+            logits = self.backbone.score_choices(inputs, self.task.verbalizers, model, batch_size=batch_size,
+                                                 scoring=self.scoring)
+            return predictions_from_scores(self.task, inputs, logits, normalised(logits, self.task.verbalizers))
         return predictions_from_scores(self.task, inputs, logits)
 
 
-def predictions_from_scores(task: Task, inputs: list[str], scores: torch.Tensor) -> list[Prediction]:
+def predictions_from_scores(task: Task, inputs: list[str], scores: torch.Tensor,
+                            norm: torch.Tensor | None = None) -> list[Prediction]:
+    """`norm`: the length-normalised scores of a generative readout, whose argmax is acc_norm's pick."""
     probs = torch.softmax(scores.float(), dim=-1)
     conf, best = probs.max(dim=-1)
+    picks = norm.argmax(dim=-1).tolist() if norm is not None else [None] * len(inputs)
     return [
-        Prediction(input=i, prediction=task.labels[int(b)], label=int(b), score=round(float(c), 6))
-        for i, b, c in zip(inputs, best, conf)
+        Prediction(input=i, prediction=task.labels[int(b)], label=int(b), score=round(float(c), 6), label_norm=n)
+        for i, b, c, n in zip(inputs, best, conf, picks)
     ]

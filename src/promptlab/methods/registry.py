@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..artifacts import artifact_dir, artifact_meta, check_compatible
+from ..artifacts import artifact_dir, artifact_meta, check_compatible, recorded_run
 from ..backbones import Backbone
 from ..errors import unknown
 from ..tasks import artifact_task
@@ -49,4 +49,6 @@ def load_predictor(path: str, backbone: Backbone, task: Task | None = None) -> P
     meta = artifact_meta(path)
     task = artifact_task(meta, task)
     check_compatible(meta, backbone, task, f"artifact '{path}'")
-    return get_method(meta["method"]).load(artifact_dir(path), backbone, task, meta)
+    pred = get_method(meta["method"]).load(artifact_dir(path), backbone, task, meta)
+    pred.use_scoring(recorded_run(path)["scoring"])  # as it was made (and trained): `eos` before --scoring existed
+    return pred

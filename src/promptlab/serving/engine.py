@@ -192,12 +192,7 @@ class Engine(Decoding):
             ex_s = [r.servable for r in rows for _ in r.servable.task.verbalizers]
             ex_x = [r.text for r in rows for _ in r.servable.task.verbalizers]
             ex_t = [v for r in rows for v in r.servable.task.verbalizers]
-            lp = self._logprob(ex_s, ex_x, ex_t)
-            logits, k = [], 0
-            for r in rows:
-                c = len(r.servable.task.verbalizers)
-                logits.append(lp[k : k + c])
-                k += c
+            logits = list(self._logprob(ex_s, ex_x, ex_t).split([len(r.servable.task.verbalizers) for r in rows]))
         return [_choice_answer(r, lg) for r, lg in zip(rows, logits)]
 
     def _encode(self, prompts: list[torch.Tensor], texts: list[str]) -> torch.Tensor:
@@ -213,7 +208,7 @@ class Engine(Decoding):
     def _logprob(self, servables: list[Servable], texts: list[str], targets: list[str]) -> torch.Tensor:
         """Summed log p(target | prompt_i, text) per row, as `Backbone.sequence_logprob` computes it. [R]"""
         bb = self.backbone
-        batch = bb.lm_batch(texts, targets)  # the offline tokenisation, exactly
+        batch = bb.lm_batch(texts, targets, scoring=[s.scoring for s in servables])  # the offline tokenisation
         ids, att, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         prompts = [s.prompt for s in servables]
         self.forwards += 1
@@ -307,7 +302,7 @@ class Engine(Decoding):
                 if self.backbone.kind == "encoder":
                     logits = torch.cat([readout.choice_logits(model, inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
                 else:
-                    logits = self.backbone.score_choices(inputs, s.task.verbalizers, model)
+                    logits = self.backbone.score_choices(inputs, s.task.verbalizers, model, scoring=s.scoring)
             return [_choice_answer(Row(0, i, s, x), lg) for i, (x, lg) in enumerate(zip(inputs, logits))]
         preds = p.predict(examples)
         return [Answer(input=q.input, prediction=q.prediction, label=q.label,

@@ -69,6 +69,7 @@ class Servable:
     extras: dict[str, Any] = field(default_factory=dict)
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer [heads, n, d] keys/values (causal)
     chat: ChatFormat | None = None  # a soft prompt's input is a chat template's user turn, as it was trained on
+    scoring: str = "lmeval"  # how its choices are scored (scoring.py): as the prompt was made
 
     @property
     def batchable(self) -> bool:
@@ -226,7 +227,7 @@ def _from_predictor(name: str, source: str, predictor: Predictor, backbone: Back
     family = get_method(predictor.method).family
     s = Servable(name, predictor.task, predictor.method, family, predictor.template, source, config,
                  predictor=predictor, artifact_bytes=nbytes, extras=dict(predictor.extras),
-                 max_new_tokens=int(predictor.max_new_tokens))
+                 max_new_tokens=int(predictor.max_new_tokens), scoring=predictor.scoring)
     if isinstance(predictor, HardPredictor) and not predictor.cot and not (
         backbone.kind == "encoder" and predictor.selection == "nearest" and predictor.demos
     ):
@@ -257,6 +258,7 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     if adapter is not None and adapter.get("peft_type") in INPUT_PROMPT_TYPES:
         return _soft_servable(name, value, adir, adapter, meta, backbone, config, task, nbytes)
     predictor = get_method(meta["method"]).load(adir, backbone, task, meta)
+    predictor.use_scoring(recorded_run(value)["scoring"])
     return _from_predictor(name, value, predictor, backbone, config, nbytes)
 
 
@@ -279,7 +281,7 @@ def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], m
     return Servable(name, task, meta["method"], family, Template(t.get("name", "plain"), t.get("text", "")), value,
                     config, prompt=prompt, anchors=anchors, artifact_bytes=nbytes, extras=dict(extras),
                     max_new_tokens=int(extras.get("max_new_tokens", task.max_new_tokens)),
-                    chat=chat_from_meta(extras.get("chat")))
+                    chat=chat_from_meta(extras.get("chat")), scoring=recorded_run(value)["scoring"])
 
 
 def refuse_pickles(adir: Path) -> None:
