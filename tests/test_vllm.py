@@ -286,3 +286,18 @@ def test_vllm_greedy_tokens_equal_promptlabs_engine(tmp_path):
         (got,) = eng.run([Job(own.prompts["pt"], [], raw=texts, max_new_tokens=8)])
     assert [a.tokens for a in got] == [a.tokens for a in want]
     assert all(len(a.tokens) == 8 for a in got)
+
+
+def test_vllm_gone_mid_serve_is_a_502_not_the_clients_fault(setup):
+    """The client's request was fine: a vLLM that stops answering is the gateway's failure (502), in each route's
+    error shape, one line."""
+    with fake_vllm() as server:
+        state = vllm_state(setup, server, names=("pt",))
+    # the fake is shut down and its port closed: the engine's next call cannot reach it
+    with TestClient(create_app(state)) as c:
+        r = c.post("/v1/predict", json={"prompt": "pt", "inputs": [{"question": "q?", "context": "c."}]})
+        assert r.status_code == 502 and "cannot reach vLLM" in r.json()["detail"], r.text
+        assert "\n" not in r.json()["detail"]
+        r = c.post("/v1/completions", json={"model": "pt", "prompt": "abc", "max_tokens": 2})
+        err = r.json()["error"]
+        assert r.status_code == 502 and err["type"] == "server_error" and "cannot reach vLLM" in err["message"], r.text

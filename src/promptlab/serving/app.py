@@ -32,6 +32,7 @@ from ..tasks.base import Example
 from ..tasks.predict_inputs import check_unicode, input_text
 from .batcher import Batcher, QueueFull, ShuttingDown
 from .engine import Engine, InputTooLong, Job
+from .jobs import UpstreamFailed
 from .metrics import Metrics
 from .openai_api import JSON_ROUTES as OPENAI_JSON_ROUTES
 from .openai_api import ROUTES as OPENAI_ROUTES
@@ -333,6 +334,8 @@ def create_app(state: ServerState) -> FastAPI:
             raise HTTPException(503, "the server is shutting down; retry shortly", headers={"Retry-After": "5"}) from None
         except InputTooLong as e:
             raise HTTPException(413, str(e)) from None
+        except UpstreamFailed as e:
+            raise HTTPException(502, str(e)) from None
         except PromptlabError as e:
             raise HTTPException(422, str(e)) from None
         state.metrics.latency.append(time.perf_counter() - t0)

@@ -16,6 +16,11 @@ class InputTooLong(PromptlabError):
     """An input that does not fit the model once its prompt's virtual tokens are added (HTTP 413)."""
 
 
+class UpstreamFailed(PromptlabError):
+    """The server an engine hands requests to (vLLM) failed or went away: the gateway's fault, not the client's
+    (HTTP 502)."""
+
+
 @dataclass
 class Answer:
     """One input's answer: the label and its probability (and all of them) for choices, text otherwise."""

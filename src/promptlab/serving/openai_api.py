@@ -29,6 +29,7 @@ from ..config import RunConfig
 from ..errors import PromptlabError
 from .batcher import QueueFull, ShuttingDown
 from .engine import InputTooLong, Job
+from .jobs import UpstreamFailed
 from .registry import Servable
 from .sampling import Sampler
 
@@ -172,6 +173,8 @@ def register(app: FastAPI, state: Any) -> None:
                               headers={"Retry-After": "5"}) from None
         except InputTooLong as e:
             raise OpenAIError(413, str(e).replace("inputs[", f"{param}["), param, "context_length_exceeded") from None
+        except UpstreamFailed as e:
+            raise OpenAIError(502, str(e), kind="server_error") from None
         except PromptlabError as e:
             raise OpenAIError(400, str(e), param) from None
 

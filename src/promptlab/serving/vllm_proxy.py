@@ -35,7 +35,7 @@ from ..backbones import Backbone
 from ..errors import ConfigError, ModelError, PromptlabError
 from .batcher import Batcher, _Pending
 from .engine import Engine
-from .jobs import Answer, InputTooLong, Job, Row
+from .jobs import Answer, InputTooLong, Job, Row, UpstreamFailed
 from .registry import Servable
 from .sampling import Sampler
 
@@ -46,8 +46,8 @@ SCORE_REFUSED = ("logprobs and echo are not served with --engine vllm: vLLM retu
                  "prompt_embeds; drop them, or serve with --engine promptlab")
 
 
-class VllmUnavailable(PromptlabError):
-    """The vLLM server could not be reached or answered with an error (HTTP 400 to the client, one line)."""
+class VllmUnavailable(UpstreamFailed):
+    """The vLLM server could not be reached or answered with an error (HTTP 502 to the client, one line)."""
 
 
 def encode_embeds(emb: torch.Tensor) -> str:
