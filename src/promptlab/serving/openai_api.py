@@ -254,7 +254,7 @@ def register(app: FastAPI, state: Any) -> None:
         a, start = o["scored"], o["start"]
         tokens = [bb.tokenizer.decode([t]) for t in a.tokens]
         base = len(o["prompt"]) if bb.kind != "causal" else 0  # seq2seq: the ids are the completion's only
-        offsets = [base + len(decode(a.tokens[:k])) for k in range(len(a.tokens))]
+        offsets = [base + n for n in prefix_lengths(bb.tokenizer, a.tokens, start)]
         tops = None
         if top:
             tops = [None if pairs is None else {bb.tokenizer.decode([i]): lp for i, lp in pairs} for pairs in a.scores]
@@ -377,6 +377,33 @@ def register(app: FastAPI, state: Any) -> None:
         if with_usage:
             chunks.append({**head, "choices": [], "usage": usage})
         return chunks
+
+
+def prefix_lengths(tokenizer: Any, ids: list[int], start: int = 0) -> list[int]:
+    """len(decode(ids[:k])) for every k (0 before `start`, where no offset is returned). Decoding each prefix is
+    quadratic in the prompt (lm-eval's echo scoring sends whole prompts), so the lengths are read off the
+    tokenizer's offset mapping — the end of the last text token before k — when re-encoding the decoded text
+    gives the same ids back and spot checks agree; otherwise each prefix is decoded."""
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=True)
+
+    lengths = [0] * len(ids)
+    special = set(tokenizer.all_special_ids)
+    plain = [t for t in ids if t not in special]
+    try:
+        enc = tokenizer(decode(ids), add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError):
+        enc = None
+    if enc is not None and "offset_mapping" in enc and enc["input_ids"] == plain:  # ByT5's tokenizer has none
+        ends, end = iter(e for _, e in enc["offset_mapping"]), 0
+        for k, t in enumerate(ids):
+            lengths[k] = end
+            if t not in special:
+                end = next(ends)
+        checks = {start, len(ids) - 1, *range(start, len(ids), max(1, (len(ids) - start) // 4))}
+        if all(lengths[k] == len(decode(ids[:k])) for k in checks if 0 <= k < len(ids)):
+            return lengths
+    return [len(decode(ids[:k])) if k >= start else 0 for k in range(len(ids))]
 
 
 def check_sampling(req: _Common) -> None:
