@@ -130,6 +130,23 @@ def test_eval_prompt_repeats_the_runs_model_data_and_budget(hotpot_pt, run_cli, 
     assert max(json.loads((tmp_path / "wider" / "metrics.json").read_text())["input_stats"]["input_tokens"].values()) > 256
 
 
+def test_eval_prompt_repeats_the_runs_evaluation_sample(tiny_models, run_cli, tmp_path):
+    """The same examples as the run that made the prompt: its --eval-size, --split and --seed are recorded and
+    repeated (they were not: eval --prompt fell back to the defaults and scored another sample)."""
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--task", "sentiment", "--model", tiny_models["causal"], "--method",
+                           "prompt-tuning", "--virtual-tokens", "2", "--train-size", "8", "--epochs", "1",
+                           "--eval-size", "6", "--seed", "3", "--out", run)
+    assert code == 0, err
+    code, _, err = run_cli("eval", "--prompt", run, "--out", tmp_path / "again")
+    assert code == 0, err
+    ids = [r["id"] for r in _records(run)]
+    assert len(ids) == 6 and [r["id"] for r in _records(tmp_path / "again")] == ids
+    code, _, err = run_cli("eval", "--prompt", run, "--eval-size", "4", "--out", tmp_path / "fewer")
+    assert code == 0, err  # a flag given still wins
+    assert len(_records(tmp_path / "fewer")) == 4
+
+
 def test_artifacts_made_before_the_record_fall_back_to_the_runs_config(hotpot_pt, run_cli, tmp_path):
     old = tmp_path / "old"
     import shutil

@@ -55,7 +55,9 @@ def artifact_meta(path: str | Path) -> dict[str, Any]:
 
 
 # What a run that made an artifact used and `eval --prompt` repeats unless told otherwise (RunConfig fields).
-RUN_SETTINGS = ("model", "data", "max_input_tokens", "scoring")
+RUN_SETTINGS = ("model", "data", "max_input_tokens", "scoring", "split", "eval_size", "seed")
+# Settings that pick the examples: repeated only on the artifact's own task (another task has other data).
+DATA_SETTINGS = ("data", "split", "eval_size", "seed")
 
 
 def run_record(cfg: Any) -> dict[str, Any]:
@@ -64,9 +66,9 @@ def run_record(cfg: Any) -> dict[str, Any]:
 
 
 def recorded_run(path: str | Path) -> dict[str, Any]:
-    """The model, data and input budget of the run that made the artifact at `path`: its promptlab.json's
-    extras.run, else (artifacts made before it was recorded) the run directory's config.yaml, else the model the
-    backbone fingerprint names. Only keys with a value of the right type are returned."""
+    """The model, data, evaluation sample and input budget of the run that made the artifact at `path`: its
+    promptlab.json's extras.run, else (artifacts made before it was recorded) the run directory's config.yaml, else
+    the model the backbone fingerprint names. Only keys with a value of the right type are returned."""
     adir = artifact_dir(path)
     meta = read_meta(adir)
     found = (meta.get("extras") or {}).get("run")
@@ -76,11 +78,12 @@ def recorded_run(path: str | Path) -> dict[str, Any]:
         except (yaml.YAMLError, UnicodeDecodeError, OSError):
             found = None
     found = found if isinstance(found, dict) else {"model": (meta.get("backbone") or {}).get("name")}
-    kinds = {"model": str, "data": str, "max_input_tokens": int, "scoring": str}
+    kinds = {"model": str, "data": str, "max_input_tokens": int, "scoring": str, "split": str, "eval_size": int,
+             "seed": int}
 
     def usable(key: str, value: Any) -> bool:  # a hand-edited record is skipped, not trusted
         if value is None:
-            return key != "model"
+            return key not in ("model", "seed")
         return isinstance(value, kinds[key]) and not isinstance(value, bool) and (
             key != "scoring" or value in SCORINGS)
 

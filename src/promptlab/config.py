@@ -453,9 +453,10 @@ HARD_SETTINGS = tuple(f.name for f in fields(HardConfig))  # what chooses a hard
 def prompt_config(cfg: RunConfig, args: argparse.Namespace, own_task: bool) -> RunConfig:
     """`eval --prompt DIR` and `predict --prompt DIR`: the artifact is the prompt, so the settings that would choose
     one (--template, --shots, ...) are refused, not recorded as if used; and the run repeats the one that made it —
-    its model, input budget and (on its own task) data — unless a flag or --config sets them. `own_task`: the
+    its model, input budget and (on its own task) data, split, evaluation sample size and seed — unless a flag or
+    --config sets them. `own_task`: the
     task is the artifact's (no --task given), which eval then takes."""
-    from .artifacts import artifact_meta, recorded_run  # torch: as above
+    from .artifacts import DATA_SETTINGS, artifact_meta, recorded_run  # torch: as above
 
     given = given_fields(args)
     meta = artifact_meta(cfg.prompt)
@@ -468,6 +469,6 @@ def prompt_config(cfg: RunConfig, args: argparse.Namespace, own_task: bool) -> R
         cfg.task = meta["task"]
     explicit = given | set(load_yaml(args.config) if getattr(args, "config", None) else {})
     for key, value in recorded_run(cfg.prompt).items():
-        if key not in explicit and (key != "data" or cfg.task == meta["task"]):  # not another task's data
+        if key not in explicit and (key not in DATA_SETTINGS or cfg.task == meta["task"]):  # not another task's data
             setattr(cfg, key, value)
     return cfg
