@@ -82,3 +82,23 @@ def test_the_csv_spec_reads_the_mapped_columns(workdir):
     assert task.labels[first.label] == "billing" and len(rows) == 15
     template = task.template("ticket")
     assert template.render(first) == "Ticket: I was charged twice for my subscription this month\nQueue:"
+
+
+def test_a_prompt_finds_its_own_spec_file_and_says_when_it_moved(tiny_models, run_cli, workdir):
+    """eval/predict --prompt of a prompt trained on a user's spec need no --task again (they did); a spec moved
+    away is one line that says to pass --task."""
+    code, _, err = run_cli("train", "--task", "tickets.yaml", "--data", "tickets.csv", "--model",
+                           tiny_models["encoder"], "--method", "prompt-tuning", "--epochs", "1", "--out", "pt")
+    assert code == 0, err
+    meta = json.loads((workdir / "pt" / "artifact" / "promptlab.json").read_text())
+    assert meta["task_spec"] == str(workdir / "tickets.yaml")
+    code, out, err = run_cli("predict", "--prompt", "pt", "I was billed for a plan I never ordered")
+    assert code == 0 and out.strip(), err
+    code, _, err = run_cli("eval", "--prompt", "pt", "--out", "again")
+    assert code == 0, err
+    (workdir / "tickets.yaml").rename(workdir / "moved.yaml")
+    code, _, err = run_cli("eval", "--prompt", "pt", "--out", "gone")
+    assert code != 0 and "no longer there" in err and "--task" in err and len(err.strip().splitlines()) == 1, err
+    assert not (workdir / "gone").exists()
+    code, _, err = run_cli("eval", "--prompt", "pt", "--task", "moved.yaml", "--out", "moved")
+    assert code == 0, err

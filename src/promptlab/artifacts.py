@@ -93,7 +93,7 @@ def recorded_run(path: str | Path) -> dict[str, Any]:
 
 # What loaders read from promptlab.json, and its JSON type: required keys, then optional ones (null allowed).
 _META_REQUIRED = {"method": str, "task": str, "template": dict}
-_META_OPTIONAL = {"backbone": dict, "labels": list, "extras": dict, "trainable_params": int}
+_META_OPTIONAL = {"backbone": dict, "labels": list, "extras": dict, "trainable_params": int, "task_spec": str}
 _META_INTS = ("max_new_tokens", "virtual_tokens")  # extras that become tensor sizes
 
 

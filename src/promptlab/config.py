@@ -457,6 +457,7 @@ def prompt_config(cfg: RunConfig, args: argparse.Namespace, own_task: bool) -> R
     --config sets them. `own_task`: the
     task is the artifact's (no --task given), which eval then takes."""
     from .artifacts import DATA_SETTINGS, artifact_meta, recorded_run  # torch: as above
+    from .tasks import artifact_task_ref, get_task
 
     given = given_fields(args)
     meta = artifact_meta(cfg.prompt)
@@ -466,9 +467,10 @@ def prompt_config(cfg: RunConfig, args: argparse.Namespace, own_task: bool) -> R
                           f"{cfg.prompt} brings its own ({meta['method']}, template '{meta['template']['name']}'); "
                           "drop the flag")
     if own_task:
-        cfg.task = meta["task"]
+        cfg.task = artifact_task_ref(meta)
+    same_task = get_task(cfg.task).name == meta["task"]  # a spec file's task too, by the name it declares
     explicit = given | set(load_yaml(args.config) if getattr(args, "config", None) else {})
     for key, value in recorded_run(cfg.prompt).items():
-        if key not in explicit and (key not in DATA_SETTINGS or cfg.task == meta["task"]):  # not another task's data
+        if key not in explicit and (key not in DATA_SETTINGS or same_task):  # not another task's data
             setattr(cfg, key, value)
     return cfg

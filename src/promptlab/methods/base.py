@@ -18,6 +18,7 @@ from ..backbones import Backbone
 from ..chat import ChatFormat, around, render_chat, resolve_chat
 from ..checkpoints import CheckpointPlan
 from ..errors import ConfigError
+from ..tasks import task_names
 from ..tasks.base import Example, Task, Template
 
 if TYPE_CHECKING:
@@ -112,12 +113,21 @@ class Predictor:
     def predict(self, examples: list[Example], batch_size: int = 32) -> list[Prediction]:
         raise NotImplementedError
 
+    def _task_spec(self) -> dict[str, str]:
+        """A user's spec file (not a registered task) by absolute path, which eval/predict/serve --prompt read back
+        (tasks.artifact_task_ref)."""
+        spec = self.task.extras.get("spec_path")
+        if not spec or self.task.name.lower() in task_names():
+            return {}
+        return {"task_spec": str(Path(spec).expanduser().resolve())}
+
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self._save_files(out)
         meta = {
             "method": self.method,
             "task": self.task.name,
+            **self._task_spec(),
             "backbone": self.backbone.fingerprint(),
             "template": {"name": self.template.name, "text": self.template.text},
             "labels": self.task.labels,
