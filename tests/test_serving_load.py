@@ -224,7 +224,7 @@ def test_load_every_endpoint_small(load_setup):
 
 @pytest.mark.slow
 def test_load_every_endpoint_full(load_setup):
-    """32 clients x 1,000 requests; PROMPTLAB_LOAD_RECORD=FILE writes the numbers bench/serving_load.md quotes."""
+    """1,000 requests from 32 concurrent clients; PROMPTLAB_LOAD_RECORD=FILE writes the numbers bench/serving_load.md quotes."""
     out = _load(load_setup, n_requests=1000)
     m = out["metrics"]
     record = {"requests": 1000, "clients": 32, "seconds": round(out["seconds"], 1), "by_kind": out["by_kind"],
