@@ -11,8 +11,12 @@ the log-probability of every prompt token, and a choice's score is the sum over 
 (a 400, or null logprobs: OpenAI's chat models, servers without echo), `--api-scoring auto` falls back to
 generating a short greedy answer and matching it to the choices (`match`), and says so in metrics.json;
 `--api-scoring logprobs` refuses instead. Generation (cot, text tasks) uses /v1/completions, which continues the
-raw text promptlab renders exactly as a local model reads it; `--api-endpoint chat` sends it as one user message
-to /v1/chat/completions instead, for chat-only models (there, scoring can only match).
+raw text promptlab renders exactly as a local model reads it. `--api-endpoint chat` (chat-only models) sends
+/v1/chat/completions a messages list instead, and scoring can only match there: the hard methods' chat format
+(chat.py) is on, but the "template" is the server's — the tokenizer here (ServerTemplate) keeps each conversation
+as its messages (chat.Conversation): `--system-prompt` as the system message, each demonstration as a user message
+and the assistant's answer, the input as the last user message. `--chat-template`/`--chat-template-kwargs` are
+refused there (the server renders with its own template).
 
 Token counts. There is no local tokenizer for a remote model, so input budgets and the counts in input_stats
 are an estimate: one token per 4 characters (OpenAI's rule of thumb for English), unless `--api-tokenizer DIR`
@@ -33,6 +37,7 @@ import torch
 
 from .api_cache import DEFAULT_DIR, ResponseCache
 from .api_client import ApiClient, ServerRefused, parse_price
+from .chat import Conversation, has_template
 from .config import ApiConfig
 from .errors import ApiError, ConfigError, ModelError
 
@@ -102,6 +107,27 @@ class CharTokenizer:
         return len(self._pieces)
 
 
+class ServerTemplate:
+    """A chat endpoint model's tokenizer: counts tokens as `inner` does, and its chat template keeps a conversation
+    as its messages (the server applies the model's own template to them)."""
+
+    chat_template = "the server's"
+    sends_messages = True
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(*args, **kwargs)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tokenize: bool = False,
+                            add_generation_prompt: bool = True, **_: Any) -> Conversation:
+        return Conversation(messages)
+
+
 def load_api_backbone(name: str, api: ApiConfig | None = None, max_length: int | None = None) -> ApiBackbone:
     api = api or ApiConfig()
     model, url = parse_model(name)
@@ -120,6 +146,8 @@ def load_api_backbone(name: str, api: ApiConfig | None = None, max_length: int |
                              "pass a local directory holding the model's tokenizer files") from None
     else:
         tokenizer = CharTokenizer()
+    if api.api_endpoint == "chat":
+        tokenizer = ServerTemplate(tokenizer)
     cache = ResponseCache(None if api.api_cache == "off" else api.api_cache or DEFAULT_DIR)
     client = ApiClient(model, url, api.api_key_env, cache, api.api_concurrency, api.api_timeout, api.api_retries)
     return ApiBackbone(name, client, tokenizer, max_length or DEFAULT_CONTEXT, api)
@@ -141,6 +169,7 @@ class ApiBackbone:
         self.scoring: str | None = None  # "logprobs" or "match", once a choice task has been scored
         self.scoring_note: str | None = None
         self.unmatched = 0
+        self.sent_messages = False  # whether a run's requests carried a conversation (system, demonstrations)
         self._answer_tokens = 8
         self._echo_new = 0  # max_tokens of an echo request: 0, or 1 where a server refuses 0
         self._lock = threading.Lock()
@@ -155,6 +184,17 @@ class ApiBackbone:
                              "model: a soft prompt has no weights to attach to there, and a hard prompt is rebuilt "
                              "for it with --method (zero-shot, few-shot, cot, prompt-search)")
 
+    def check_chat(self, mode: str, system: str | None, kwargs: str | None) -> None:
+        """The chat settings this endpoint takes (chat.resolve_chat asks), refused in one line otherwise."""
+        if self.endpoint == "chat/completions":
+            for given, flag in ((mode != "auto", f"--chat-template {mode}"), (kwargs, "--chat-template-kwargs")):
+                if given:
+                    raise ConfigError(f"{flag}: an API model's server applies its own chat template to the messages "
+                                      "promptlab sends (--api-endpoint chat); drop the flag")
+        elif system is not None and not has_template(self.tokenizer):
+            raise ConfigError("--system-prompt on an API model needs messages: add --api-endpoint chat (/v1/completions"
+                              " reads raw text; or give --api-tokenizer DIR whose chat template renders it here)")
+
     def describe(self) -> dict[str, Any]:
         return {"device": "api", "name": self.client.base_url, "dtype": None}
 
@@ -162,13 +202,14 @@ class ApiBackbone:
         """Counters per run: a compare runs several methods on one backbone."""
         self.client.usage = type(self.client.usage)()
         self.scoring, self.scoring_note, self.unmatched, self._echo_new = None, None, 0, 0
+        self.sent_messages = False
 
     def report(self) -> dict[str, Any]:
         """metrics.json's "api": the server, how choices were scored, the tokens billed and their cost."""
         out: dict[str, Any] = {
             "model": self.client.model, "base_url": self.client.base_url, "endpoint": f"/v1/{self.endpoint}",
-            "scoring": self.scoring, "token_counts": getattr(self.tokenizer, "name", None) if isinstance(
-                self.tokenizer, CharTokenizer) else f"tokenizer {self.api.api_tokenizer}",
+            "scoring": self.scoring, "token_counts": f"tokenizer {self.api.api_tokenizer}" if self.api.api_tokenizer
+            else CharTokenizer.name, "chat_messages": self.sent_messages,
             "concurrency": self.client.concurrency, "cache": str(self.client.cache.path) if self.client.cache.path
             else None,
             "usage": self.client.usage.report(self.client.model, parse_price(self.api.api_price_per_mtok)),
@@ -193,13 +234,20 @@ class ApiBackbone:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= budget:
             return text
+        if isinstance(text, Conversation):  # the last user message (the input) gives up what is over
+            last = text.messages[-1]["content"]
+            cut = self._cut(last, max(0, len(self.tokenizer(last, add_special_tokens=False)["input_ids"]) - len(ids)
+                                      + budget), keep_end)
+            return Conversation([*text.messages[:-1], {"role": "user", "content": cut}])
         return self.tokenizer.decode(ids[len(ids) - budget:] if keep_end else ids[:budget], skip_special_tokens=True)
 
     # -- generation ------------------------------------------------------------------------------------------------
     def _request(self, text: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
         if self.endpoint == "chat/completions":
-            return {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "temperature": 0,
-                    **extra}
+            if isinstance(text, Conversation):
+                self.sent_messages = True
+            messages = text.messages if isinstance(text, Conversation) else [{"role": "user", "content": text}]
+            return {"messages": messages, "max_tokens": max_tokens, "temperature": 0, **extra}
         return {"prompt": text, "max_tokens": max_tokens, "temperature": 0, **extra}
 
     def _text(self, data: dict[str, Any]) -> str:
@@ -290,7 +338,8 @@ class ApiBackbone:
         """A short greedy answer, matched to the choices: 0 for the one it names, NO_MATCH for the others (all 0
         where it names none: the first choice wins, as in any tie, and the run counts it as unmatched)."""
         if self.endpoint == "chat/completions":  # a chat model answers in sentences unless it is told the options
-            prompt = f"{prompt}\n\nAnswer with one of: {', '.join(choices)}."
+            ask = f"\n\nAnswer with one of: {', '.join(choices)}."
+            prompt = prompt.ask(ask) if isinstance(prompt, Conversation) else prompt + ask
         text = self._text(self._post(self._request(prompt, self._answer_tokens)))
         best = match_choice(text, choices)
         if best is None:

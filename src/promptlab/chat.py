@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from .errors import ConfigError, first_line
 
@@ -26,9 +26,11 @@ class ChatFormat:
 
     system: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    as_messages: bool = False  # sent as a messages list (an API's chat endpoint), not rendered here
 
     def meta(self) -> dict[str, Any]:
-        return {"template": True, "system_prompt": self.system, "kwargs": dict(self.kwargs)}
+        return {"template": True, "system_prompt": self.system, "kwargs": dict(self.kwargs),
+                **({"messages": True} if self.as_messages else {})}
 
     def messages(self, turns: Sequence[tuple[str, str]], user: str) -> list[dict[str, str]]:
         """The system turn, each demonstration as a user turn and the assistant's answer (lm-eval's
@@ -44,7 +46,35 @@ def chat_from_meta(meta: dict[str, Any] | None) -> ChatFormat | None:
     chat templates were rendered."""
     if not meta or not meta.get("template"):
         return None
-    return ChatFormat(meta.get("system_prompt"), dict(meta.get("kwargs") or {}))
+    return ChatFormat(meta.get("system_prompt"), dict(meta.get("kwargs") or {}), bool(meta.get("messages")))
+
+
+class Conversation(str):
+    """A chat kept as its messages, for a server that applies its own template (an API's /v1/chat/completions):
+    the request sends `messages`. As text it is one `role: content` line per message and a final `assistant:`
+    (what promptlab's server renders for a model without a template): what budgets count and predictions.jsonl
+    shows. A str, so every caller that passes inputs along (readout, evaluation, predictions) stays as it is."""
+
+    messages: list[dict[str, str]]
+
+    def __new__(cls, messages: Sequence[dict[str, Any]]) -> Self:
+        msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+        self = super().__new__(cls, "".join(f"{m['role']}: {m['content']}\n" for m in msgs) + "assistant:")
+        self.messages = msgs
+        return self
+
+    def ask(self, text: str) -> Conversation:
+        """`text` appended to the last user message (the user's turn still ends the conversation)."""
+        return Conversation([*self.messages[:-1], {**self.messages[-1], "content": self.messages[-1]["content"] + text}])
+
+    def reply(self, answer: str, user: str) -> Conversation:
+        """The assistant's `answer`, then a new user turn."""
+        return Conversation([*self.messages, {"role": "assistant", "content": answer}, {"role": "user", "content": user}])
+
+
+def sends_messages(tokenizer: Any) -> bool:
+    """Whether a backbone's tokenizer keeps a chat as its messages (Conversation) for a server to render."""
+    return bool(getattr(tokenizer, "sends_messages", False))
 
 
 def has_template(tokenizer: Any) -> bool:
@@ -77,6 +107,9 @@ def resolve_chat(backbone: Any, mode: str, system: str | None, kwargs: str | Non
     """--chat-template auto|on|off for this backbone: a ChatFormat, or None for raw text. `on` without a
     template, and a system prompt or kwargs with no template to put them in, are one-line errors."""
     tokenizer, name = backbone.tokenizer, backbone.name
+    check = getattr(backbone, "check_chat", None)  # an API model says which of these its endpoint takes
+    if check is not None:
+        check(mode, system, kwargs)
     usable = backbone.kind != "encoder" and has_template(tokenizer)
     if mode == "on" and not usable:
         why = "is an encoder, which reads no conversation" if backbone.kind == "encoder" else \
@@ -89,7 +122,7 @@ def resolve_chat(backbone: Any, mode: str, system: str | None, kwargs: str | Non
                 raise ConfigError(f"{flag} goes into a chat template, but {where}; drop {flag}, or use an instruct "
                                   "model whose tokenizer has one")
         return None
-    fmt = ChatFormat(system, parse_kwargs(kwargs))
+    fmt = ChatFormat(system, parse_kwargs(kwargs), sends_messages(tokenizer))
     render_chat(tokenizer, fmt.messages([("q", "a")], "q"), fmt.kwargs)  # a template that refuses these turns says so now
     return fmt
 

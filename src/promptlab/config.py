@@ -473,4 +473,6 @@ def prompt_config(cfg: RunConfig, args: argparse.Namespace, own_task: bool) -> R
     for key, value in recorded_run(cfg.prompt).items():
         if key not in explicit and (key not in DATA_SETTINGS or same_task):  # not another task's data
             setattr(cfg, key, value)
+    if ((meta.get("extras") or {}).get("chat") or {}).get("messages") is True and "api_endpoint" not in explicit:
+        cfg.api.api_endpoint = "chat"  # a conversation made as messages is sent as messages again
     return cfg

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import Backbone
-from ..chat import ChatFormat, chat_from_meta, render_chat
+from ..chat import ChatFormat, Conversation, chat_from_meta, render_chat, sends_messages
 from ..errors import ConfigError
 from ..inputs import count_tokens, input_budget
 from ..tasks.base import Example, Task, Template
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 COT_TRIGGER = "Let's think step by step."
 COT_ANSWER = "Therefore, the answer is"
 COT_TOKENS = 64
+COT_ASK = "Therefore, what is the answer?"  # a chat's next user turn, where an API cannot continue the assistant's
 
 
 def render(task: Task, template: Template, ex: Example) -> str:
@@ -258,7 +259,15 @@ class HardPredictor(Predictor):
         return predictions_from_scores(self.task, inputs, votes.log())
 
     def _predict_cot(self, inputs: list[str], batch_size: int) -> list[Prediction]:
-        """Zero-shot CoT (Kojima et al.): generate reasoning, then read the answer after a fixed cue."""
+        """Zero-shot CoT (Kojima et al.): generate reasoning, then read the answer after a fixed cue. A conversation
+        sent as messages (an API's chat endpoint) cannot be continued inside the assistant's turn: the trigger ends
+        the last user message, the reasoning is the assistant's reply, and the answer is read from the reply to
+        one more user turn (COT_ASK)."""
+        if inputs and isinstance(inputs[0], Conversation):
+            chats = [c.ask(f"\n\n{COT_TRIGGER}") for c in inputs]  # type: ignore[attr-defined]
+            reasons = self.backbone.generate(chats, COT_TOKENS, batch_size=batch_size)
+            asked: list[str] = [c.reply(r, COT_ASK) for c, r in zip(chats, reasons)]
+            return self.readout.predict(self.backbone.model, asked, batch_size)
         first = [f"{i}{self.cot_break}{COT_TRIGGER}" for i in inputs]
         reasons = self.backbone.generate(first, COT_TOKENS, batch_size=batch_size)
         second = [f"{f} {r}\n{COT_ANSWER}" for f, r in zip(first, reasons)]
@@ -340,8 +349,13 @@ def _new_tokens(ctx: FitContext) -> int:
 def _load_hard(name: str, backbone: Backbone, task: Task, meta: dict[str, Any]) -> HardPredictor:
     ex = meta.get("extras", {})
     t = meta["template"]
+    chat = chat_from_meta(ex.get("chat"))
+    if chat is not None and chat.as_messages != sends_messages(backbone.tokenizer):
+        raise ConfigError("this hard prompt was made as chat messages for an API model's /v1/chat/completions; "
+                          "evaluate it on an API model with --api-endpoint chat" if chat.as_messages else
+                          "this hard prompt was rendered through a local chat template and --api-endpoint chat sends messages for the server's; drop --api-endpoint chat")
     return HardPredictor(name, backbone, task, Template(t["name"], t["text"]),
                          demos=[example_from_json(d) for d in ex.get("demos", [])],
                          selection=ex.get("selection", "balanced"), shots=ex.get("shots", 0),
                          cot=ex.get("cot", False), max_new_tokens=ex.get("max_new_tokens", task.max_new_tokens),
-                         chat=chat_from_meta(ex.get("chat")))
+                         chat=chat)
