@@ -135,6 +135,17 @@ def test_cot_reasons_as_the_assistant_then_answers_a_second_user_turn(recorder, 
         assert r["input"].endswith(f"assistant: {REASON}\nuser: {COT_ASK}\nassistant:")
 
 
+def test_prompt_search_scores_every_candidate_as_a_conversation(recorder, run_cli, tmp_path):
+    code, err = chat_eval(run_cli, recorder, tmp_path / "run", "--method", "prompt-search", "--candidates", "6",
+                          "--search-size", "4", "--shots", "1", "--system-prompt", "S.")
+    assert code == 0, err
+    sent = [b["messages"] for b in Recorder.bodies]
+    assert len(sent) > 2 and all(m[0] == {"role": "system", "content": "S."} for m in sent)
+    assert all(m[-1]["role"] == "user" and m[-1]["content"].endswith(ASK) for m in sent)
+    assert any(turn["role"] == "assistant" for m in sent for turn in m)  # candidates with demonstrations
+    assert read_run(tmp_path / "run")[0]["method_info"]["evaluated"] == 6
+
+
 @pytest.mark.parametrize("extra, fragments", [
     (["--system-prompt", "Be brief."], ["--system-prompt on an API model needs messages", "--api-endpoint chat"]),
     (["--api-endpoint", "chat", "--chat-template", "on"], ["--chat-template on", "server applies its own"]),
@@ -177,7 +188,7 @@ def test_cot_with_a_system_prompt_over_promptlabs_own_chat_endpoint(served, run_
     code, _, err = run_cli(*argv, "--out", tmp_path / "again")
     assert code == 0, err
     assert completions_served(url) == before and read_run(tmp_path / "again")[1] == rows
-    code, _, err = run_cli("eval", "--prompt", tmp_path / "cot", "--api-cache", tmp_path / "cache", "--out",
+    code, _, err = run_cli("eval", "--prompt", tmp_path / "cot", "--limit", "2", "--api-cache", tmp_path / "cache", "--out",
                            tmp_path / "reeval")
     assert code == 0, err
     assert completions_served(url) == before and read_run(tmp_path / "reeval")[1] == rows
