@@ -199,6 +199,8 @@ def score_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], 
     scores = torch.empty(n, c)
     per = max(1, batch_size // c)
     reuse = bb.kind == "seq2seq" and c > 1 and encoder_reusable(model or bb.model)
+    if reuse and scoring == "lmeval" and _seq2seq_one_token(bb, prompts, choices, special):
+        per = batch_size  # one decoder row per prompt (below): batch_size rows a forward, as the caller asked
     todo = list(range(n))
     if bb.kind == "causal" and scoring == "lmeval" and c > 1 and not virtual_tokens(model or bb.model):
         # one-token choices (most verbalizers): one forward per prompt instead of one per choice, as lm-eval does
@@ -211,21 +213,37 @@ def score_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], 
         extra = {}
         if reuse:
             # Each prompt sits in c rows: encode one copy and share the states, instead of encoding the same input
-            # once per choice. A PEFT prompt goes through the wrapper (it puts its virtual tokens in front; one
-            # decoder step rides along); anything else runs the encoder alone.
+            # once per choice. One-token choices (most verbalizers) all read the decoder's first step, whose input
+            # is the start token for every choice: one row per prompt, encoder and that step in one call, read at
+            # each choice's token. A PEFT prompt goes through the wrapper (it puts its virtual tokens in front);
+            # otherwise the encoder runs alone and the decoder reads its states repeated per choice.
             one = torch.arange(0, len(rows_p), c)
             m = model or bb.model
-            ids, att = batch["input_ids"][one], batch["attention_mask"][one]
-            if virtual_tokens(m):
+            ids, att, lab = batch["input_ids"][one], batch["attention_mask"][one], batch["labels"]
+            one_token = lab.shape[1] == 1 and bool((lab != -100).all())
+            if one_token or virtual_tokens(m):
                 start = torch.full((len(idx), 1), int(bb.model.config.decoder_start_token_id or 0), device=bb.device)
-                states = m(input_ids=ids, attention_mask=att, decoder_input_ids=start,
-                           use_cache=False).encoder_last_hidden_state
+                out = m(input_ids=ids, attention_mask=att, decoder_input_ids=start, use_cache=False)
+                if one_token:
+                    lf = out.logits[:, 0].float()  # [P, V]; the same x_t - logsumexp(x) as sequence_logprob
+                    lp = lf.gather(-1, lab.view(len(idx), c)) - lf.logsumexp(-1, keepdim=True)
+                    scores[idx] = lp.cpu()
+                    continue
+                states = out.encoder_last_hidden_state
             else:
                 states = m.get_encoder()(input_ids=ids, attention_mask=att).last_hidden_state
             extra = {"encoder_outputs": (states.repeat_interleave(c, dim=0),)}
         lp = sequence_logprob(bb, batch, model, **extra)
         scores[idx] = lp.view(len(idx), c).float().cpu()
     return scores
+
+
+def _seq2seq_one_token(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], special: bool | None) -> bool:
+    """Whether every choice is one decoder token after every prompt. The decoder's text is the choice after the
+    context's trailing whitespace (`encode_pairs`), so each distinct trailing whitespace is tried once."""
+    tails = dict.fromkeys(p[len(p.rstrip()):] for p in prompts)
+    return all(len(t) == 1 for tail in tails
+               for _, t in encode_pairs(bb.tokenizer, "seq2seq", ["x" + tail] * len(choices), choices, special))
 
 
 def _one_token_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], model: Any, batch_size: int,
