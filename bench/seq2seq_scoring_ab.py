@@ -12,16 +12,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path[:0] = [str(Path(__file__).parent)]
-import lmeval_parity as P  # noqa: E402
-import lmeval_tiny  # noqa: E402
+import lmeval_parity as P
+import lmeval_tiny
 
-from promptlab import scoring as new  # noqa: E402
-from promptlab.backbones import load_backbone  # noqa: E402
+from promptlab import scoring as new
+from promptlab.backbones import load_backbone
 
 
 def old_scoring(rev: str):
@@ -36,6 +37,10 @@ def old_scoring(rev: str):
     return mod
 
 
+def lm_scores(lm, inst: list, c: int) -> torch.Tensor:
+    return torch.tensor([o[0] for o in lm.loglikelihood(inst, disable_tqdm=True)]).view(-1, c)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100)
@@ -44,6 +49,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--tasks", default="sst2,rte")
     ap.add_argument("--rev", default="main")
+    ap.add_argument("--shots", type=int, default=0, help="the first K training rows in front of each input, as "
+                    "lm-eval writes demonstrations (text + \" \" + verbalizer, then a blank line)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from lm_eval.api.instance import Instance
@@ -56,15 +63,19 @@ def main() -> None:
     mdir = lmeval_tiny.build("t5", Path(tempfile.mkdtemp()) / "t5", seed=0, texts=texts, vocab=4000, positions=2048)
     bb = load_backbone(str(mdir), dtype="float32", device="cpu")
     lm = HFLM(pretrained=str(mdir), backend="seq2seq", batch_size=args.batch_size, device="cpu", dtype="float32")
-    for name, (evals, _) in data.items():
+    for name, (evals, train) in data.items():
         t = P.TASKS[name]
-        inputs = [t["template"].format(**{k: v for k, v in r.items() if k != "label"}) for r in evals]
         verb = t["verbalizers"]
+
+        def render(r: dict, template: str = t["template"]) -> str:
+            return template.format(**{k: v for k, v in r.items() if k != "label"})
+        head = "".join(f"{render(r)} {verb[r['label']]}\n\n" for r in train[: args.shots])
+        inputs = [head + render(r) for r in evals]
         inst = [Instance("loglikelihood", {}, (x, " " + v), i)
                 for i, (x, v) in enumerate((x, v) for x in inputs for v in verb)]
-        runs = {"old": lambda: old.score_choices(bb, inputs, verb, batch_size=args.batch_size),
-                "new": lambda: new.score_choices(bb, inputs, verb, batch_size=args.batch_size),
-                "lmeval": lambda: torch.tensor([o[0] for o in lm.loglikelihood(inst, disable_tqdm=True)]).view(-1, len(verb))}
+        runs = {"old": partial(old.score_choices, bb, inputs, verb, batch_size=args.batch_size),
+                "new": partial(new.score_choices, bb, inputs, verb, batch_size=args.batch_size),
+                "lmeval": partial(lm_scores, lm, inst, len(verb))}
         times = {k: [] for k in runs}
         outs = {k: f() for k, f in runs.items()}  # warm-up
         for _ in range(args.repeats):
@@ -73,7 +84,7 @@ def main() -> None:
                 f()
                 times[k].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"t5 {name} 0-shot n={len(inputs)}: old {med['old']:.4f}s new {med['new']:.4f}s "
+        print(f"t5 {name} {args.shots}-shot n={len(inputs)}: old {med['old']:.4f}s new {med['new']:.4f}s "
               f"lm-eval loglikelihood {med['lmeval']:.4f}s | new vs old {med['old'] / med['new']:.2f}x, "
               f"lm-eval/old {med['lmeval'] / med['old']:.2f}x, lm-eval/new {med['lmeval'] / med['new']:.2f}x | "
               f"max |new-old| {(outs['new'] - outs['old']).abs().max():.2e}, "
