@@ -86,13 +86,21 @@ def test_eos_scoring_is_the_earlier_convention(models):
     assert batch["labels"][0][batch["labels"][0] != -100].tolist()[-1] == bb.tokenizer.eos_token_id
 
 
-def test_one_forward_per_prompt_equals_a_row_per_choice(models):
-    """One-token choices are read from one forward of the context (lm-eval's one-token cache does the same)."""
-    bb = load_backbone(str(models["gpt2"]), dtype="float32", device="cpu")
-    prompts = [c for c in CONTEXTS if c]
-    fast = bb.score_choices(prompts, ["yes", "no"])
-    rows = torch.tensor([[float(bb.sequence_logprob(bb.lm_batch([p], [ch]))) for ch in ("yes", "no")]
-                         for p in prompts])
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+@pytest.mark.parametrize("choices", [("yes", "no"), ("not sure", "very good", "bad")])
+@pytest.mark.parametrize("tail", ["", " "])
+def test_one_forward_per_prompt_equals_a_row_per_choice(models, kind, choices, tail):
+    """One-token choices are read from one forward of the context (lm-eval's one-token cache does the same); T5's
+    one-token choices from one encoder + first decoder step per prompt, the others (multi-token, or two tokens
+    after a trailing space) from encoder states shared across choices: all equal to one plain row per choice.
+    The batch size is small so that prompts span several batches."""
+    bb = load_backbone(str(models[kind]), dtype="float32", device="cpu")
+    prompts = [c.rstrip() + tail for c in CONTEXTS if c.strip()]
+    if kind == "t5":  # the path under test is the one taken
+        one = all(len(t) == 1 for _, t in encode_pairs(bb.tokenizer, "seq2seq", prompts[:1] * len(choices), choices))
+        assert one == (len(choices) == 2 and not tail)
+    fast = bb.score_choices(prompts, list(choices), batch_size=4)
+    rows = torch.tensor([[float(bb.sequence_logprob(bb.lm_batch([p], [ch]))) for ch in choices] for p in prompts])
     assert torch.allclose(fast, rows, atol=1e-5)
 
 

@@ -75,8 +75,10 @@ def encode_pairs(tokenizer: Any, kind: str, contexts: Sequence[str], choices: Se
         uniq = list(dict.fromkeys(ctxs[i] for i in full))  # a prompt's context is encoded once for all its choices
         by_text = dict(zip(uniq, _encode(tokenizer, uniq, special)))
         ctx_ids = [by_text[ctxs[i]] for i in full]
-        if kind == "seq2seq":  # encoded apart: the encoder and the decoder read them
-            cont_ids = _encode(tokenizer, [conts[i] for i in full], False)
+        if kind == "seq2seq":  # encoded apart: the encoder and the decoder read them; each distinct text once
+            texts = list(dict.fromkeys(conts[i] for i in full))
+            by_cont = dict(zip(texts, _encode(tokenizer, texts, False)))
+            cont_ids = [by_cont[conts[i]] for i in full]
         else:  # encoded whole and split at the context's length, as lm-eval does
             whole = _encode(tokenizer, [ctxs[i] + conts[i] for i in full], special)
             cont_ids = [w[len(c):] for w, c in zip(whole, ctx_ids)]
@@ -132,11 +134,9 @@ def _mixed_batch(bb: Backbone, prompts: Sequence[str], targets: Sequence[str], m
 
 def _right_pad(seqs: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), width), value, dtype=torch.long)
-    att = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        att[r, : len(s)] = 1
+    # one tensor from padded lists: a copy into the tensor per row cost 10% of a tiny T5's scoring time
+    ids = torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+    att = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long)
     return ids, att
 
 
@@ -171,7 +171,13 @@ def sequence_logprob(bb: Backbone, batch: dict[str, torch.Tensor], model: Any = 
     model = model or bb.model
     labels = batch["labels"]
     if bb.kind == "seq2seq":
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, **extra)
+        # decoder inputs made here rather than from `labels`: given labels, the model also computes a cross-entropy
+        # loss over the full vocabulary that nothing reads; no cache either (building one copies the config: 15% of
+        # a tiny T5's scoring time). PEFT wrappers get labels: prompt learning pads them for its virtual tokens.
+        shift = getattr(type(model), "prepare_decoder_input_ids_from_labels", None)
+        dec = {"decoder_input_ids": shift(model, labels)} if shift is not None else {"labels": labels}
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **dec,
+                    **extra)
         logits = out.logits  # [B, T, V]
         tgt = labels
     else:
@@ -193,6 +199,8 @@ def score_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], 
     scores = torch.empty(n, c)
     per = max(1, batch_size // c)
     reuse = bb.kind == "seq2seq" and c > 1 and encoder_reusable(model or bb.model)
+    if reuse and scoring == "lmeval" and _seq2seq_one_token(bb, prompts, choices, special):
+        per = batch_size  # one decoder row per prompt (below): batch_size rows a forward, as the caller asked
     todo = list(range(n))
     if bb.kind == "causal" and scoring == "lmeval" and c > 1 and not virtual_tokens(model or bb.model):
         # one-token choices (most verbalizers): one forward per prompt instead of one per choice, as lm-eval does
@@ -204,16 +212,38 @@ def score_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], 
         batch = lm_batch(bb, rows_p, rows_t, model, scoring, special)
         extra = {}
         if reuse:
-            # Each prompt sits in c rows: encode one copy (one decoder step rides along) and share the states,
-            # instead of encoding the same input once per choice.
+            # Each prompt sits in c rows: encode one copy and share the states, instead of encoding the same input
+            # once per choice. One-token choices (most verbalizers) all read the decoder's first step, whose input
+            # is the start token for every choice: one row per prompt, encoder and that step in one call, read at
+            # each choice's token. A PEFT prompt goes through the wrapper (it puts its virtual tokens in front);
+            # otherwise the encoder runs alone and the decoder reads its states repeated per choice.
             one = torch.arange(0, len(rows_p), c)
-            start = torch.full((len(idx), 1), int(bb.model.config.decoder_start_token_id or 0), device=bb.device)
-            enc = (model or bb.model)(input_ids=batch["input_ids"][one], attention_mask=batch["attention_mask"][one],
-                                      decoder_input_ids=start)
-            extra = {"encoder_outputs": (enc.encoder_last_hidden_state.repeat_interleave(c, dim=0),)}
+            m = model or bb.model
+            ids, att, lab = batch["input_ids"][one], batch["attention_mask"][one], batch["labels"]
+            one_token = lab.shape[1] == 1 and bool((lab != -100).all())
+            if one_token or virtual_tokens(m):
+                start = torch.full((len(idx), 1), int(bb.model.config.decoder_start_token_id or 0), device=bb.device)
+                out = m(input_ids=ids, attention_mask=att, decoder_input_ids=start, use_cache=False)
+                if one_token:
+                    lf = out.logits[:, 0].float()  # [P, V]; the same x_t - logsumexp(x) as sequence_logprob
+                    lp = lf.gather(-1, lab.view(len(idx), c)) - lf.logsumexp(-1, keepdim=True)
+                    scores[idx] = lp.cpu()
+                    continue
+                states = out.encoder_last_hidden_state
+            else:
+                states = m.get_encoder()(input_ids=ids, attention_mask=att).last_hidden_state
+            extra = {"encoder_outputs": (states.repeat_interleave(c, dim=0),)}
         lp = sequence_logprob(bb, batch, model, **extra)
         scores[idx] = lp.view(len(idx), c).float().cpu()
     return scores
+
+
+def _seq2seq_one_token(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], special: bool | None) -> bool:
+    """Whether every choice is one decoder token after every prompt. The decoder's text is the choice after the
+    context's trailing whitespace (`encode_pairs`), so each distinct trailing whitespace is tried once."""
+    tails = dict.fromkeys(p[len(p.rstrip()):] for p in prompts)
+    return all(len(t) == 1 for tail in tails
+               for _, t in encode_pairs(bb.tokenizer, "seq2seq", ["x" + tail] * len(choices), choices, special))
 
 
 def _one_token_choices(bb: Backbone, prompts: Sequence[str], choices: Sequence[str], model: Any, batch_size: int,
