@@ -96,15 +96,17 @@ class Batcher:
             batch.append(self._items.popleft())
         return batch
 
+    async def _wait_for_items(self) -> bool:
+        """Until something is queued: True, or False once the batcher closes with nothing left."""
+        while not self._items:
+            if self._closing:
+                return False
+            self._wake.clear()
+            await self._wake.wait()
+        return True
+
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._items:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+        while await self._wait_for_items():
             deadline = self._items[0].enqueued + self.max_wait
             while self._rows_waiting() < self.max_batch and not self._closing:
                 remaining = deadline - time.perf_counter()
@@ -116,23 +118,23 @@ class Batcher:
                 except TimeoutError:
                     break
             batch = [p for p in self._take() if not p.future.done()]  # a client that left is skipped
-            if not batch:
-                continue
-            rows = sum(p.rows for p in batch)
-            self.in_flight = rows
-            t0 = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self._executor, self.engine.run, [p.job for p in batch])
-            except Exception as e:  # noqa: BLE001 — the engine isolates per-job errors; this is the last line of defence
-                results = [e] * len(batch)
-            finally:
-                self.in_flight = 0
-            self.metrics.record_batch(rows, len({p.job.servable.name for p in batch}), time.perf_counter() - t0,
-                                      [t0 - p.enqueued for p in batch])
-            for p, r in zip(batch, results):
-                if p.future.done():
-                    continue
-                if isinstance(r, Exception):
-                    p.future.set_exception(r)
-                else:
-                    p.future.set_result(r)
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        """One engine call for `batch`, off the event loop; each job's answer (or error) to its caller."""
+        rows = sum(p.rows for p in batch)
+        self.in_flight += rows
+        t0 = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.run,
+                                                                       [p.job for p in batch])
+        except Exception as e:  # noqa: BLE001 — the engine isolates per-job errors; this is the last line of defence
+            results = [e] * len(batch)
+        finally:
+            self.in_flight -= rows
+        self.metrics.record_batch(rows, len({p.job.servable.name for p in batch}), time.perf_counter() - t0,
+                                  [t0 - p.enqueued for p in batch])
+        for p, r in zip(batch, results):
+            if not p.future.done():
+                (p.future.set_exception if isinstance(r, Exception) else p.future.set_result)(r)

@@ -23,7 +23,6 @@ import base64
 import io
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -143,13 +142,7 @@ class VllmBatcher(Batcher):
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._items:
-                if self._closing:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+        while await self._wait_for_items():
             await self._slots.acquire()
             batch = [p for p in self._take() if not p.future.done()] if self._items else []
             if not batch:
@@ -162,22 +155,10 @@ class VllmBatcher(Batcher):
             await asyncio.gather(*self._running)
 
     async def _run(self, batch: list[_Pending]) -> None:
-        rows = sum(p.rows for p in batch)
-        self.in_flight += rows
-        t0 = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.run,
-                                                                       [p.job for p in batch])
-        except Exception as e:  # noqa: BLE001 — as Batcher: the engine isolates per-job errors
-            results = [e] * len(batch)
+            await super()._run(batch)
         finally:
-            self.in_flight -= rows
             self._slots.release()
-        self.metrics.record_batch(rows, len({p.job.servable.name for p in batch}), time.perf_counter() - t0,
-                                  [t0 - p.enqueued for p in batch])
-        for p, r in zip(batch, results):
-            if not p.future.done():
-                (p.future.set_exception if isinstance(r, Exception) else p.future.set_result)(r)
 
 
 class VllmEngine(Engine):
