@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .chat import token_ids
 from .config import SCORINGS
 from .model_layout import encoder_reusable, virtual_tokens
 
@@ -39,17 +40,10 @@ def prefix_token_id(tokenizer: Any) -> int:
 
 def _encode(tokenizer: Any, texts: list[str], special: bool | None) -> list[list[int]]:
     """lm-eval's `tok_encode`: `special` None is the tokenizer's default, except for a text that already starts
-    with the prefix token's string (a rendered chat template, say), which gets none added."""
+    with the BOS as text (a rendered chat template), which gets none added (chat.token_ids)."""
     if special is not None:
         return tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
-    mark = tokenizer.decode([prefix_token_id(tokenizer)])
-    plain = [i for i, t in enumerate(texts) if not (mark and t.startswith(mark))]
-    out: list[list[int]] = [[] for _ in texts]
-    for idx, add in ((plain, True), (sorted(set(range(len(texts))) - set(plain)), False)):
-        if idx:
-            for i, ids in zip(idx, tokenizer([texts[i] for i in idx], add_special_tokens=add)["input_ids"]):
-                out[i] = ids
-    return out
+    return token_ids(tokenizer, texts)
 
 
 def encode_pairs(tokenizer: Any, kind: str, contexts: Sequence[str], choices: Sequence[str],
