@@ -246,8 +246,9 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     adir = artifact_dir(value)
     meta = read_meta(adir)
     refuse_pickles(adir)
+    run = recorded_run(value)
     if config.max_input_tokens is None:  # the budget its run selected long contexts to (serve sets none)
-        config.max_input_tokens = recorded_run(value).get("max_input_tokens")
+        config.max_input_tokens = run.get("max_input_tokens")
     task = artifact_task(meta, task)
     config.data = config.data or data.get(task.name)
     if _needs_labels(task) and config.data:  # an artifact that does not record them: the data's label file names them
@@ -256,14 +257,14 @@ def _load_artifact(name: str, value: str, backbone: Backbone, config: RunConfig,
     nbytes = artifact_bytes(adir)
     adapter = read_adapter_config(adir)
     if adapter is not None and adapter.get("peft_type") in INPUT_PROMPT_TYPES:
-        return _soft_servable(name, value, adir, adapter, meta, backbone, config, task, nbytes)
+        return _soft_servable(name, value, adir, adapter, meta, backbone, config, task, nbytes, run["scoring"])
     predictor = get_method(meta["method"]).load(adir, backbone, task, meta)
-    predictor.use_scoring(recorded_run(value)["scoring"])
+    predictor.use_scoring(run["scoring"])
     return _from_predictor(name, value, predictor, backbone, config, nbytes)
 
 
 def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], meta: dict[str, Any],
-                   backbone: Backbone, config: RunConfig, task: Task, nbytes: int) -> Servable:
+                   backbone: Backbone, config: RunConfig, task: Task, nbytes: int, scoring: str) -> Servable:
     prompt = read_prompt_rows(adir, adapter)
     if prompt.shape[1] != backbone.hidden_size:
         raise ModelError(f"artifact '{value}' has {prompt.shape[1]}-wide soft tokens but '{backbone.name}' has hidden "
@@ -281,7 +282,7 @@ def _soft_servable(name: str, value: str, adir: Path, adapter: dict[str, Any], m
     return Servable(name, task, meta["method"], family, Template(t.get("name", "plain"), t.get("text", "")), value,
                     config, prompt=prompt, anchors=anchors, artifact_bytes=nbytes, extras=dict(extras),
                     max_new_tokens=int(extras.get("max_new_tokens", task.max_new_tokens)),
-                    chat=chat_from_meta(extras.get("chat")), scoring=recorded_run(value)["scoring"])
+                    chat=chat_from_meta(extras.get("chat")), scoring=scoring)
 
 
 def refuse_pickles(adir: Path) -> None:
